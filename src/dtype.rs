@@ -33,6 +33,8 @@ pub enum DType {
     F6E2M3 = 17,
     F6E3M2 = 18,
     C64 = 19,
+    F8E4M3FNUZ = 20,
+    F8E5M2FNUZ = 21,
 }
 
 /// The string did not name a known dtype.
@@ -42,7 +44,9 @@ pub struct UnknownDType(pub String);
 
 /// The element count times the element width does not fit, or is not a whole number of bytes.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
-#[error("shape {shape:?} of dtype {dtype} does not describe a whole number of bytes that fits in 64 bits")]
+#[error(
+    "shape {shape:?} of dtype {dtype} does not describe a whole number of bytes that fits in 64 bits"
+)]
 pub struct BadShape {
     pub dtype: DType,
     pub shape: Vec<u64>,
@@ -50,7 +54,7 @@ pub struct BadShape {
 
 impl DType {
     /// Every dtype, in discriminant order.
-    pub const ALL: [DType; 20] = [
+    pub const ALL: [DType; 22] = [
         DType::Bool,
         DType::U8,
         DType::I8,
@@ -71,6 +75,8 @@ impl DType {
         DType::F6E2M3,
         DType::F6E3M2,
         DType::C64,
+        DType::F8E4M3FNUZ,
+        DType::F8E5M2FNUZ,
     ];
 
     /// The safetensors spelling.
@@ -96,6 +102,8 @@ impl DType {
             DType::F6E2M3 => "F6_E2M3",
             DType::F6E3M2 => "F6_E3M2",
             DType::C64 => "C64",
+            DType::F8E4M3FNUZ => "F8_E4M3FNUZ",
+            DType::F8E5M2FNUZ => "F8_E5M2FNUZ",
         }
     }
 
@@ -104,7 +112,14 @@ impl DType {
         match self {
             DType::F4 => 4,
             DType::F6E2M3 | DType::F6E3M2 => 6,
-            DType::Bool | DType::U8 | DType::I8 | DType::F8E5M2 | DType::F8E4M3 | DType::F8E8M0 => 8,
+            DType::Bool
+            | DType::U8
+            | DType::I8
+            | DType::F8E5M2
+            | DType::F8E4M3
+            | DType::F8E8M0
+            | DType::F8E4M3FNUZ
+            | DType::F8E5M2FNUZ => 8,
             DType::I16 | DType::U16 | DType::F16 | DType::BF16 => 16,
             DType::I32 | DType::U32 | DType::F32 => 32,
             DType::F64 | DType::I64 | DType::U64 | DType::C64 => 64,
@@ -114,7 +129,7 @@ impl DType {
     /// Width in whole bytes of one element, or `None` for sub-byte types.
     pub fn byte_width(self) -> Option<usize> {
         let bits = self.bits();
-        (bits % 8 == 0).then_some((bits / 8) as usize)
+        bits.is_multiple_of(8).then_some((bits / 8) as usize)
     }
 
     /// IEEE-like floats whose bytes the float-aware codec may split into planes.
@@ -133,7 +148,7 @@ impl DType {
             .try_fold(1u64, |acc, &d| acc.checked_mul(d))
             .ok_or_else(bad)?;
         let bits = numel.checked_mul(self.bits()).ok_or_else(bad)?;
-        if bits % 8 != 0 {
+        if !bits.is_multiple_of(8) {
             return Err(bad());
         }
         Ok(bits / 8)

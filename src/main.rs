@@ -1,1 +1,1461 @@
-fn main() {}
+//! The `cairn` command: flags → options → one library call → outcome → text or `--json`.
+
+use anyhow::{Context, Result, anyhow, bail};
+use cairn::commit::{CommitBuilder, CommitOptions};
+use cairn::inspect::{self, CommitInfo};
+use cairn::object::DatasetRef;
+use cairn::progress::{NoProgress, Progress};
+use cairn::read::{self, CheckoutOptions};
+use cairn::{Store, refs, rev};
+use clap::{Parser, Subcommand};
+use std::io::{IsTerminal, Write};
+use std::path::{Path, PathBuf};
+
+#[derive(Parser)]
+#[command(
+    name = "cairn",
+    version,
+    about = "Git for model checkpoints: a content-addressed, deduplicating checkpoint store"
+)]
+struct Cli {
+    /// The store directory (else $CAIRN_STORE, else the nearest .cairn from here upward).
+    #[arg(long, global = true, value_name = "PATH")]
+    store: Option<PathBuf>,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Create a store (default ./.cairn).
+    Init {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Commit a checkpoint directory or file.
+    Commit(Box<CommitArgs>),
+    /// Show history from REV (default HEAD), newest first, following first parents.
+    Log {
+        rev: Option<String>,
+        #[arg(short = 'n', long)]
+        limit: Option<usize>,
+        /// KEY OP VALUE filter (docs/catalog.md), repeatable; conditions are ANDed.
+        #[arg(long = "where", value_name = "COND")]
+        conds: Vec<String>,
+        /// Order by KEY (a metric, param or field); -KEY for descending.
+        #[arg(long, allow_hyphen_values = true)]
+        sort: Option<String>,
+        /// Search every commit in the store, not just the history of REV.
+        #[arg(long)]
+        all: bool,
+        #[arg(long)]
+        json: bool,
+    },
+    /// One line per run id: commits, first and last time, best metric.
+    Runs {
+        /// METRIC[:min|max] to rank by (default: eval_loss, val_loss or loss, minimized).
+        #[arg(long)]
+        metric: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Re-read every file of a commit and check every hash; records the result.
+    Verify {
+        #[arg(default_value = "HEAD")]
+        rev: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show a commit: metadata, files and tensors, stored vs logical size.
+    Show {
+        #[arg(default_value = "HEAD")]
+        rev: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Compare two commits per file and per tensor.
+    Diff {
+        a: String,
+        b: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Write a commit's files into DIR, byte for byte (HEAD does not move).
+    Checkout {
+        rev: String,
+        dir: PathBuf,
+        /// Write into a non-empty directory, replacing files of the same names.
+        #[arg(long)]
+        force: bool,
+        /// Also write the commit's metadata as JSON to FILE.
+        #[arg(long, value_name = "FILE")]
+        meta: Option<PathBuf>,
+        /// For a slimmed commit, restore the remaining files (exit 0) instead of refusing.
+        #[arg(long)]
+        partial: bool,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Write one file of a commit to stdout: REV:PATH.
+    Cat { spec: String },
+    /// Write one tensor to a .npy or .safetensors file, reading only its chunks.
+    Tensor {
+        rev: String,
+        /// NAME or FILE:NAME.
+        name: String,
+        #[arg(short = 'o', long = "output")]
+        output: PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
+    /// List branches, or create NAME at REV (default HEAD).
+    Branch {
+        name: Option<String>,
+        rev: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Make BRANCH the current branch.
+    Switch { branch: String },
+    /// List tags, or create NAME at REV (default HEAD).
+    Tag {
+        name: Option<String>,
+        rev: Option<String>,
+        /// Move an existing tag (compare-and-swap against its current target).
+        #[arg(long = "move")]
+        move_: bool,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Every ref move, oldest first (optionally of one ref: a branch, tag, or HEAD).
+    Reflog {
+        name: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Logical vs stored bytes, dedup and compression ratios, chunks, packs.
+    Stats {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Apply retention rules and reclaim space: print the plan with --dry-run, else run it.
+    Gc(Box<GcArgs>),
+    /// Show, set or clear the retention policy applied after every commit.
+    Retention {
+        #[command(subcommand)]
+        cmd: RetentionCmd,
+    },
+    /// Check the store: structure always, chunk data with --read-data.
+    Fsck {
+        /// Decode and re-hash every chunk.
+        #[arg(long)]
+        read_data: bool,
+        /// Re-hash only slice I of N (e.g. 3/7); N runs cover everything.
+        #[arg(long, value_name = "I/N")]
+        read_data_subset: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Repair: rebuild the index from the packs and logs, or heal corrupt chunks from files.
+    Repair {
+        /// Rebuild the RocksDB index from packs, reflog and statelog.
+        #[arg(long)]
+        rebuild_index: bool,
+        /// Re-chunk the files under PATH and write a good copy of every damaged chunk they hold.
+        #[arg(long, value_name = "PATH")]
+        from: Option<PathBuf>,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(clap::Args)]
+struct GcArgs {
+    #[arg(long)]
+    keep_last: Option<usize>,
+    /// K:METRIC:min|max, repeatable.
+    #[arg(long, value_name = "K:METRIC:DIR")]
+    keep_best: Vec<String>,
+    /// METRIC:min|max, repeatable.
+    #[arg(long, value_name = "METRIC:DIR")]
+    keep_improving: Vec<String>,
+    #[arg(long, value_name = "N")]
+    keep_every: Option<u64>,
+    /// A duration: 7d, 12h, 30m.
+    #[arg(long, value_name = "DURATION")]
+    keep_within: Option<String>,
+    /// Release files matching GLOB from older commits (keeping the rest), repeatable.
+    #[arg(long, value_name = "GLOB")]
+    slim: Vec<String>,
+    /// Commits of the branch exempt from --slim, newest first.
+    #[arg(long, value_name = "N")]
+    slim_keep_last: Option<usize>,
+    /// Apply the rules to this branch (repeatable; default the current branch).
+    #[arg(long)]
+    branch: Vec<String>,
+    /// Apply the rules to every branch.
+    #[arg(long)]
+    all: bool,
+    /// Use the stored retention policy as the rules.
+    #[arg(long)]
+    policy: bool,
+    /// Repack packs with more than this fraction of dead bytes.
+    #[arg(long, default_value_t = 0.3)]
+    repack_threshold: f64,
+    #[arg(long)]
+    dry_run: bool,
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Subcommand)]
+enum RetentionCmd {
+    /// Print the stored policy.
+    Show,
+    /// Store a policy, e.g. 'keep-last 5, keep-best 3:val_loss:min'.
+    Set { policy: String },
+    /// Remove the stored policy.
+    Clear,
+}
+
+#[derive(clap::Args)]
+struct CommitArgs {
+    /// Checkpoint directory (or a single file).
+    path: PathBuf,
+    #[arg(short = 'm', long, default_value = "")]
+    message: String,
+    #[arg(long)]
+    step: Option<u64>,
+    #[arg(long)]
+    epoch: Option<f64>,
+    /// NAME=VALUE, repeatable.
+    #[arg(long = "metric", value_name = "NAME=VALUE")]
+    metrics: Vec<String>,
+    /// NAME=VALUE hyperparameter, repeatable.
+    #[arg(long = "param", value_name = "NAME=VALUE")]
+    params: Vec<String>,
+    /// A JSON file of hyperparameters/config, stored canonically with the commit.
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// A dataset directory or file to fingerprint ([NAME=]PATH), repeatable.
+    #[arg(long = "dataset", value_name = "[NAME=]PATH")]
+    datasets: Vec<String>,
+    /// A dataset fingerprint computed elsewhere ([NAME=]STR), repeatable.
+    #[arg(long = "dataset-fingerprint", value_name = "[NAME=]STR")]
+    dataset_fingerprints: Vec<String>,
+    /// The training code's git commit: a SHA, or `auto` to read it from the repository around
+    /// the current directory (or --git-repo).
+    #[arg(long)]
+    git: Option<String>,
+    #[arg(long)]
+    git_repo: Option<PathBuf>,
+    #[arg(long)]
+    run_id: Option<String>,
+    /// KEY=VALUE environment fact, repeatable (machine facts are captured automatically).
+    #[arg(long = "env", value_name = "KEY=VALUE")]
+    env: Vec<String>,
+    /// Branch to commit to (default: the current branch).
+    #[arg(long)]
+    branch: Option<String>,
+    /// Store files matching GLOB as plain bytes, repeatable.
+    #[arg(long = "opaque", value_name = "GLOB")]
+    opaque: Vec<String>,
+    /// Author (default $CAIRN_AUTHOR, else user@host).
+    #[arg(long)]
+    author: Option<String>,
+    /// With --git auto on a dirty tree, store the diff as `_cairn/git.diff` in the commit.
+    #[arg(long)]
+    git_diff: bool,
+    /// A requirements.txt, environment.yml, lock file or image digest file, stored as
+    /// `_cairn/env/<name>` in the commit; repeatable.
+    #[arg(long = "env-file", value_name = "FILE")]
+    env_files: Vec<PathBuf>,
+    /// PART=GLOB: files matching GLOB provide resume PART (weights, optimizer, scheduler, rng,
+    /// trainer_state, config), for layouts cairn does not recognise; repeatable.
+    #[arg(long = "holds", value_name = "PART=GLOB")]
+    holds: Vec<String>,
+    /// Do not take step, epoch and metrics from trainer_state.json.
+    #[arg(long)]
+    no_trainer_state: bool,
+    /// After publishing, re-read every file in a fresh process and record the result.
+    #[arg(long)]
+    verify: bool,
+    /// After publishing, check the commit out to a temporary directory and run CMD there
+    /// (sh -c); its exit status is recorded, and a failure fails this command.
+    #[arg(long, value_name = "CMD")]
+    verify_cmd: Option<String>,
+    #[arg(long)]
+    json: bool,
+}
+
+struct Bar(indicatif::ProgressBar);
+
+impl Progress for Bar {
+    fn begin(&self, what: &str, total: u64) {
+        self.0.set_length(total);
+        self.0.set_position(0);
+        self.0.set_message(what.to_string());
+    }
+    fn advance(&self, n: u64) {
+        self.0.inc(n);
+    }
+    fn end(&self) {
+        self.0.finish_and_clear();
+    }
+}
+
+fn progress() -> Box<dyn Progress> {
+    if std::io::stderr().is_terminal() {
+        let bar = indicatif::ProgressBar::new(0);
+        bar.set_style(
+            indicatif::ProgressStyle::with_template(
+                "{msg:>9} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} {eta}",
+            )
+            .expect("template is valid")
+            .progress_chars("=> "),
+        );
+        Box::new(Bar(bar))
+    } else {
+        Box::new(NoProgress)
+    }
+}
+
+fn human(n: u64) -> String {
+    let units = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = n as f64;
+    let mut u = 0;
+    while v >= 1024.0 && u + 1 < units.len() {
+        v /= 1024.0;
+        u += 1;
+    }
+    if u == 0 {
+        format!("{n} B")
+    } else {
+        format!("{v:.1} {}", units[u])
+    }
+}
+
+fn print_json<T: serde::Serialize>(v: &T) -> Result<()> {
+    let mut out = std::io::stdout().lock();
+    serde_json::to_writer_pretty(&mut out, v)?;
+    writeln!(out)?;
+    Ok(())
+}
+
+fn split_kv<'a>(flag: &str, s: &'a str) -> Result<(&'a str, &'a str)> {
+    match s.split_once('=') {
+        Some((k, v)) if !k.is_empty() => Ok((k, v)),
+        _ => bail!("{flag} {s:?}: expected NAME=VALUE"),
+    }
+}
+
+fn author(explicit: Option<String>) -> String {
+    explicit
+        .or_else(|| std::env::var("CAIRN_AUTHOR").ok())
+        .unwrap_or_else(|| {
+            let user = std::env::var("USER").unwrap_or_else(|_| "unknown".into());
+            let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+                .map(|h| h.trim().to_string())
+                .unwrap_or_else(|_| "localhost".into());
+            format!("{user}@{host}")
+        })
+}
+
+fn store_path(cli_store: &Option<PathBuf>) -> Result<PathBuf> {
+    let env = std::env::var_os("CAIRN_STORE").map(PathBuf::from);
+    let cwd = std::env::current_dir().context("reading the current directory")?;
+    Ok(cairn::store::discover(
+        cli_store.as_deref(),
+        env.as_deref(),
+        &cwd,
+    )?)
+}
+
+fn open(cli_store: &Option<PathBuf>) -> Result<Store> {
+    let p = store_path(cli_store)?;
+    Ok(Store::open(&p)?)
+}
+
+fn print_log_line(id: &cairn::CommitId, c: &cairn::object::Commit) {
+    let mut facts = Vec::new();
+    if let Some(s) = c.meta.step {
+        facts.push(format!("step {s}"));
+    }
+    if let Some(e) = c.meta.epoch {
+        facts.push(format!("epoch {e}"));
+    }
+    for (k, v) in &c.meta.metrics {
+        facts.push(format!("{k}={v}"));
+    }
+    println!(
+        "{}  {}  {}{}",
+        id.short(),
+        inspect::format_time(c.time_ns),
+        c.message.lines().next().unwrap_or(""),
+        if facts.is_empty() {
+            String::new()
+        } else {
+            format!("  [{}]", facts.join(", "))
+        }
+    );
+}
+
+fn cmd_commit(cli_store: &Option<PathBuf>, a: CommitArgs) -> Result<()> {
+    let store = open(cli_store)?;
+    let mut opts = CommitOptions {
+        message: a.message,
+        author: author(a.author),
+        branch: a.branch,
+        opaque: a.opaque,
+        ignore_trainer_state: a.no_trainer_state,
+        ..Default::default()
+    };
+    let m = &mut opts.meta;
+    m.step = a.step;
+    m.epoch = a.epoch;
+    m.run_id = a.run_id;
+    for kv in &a.metrics {
+        let (k, v) = split_kv("--metric", kv)?;
+        let x: f64 = v
+            .parse()
+            .map_err(|_| anyhow!("--metric {kv}: {v:?} is not a number"))?;
+        m.metrics.insert(k.to_string(), x);
+    }
+    for kv in &a.params {
+        let (k, v) = split_kv("--param", kv)?;
+        m.params.insert(k.to_string(), v.to_string());
+    }
+    if let Some(p) = &a.config {
+        let text = std::fs::read(p).with_context(|| format!("reading --config {}", p.display()))?;
+        let v: serde_json::Value = serde_json::from_slice(&text)
+            .with_context(|| format!("--config {}: not valid JSON", p.display()))?;
+        m.config = Some(serde_json::to_string(&v)?);
+    }
+    for d in &a.datasets {
+        let (name, path) = match d.split_once('=') {
+            Some((n, p)) if !n.is_empty() && !Path::new(d).exists() => {
+                (n.to_string(), PathBuf::from(p))
+            }
+            _ => {
+                let p = PathBuf::from(d);
+                let n = p
+                    .file_name()
+                    .map(|n| n.to_string_lossy().to_string())
+                    .unwrap_or_else(|| d.clone());
+                (n, p)
+            }
+        };
+        m.datasets
+            .push(cairn::provenance::dataset_fingerprint(&name, &path)?);
+    }
+    for d in &a.dataset_fingerprints {
+        let (name, fp) = match d.split_once('=') {
+            Some((n, f)) if !n.is_empty() => (n.to_string(), f.to_string()),
+            _ => ("dataset".to_string(), d.clone()),
+        };
+        m.datasets.push(DatasetRef {
+            name,
+            fingerprint: fp,
+            files: None,
+            bytes: None,
+        });
+    }
+    match a.git.as_deref() {
+        None => {}
+        Some("auto") => {
+            let repo = match &a.git_repo {
+                Some(r) => r.clone(),
+                None => std::env::current_dir()?,
+            };
+            m.git = Some(cairn::provenance::git_info(&repo)?);
+        }
+        Some(sha) => {
+            if sha.len() < 4 || !sha.chars().all(|c| c.is_ascii_hexdigit()) {
+                bail!("--git {sha:?}: expected a commit SHA (hex) or `auto`");
+            }
+            m.git = Some(cairn::object::GitInfo {
+                commit: sha.to_ascii_lowercase(),
+                ..Default::default()
+            });
+        }
+    }
+    let mut extra_files: Vec<(String, Vec<u8>)> = Vec::new();
+    if a.git_diff {
+        match &m.git {
+            Some(g) if g.dirty => {
+                let repo = match &a.git_repo {
+                    Some(r) => r.clone(),
+                    None => std::env::current_dir()?,
+                };
+                extra_files.push((
+                    "_cairn/git.diff".into(),
+                    cairn::provenance::git_diff(&repo)?,
+                ));
+            }
+            Some(_) => {}
+            None => bail!("--git-diff needs --git auto"),
+        }
+    }
+    m.env = cairn::provenance::environment();
+    for kv in &a.env {
+        let (k, v) = split_kv("--env", kv)?;
+        m.env.insert(k.to_string(), v.to_string());
+    }
+    for f in &a.env_files {
+        let bytes =
+            std::fs::read(f).with_context(|| format!("reading --env-file {}", f.display()))?;
+        let name = f
+            .file_name()
+            .ok_or_else(|| anyhow!("--env-file {}: not a file name", f.display()))?
+            .to_string_lossy()
+            .to_string();
+        m.env.insert(
+            format!("file.{name}"),
+            blake3::hash(&bytes).to_hex().to_string(),
+        );
+        extra_files.push((format!("_cairn/env/{name}"), bytes));
+    }
+    for kv in &a.holds {
+        let (part, glob) = split_kv("--holds", kv)?;
+        if !cairn::provenance::RESUME_PARTS.contains(&part) {
+            bail!(
+                "--holds {kv}: unknown part {part:?}; expected one of {}",
+                cairn::provenance::RESUME_PARTS.join(", ")
+            );
+        }
+        m.extra.insert(format!("holds.{part}"), glob.to_string());
+    }
+    let meta =
+        std::fs::metadata(&a.path).with_context(|| format!("reading {}", a.path.display()))?;
+    let p = progress();
+    let mut b = CommitBuilder::new(&store, opts).progress(p.as_ref());
+    if meta.is_dir() {
+        b.add_dir(&a.path)?;
+    } else {
+        let name = a
+            .path
+            .file_name()
+            .ok_or_else(|| anyhow!("{}: not a file name", a.path.display()))?
+            .to_string_lossy()
+            .to_string();
+        b.add_path(&a.path, &name)?;
+    }
+    for (rel, bytes) in extra_files {
+        b.add_bytes(&rel, bytes)?;
+    }
+    let out = b.commit()?;
+    if a.json {
+        let mut v = serde_json::to_value(&out)?;
+        v["uri"] = format!("cairn://{}/{}", store.store_id(), out.commit).into();
+        print_json(&v)?;
+    } else {
+        println!(
+            "[{} {}] {} files, {} logical; {} new chunks ({}), {} reused; +{} on disk{}",
+            out.branch,
+            out.commit.short(),
+            out.files,
+            human(out.logical_bytes),
+            out.new_chunks,
+            human(out.new_chunk_bytes),
+            out.reused_chunks,
+            human(out.stored_bytes_added),
+            if out.reparented {
+                " (branch had moved: committed on its new head)"
+            } else {
+                ""
+            }
+        );
+    }
+    let mut failed = Vec::new();
+    if a.verify {
+        // A fresh process, so nothing cached in this one can vouch for the data.
+        let status = std::process::Command::new(std::env::current_exe()?)
+            .arg("--store")
+            .arg(store.root())
+            .args(["verify", &out.commit.to_hex()])
+            .stdout(if a.json {
+                std::process::Stdio::null()
+            } else {
+                std::process::Stdio::inherit()
+            })
+            .status()
+            .context("running cairn verify")?;
+        if !status.success() {
+            failed.push(format!(
+                "VERIFY FAILED: commit {} was published but does not read back intact; it is marked unverified (cairn show {})",
+                out.commit.short(),
+                out.commit.short()
+            ));
+        }
+    }
+    if let Some(cmd) = &a.verify_cmd {
+        let rec = cairn::verify::run_check(&store, out.commit, cmd, p.as_ref())?;
+        cairn::verify::update_state(&store, out.commit, |s| s.check = Some(rec.clone()))?;
+        if !a.json {
+            println!(
+                "load test {}: `{cmd}` exited {} after {:.1}s",
+                if rec.ok { "passed" } else { "FAILED" },
+                rec.exit_code.map_or("by signal".into(), |c| c.to_string()),
+                rec.seconds
+            );
+        }
+        if !rec.ok {
+            failed.push(format!(
+                "load test failed for commit {}: `{cmd}` exited {}",
+                out.commit.short(),
+                rec.exit_code.map_or("by signal".into(), |c| c.to_string())
+            ));
+        }
+    }
+    if !failed.is_empty() {
+        bail!(failed.join("\n"));
+    }
+    Ok(())
+}
+
+fn run(cli: Cli) -> Result<()> {
+    let s = &cli.store;
+    match cli.cmd {
+        Cmd::Init { json } => {
+            let path = match s
+                .clone()
+                .or_else(|| std::env::var_os("CAIRN_STORE").map(PathBuf::from))
+            {
+                Some(p) => p,
+                None => std::env::current_dir()?.join(cairn::store::DEFAULT_DIR),
+            };
+            let store = Store::init(&path)?;
+            if json {
+                print_json(&serde_json::json!({
+                    "store": path, "store_id": store.store_id(), "branch": store.current_branch()?
+                }))?;
+            } else {
+                println!("Initialized empty cairn store in {}", path.display());
+            }
+        }
+        Cmd::Commit(a) => cmd_commit(s, *a)?,
+        Cmd::Log {
+            rev,
+            limit,
+            conds,
+            sort,
+            all,
+            json,
+        } if !conds.is_empty() || sort.is_some() || all => {
+            let store = open(s)?;
+            let query = cairn::catalog::Query {
+                conds: conds
+                    .iter()
+                    .map(|c| cairn::catalog::parse_cond(c))
+                    .collect::<Result<_, _>>()?,
+                sort: sort.as_deref().map(cairn::catalog::SortKey::parse),
+                limit,
+            };
+            let rows = if all {
+                store.view().commit_rows()?
+            } else {
+                let start = match rev {
+                    Some(r) => Some(rev::resolve(&store, &r)?),
+                    None => store.head()?,
+                };
+                match start {
+                    Some(st) => cairn::catalog::history_rows(&store, st)?,
+                    None => Vec::new(),
+                }
+            };
+            let hits = cairn::catalog::run(&query, rows);
+            if json {
+                let mut v = Vec::new();
+                for (id, _) in &hits {
+                    v.push(CommitInfo::new(&store, *id, &store.commit(*id)?));
+                }
+                print_json(&v)?;
+            } else {
+                for (id, _) in &hits {
+                    print_log_line(id, &store.commit(*id)?);
+                }
+            }
+        }
+        Cmd::Log {
+            rev, limit, json, ..
+        } => {
+            let store = open(s)?;
+            let start = match rev {
+                Some(r) => rev::resolve(&store, &r)?,
+                None => match store.head()? {
+                    Some(h) => h,
+                    None => {
+                        if json {
+                            println!("[]");
+                        } else {
+                            eprintln!("branch {} has no commits yet", store.current_branch()?);
+                        }
+                        return Ok(());
+                    }
+                },
+            };
+            let entries = inspect::log(&store, start, limit)?;
+            if json {
+                let v: Vec<CommitInfo> = entries
+                    .iter()
+                    .map(|(id, c)| CommitInfo::new(&store, *id, c))
+                    .collect();
+                print_json(&v)?;
+            } else {
+                for (id, c) in &entries {
+                    print_log_line(id, c);
+                }
+            }
+        }
+        Cmd::Show { rev, json } => {
+            let store = open(s)?;
+            let id = rev::resolve(&store, &rev)?;
+            let info = inspect::show(&store, id)?;
+            if json {
+                print_json(&info)?;
+            } else {
+                print_show(&info);
+            }
+        }
+        Cmd::Diff { a, b, json } => {
+            let store = open(s)?;
+            let ia = rev::resolve(&store, &a)?;
+            let ib = rev::resolve(&store, &b)?;
+            let d = cairn::diff::diff(&store, ia, ib)?;
+            if json {
+                print_json(&d)?;
+            } else {
+                print_diff(&d);
+            }
+        }
+        Cmd::Checkout {
+            rev,
+            dir,
+            force,
+            meta,
+            partial,
+            json,
+        } => {
+            let store = open(s)?;
+            let id = rev::resolve(&store, &rev)?;
+            let p = progress();
+            let out = read::checkout(
+                &store,
+                id,
+                &dir,
+                &CheckoutOptions { force, partial },
+                p.as_ref(),
+            )?;
+            if !out.released.is_empty() && !json {
+                eprintln!("released by gc, not restored: {}", out.released.join(", "));
+            }
+            if let Some(m) = &meta {
+                let info = CommitInfo::new(&store, id, &store.commit(id)?);
+                let bytes = serde_json::to_vec_pretty(&info)?;
+                cairn::export::write_file_atomic(m, &[&bytes, b"\n"])?;
+            }
+            if json {
+                print_json(&out)?;
+            } else {
+                println!(
+                    "checked out {} into {}: {} files, {} (verified)",
+                    id.short(),
+                    dir.display(),
+                    out.files,
+                    human(out.bytes)
+                );
+            }
+        }
+        Cmd::Cat { spec } => {
+            let store = open(s)?;
+            let (r, path) = spec
+                .split_once(':')
+                .ok_or_else(|| anyhow!("{spec:?}: expected REV:PATH"))?;
+            let id = rev::resolve(&store, r)?;
+            let stdout = std::io::stdout();
+            let mut out = std::io::BufWriter::with_capacity(1 << 20, stdout.lock());
+            read::cat(&store, id, path, &mut out)?;
+            out.flush()?;
+        }
+        Cmd::Tensor {
+            rev,
+            name,
+            output,
+            json,
+        } => {
+            let store = open(s)?;
+            let id = rev::resolve(&store, &rev)?;
+            let format = cairn::export::TensorFormat::from_path(&output)?;
+            let tree = store.tree(store.commit(id)?.tree)?;
+            let t = read::find_tensor(&tree, &name)?;
+            let (tname, dtype, shape) = t.segment.tensor().expect("find_tensor returns tensors");
+            let prefix = cairn::export::tensor_prefix(format, tname, dtype, shape)?;
+            let data = read::read_tensor(&store, &t)?;
+            cairn::export::write_file_atomic(&output, &[&prefix, &data])?;
+            if json {
+                print_json(&serde_json::json!({
+                    "file": t.file, "name": tname, "dtype": dtype.to_string(), "shape": shape,
+                    "bytes": data.len(), "output": output,
+                }))?;
+            } else {
+                println!(
+                    "{}:{} {} {:?} -> {} ({})",
+                    t.file,
+                    tname,
+                    dtype,
+                    shape,
+                    output.display(),
+                    human(data.len() as u64)
+                );
+            }
+        }
+        Cmd::Branch { name, rev, json } => {
+            let store = open(s)?;
+            match name {
+                None => {
+                    let cur = store.current_branch()?;
+                    let list = store.branches()?;
+                    if json {
+                        let v: Vec<_> = list
+                            .iter()
+                            .map(|(n, id)| serde_json::json!({"name": n, "commit": id.to_hex(), "current": *n == cur}))
+                            .collect();
+                        print_json(&v)?;
+                    } else {
+                        if !list.iter().any(|(n, _)| *n == cur) {
+                            println!("* {cur} (no commits yet)");
+                        }
+                        for (n, id) in list {
+                            println!("{} {n} {}", if n == cur { "*" } else { " " }, id.short());
+                        }
+                    }
+                }
+                Some(n) => {
+                    let full = refs::branch_ref(&n)?;
+                    let target = rev::resolve(&store, rev.as_deref().unwrap_or("HEAD"))?;
+                    if let Some(at) = store.get_ref(&full)? {
+                        return Err(cairn::Error::RefExists {
+                            name: n,
+                            at: at.short(),
+                        }
+                        .into());
+                    }
+                    store.update_ref(&full, None, target, &author(None), "branch", "")?;
+                    if json {
+                        print_json(&serde_json::json!({"name": n, "commit": target.to_hex()}))?;
+                    } else {
+                        println!("branch {n} at {}", target.short());
+                    }
+                }
+            }
+        }
+        Cmd::Switch { branch } => {
+            let store = open(s)?;
+            store.switch(&branch, &author(None))?;
+            println!("switched to branch {branch}");
+        }
+        Cmd::Tag {
+            name,
+            rev,
+            move_,
+            json,
+        } => {
+            let store = open(s)?;
+            match name {
+                None => {
+                    let list = store.tags()?;
+                    if json {
+                        let v: Vec<_> = list
+                            .iter()
+                            .map(|(n, id)| serde_json::json!({"name": n, "commit": id.to_hex()}))
+                            .collect();
+                        print_json(&v)?;
+                    } else {
+                        for (n, id) in list {
+                            println!("{n} {}", id.short());
+                        }
+                    }
+                }
+                Some(n) => {
+                    let full = refs::tag_ref(&n)?;
+                    let target = rev::resolve(&store, rev.as_deref().unwrap_or("HEAD"))?;
+                    let current = store.get_ref(&full)?;
+                    match (current, move_) {
+                        (Some(at), false) => {
+                            return Err(anyhow!(
+                                "tag {n} already exists (at {}); use --move to move it",
+                                at.short()
+                            ));
+                        }
+                        (None, true) => bail!("tag {n} does not exist; create it without --move"),
+                        _ => {}
+                    }
+                    store.update_ref(
+                        &full,
+                        current,
+                        target,
+                        &author(None),
+                        if move_ { "tag-move" } else { "tag" },
+                        "",
+                    )?;
+                    if json {
+                        print_json(
+                            &serde_json::json!({"name": n, "commit": target.to_hex(), "previous": current.map(|c| c.to_hex())}),
+                        )?;
+                    } else {
+                        println!("tag {n} at {}", target.short());
+                    }
+                }
+            }
+        }
+        Cmd::Reflog { name, json } => {
+            let store = open(s)?;
+            let full = match name.as_deref() {
+                None => None,
+                Some("HEAD") => Some("HEAD".to_string()),
+                Some(n) if n.starts_with("refs/") => Some(n.to_string()),
+                Some(n) => {
+                    let b = format!("{}{n}", refs::HEADS);
+                    let t = format!("{}{n}", refs::TAGS);
+                    if store.get_ref(&b)?.is_some() || store.get_ref(&t)?.is_none() {
+                        Some(b)
+                    } else {
+                        Some(t)
+                    }
+                }
+            };
+            let entries = store.reflog(full.as_deref())?;
+            if json {
+                print_json(&entries)?;
+            } else {
+                for e in entries {
+                    let short = |x: &Option<String>| {
+                        x.as_deref()
+                            .map(|v| {
+                                if v.len() == 64 {
+                                    v[..12].to_string()
+                                } else {
+                                    v.to_string()
+                                }
+                            })
+                            .unwrap_or_else(|| "-".into())
+                    };
+                    println!(
+                        "{}  {:<24} {} -> {}  {} by {}{}",
+                        inspect::format_time(e.time_ns),
+                        e.name,
+                        short(&e.old),
+                        short(&e.new),
+                        e.action,
+                        e.who,
+                        if e.message.is_empty() {
+                            String::new()
+                        } else {
+                            format!(": {}", e.message)
+                        }
+                    );
+                }
+            }
+        }
+        Cmd::Runs { metric, json } => {
+            let store = open(s)?;
+            let (m, dir) = match metric
+                .as_deref()
+                .map(|x| x.split_once(':').unwrap_or((x, "min")))
+            {
+                Some((m, d)) if d == "min" || d == "max" => (Some(m.to_string()), d == "max"),
+                Some((_, d)) => bail!("--metric: direction {d:?} must be min or max"),
+                None => (None, false),
+            };
+            let runs = cairn::catalog::runs(&store.view().commit_rows()?, m.as_deref(), dir);
+            if json {
+                print_json(&runs)?;
+            } else {
+                for r in runs {
+                    println!(
+                        "{:<20} {:>5} commits  {} .. {}  {}",
+                        r.run_id,
+                        r.commits,
+                        inspect::format_time(r.first_ns),
+                        inspect::format_time(r.last_ns),
+                        match (&r.metric, r.best, &r.best_commit) {
+                            (Some(m), Some(b), Some(c)) => format!("best {m}={b} at {}", &c[..12]),
+                            _ => "no metric".into(),
+                        }
+                    );
+                }
+            }
+        }
+        Cmd::Verify { rev, json } => {
+            let store = open(s)?;
+            let id = rev::resolve(&store, &rev)?;
+            let p = progress();
+            let rec = cairn::verify::verify_commit(&store, id, p.as_ref())?;
+            cairn::verify::update_state(&store, id, |st| st.verify = Some(rec.clone()))?;
+            if json {
+                print_json(&rec)?;
+            } else if rec.ok {
+                println!(
+                    "verified {}: {} files, {} intact",
+                    id.short(),
+                    rec.files,
+                    human(rec.bytes)
+                );
+            }
+            if !rec.ok {
+                for p in &rec.problems {
+                    eprintln!("  {p}");
+                }
+                bail!(
+                    "commit {} FAILED verification: {} problem(s)",
+                    id.short(),
+                    rec.problems.len()
+                );
+            }
+        }
+        Cmd::Gc(a) => cmd_gc(s, *a)?,
+        Cmd::Retention { cmd } => {
+            let store = open(s)?;
+            match cmd {
+                RetentionCmd::Show => match cairn::gc::stored_policy(&store)? {
+                    Some(r) => println!("{}", r.to_text()),
+                    None => println!("no retention policy"),
+                },
+                RetentionCmd::Set { policy } => {
+                    let r = cairn::gc::Retention::parse(&policy)?;
+                    if !r.prunes() && r.slim.is_empty() {
+                        bail!("retention policy {policy:?} has no rule");
+                    }
+                    cairn::gc::set_policy(&store, Some(&r))?;
+                    println!("retention policy: {}", r.to_text());
+                }
+                RetentionCmd::Clear => {
+                    cairn::gc::set_policy(&store, None)?;
+                    println!("retention policy cleared");
+                }
+            }
+        }
+        Cmd::Fsck {
+            read_data,
+            read_data_subset,
+            json,
+        } => {
+            let store = open(s)?;
+            let subset = match read_data_subset.as_deref() {
+                None => None,
+                Some(x) => {
+                    let (i, n) = x
+                        .split_once('/')
+                        .and_then(|(i, n)| Some((i.parse::<u64>().ok()?, n.parse::<u64>().ok()?)))
+                        .filter(|(i, n)| *n >= 1 && *i >= 1 && i <= n)
+                        .ok_or_else(|| {
+                            anyhow!("--read-data-subset {x:?}: expected I/N with 1 <= I <= N")
+                        })?;
+                    Some((i, n))
+                }
+            };
+            let p = progress();
+            let rep = cairn::fsck::fsck(
+                &store,
+                &cairn::fsck::FsckOptions {
+                    read_data: read_data || subset.is_some(),
+                    subset,
+                },
+                p.as_ref(),
+            )?;
+            if json {
+                print_json(&rep)?;
+            } else {
+                println!(
+                    "{} refs, {} commits, {} trees, {} chunks referenced, {} indexed, {} packs; {} chunks re-hashed ({})",
+                    rep.refs,
+                    rep.commits,
+                    rep.trees,
+                    rep.chunks_referenced,
+                    rep.chunks_indexed,
+                    rep.packs,
+                    rep.chunks_read,
+                    human(rep.bytes_read)
+                );
+                for pr in &rep.problems {
+                    println!(
+                        "{}: {}{}: {}",
+                        pr.kind,
+                        pr.subject,
+                        pr.pack
+                            .as_deref()
+                            .map(|p| format!(" (pack {p})"))
+                            .unwrap_or_default(),
+                        pr.detail
+                    );
+                }
+            }
+            if !rep.ok() {
+                bail!("fsck found {} problem(s)", rep.problems.len());
+            }
+            if !json {
+                println!("no problems found");
+            }
+        }
+        Cmd::Repair {
+            rebuild_index,
+            from,
+            json,
+        } => {
+            if !rebuild_index && from.is_none() {
+                bail!("repair needs --rebuild-index or --from PATH");
+            }
+            let root = store_path(s)?;
+            if rebuild_index {
+                if !root.join(cairn::store::MARKER).is_file() {
+                    return Err(cairn::Error::NotAStore { path: root }.into());
+                }
+                let out = cairn::fsck::rebuild_index(&root)?;
+                if json {
+                    print_json(&out)?;
+                } else {
+                    println!(
+                        "rebuilt the index: {} packs, {} chunks, {} objects, {} commits, {} refs, {} commit states{}",
+                        out.packs,
+                        out.chunks,
+                        out.objects,
+                        out.commits,
+                        out.refs,
+                        out.states,
+                        out.old_index
+                            .as_deref()
+                            .map(|o| format!("; previous index kept at {o}"))
+                            .unwrap_or_default()
+                    );
+                }
+            }
+            if let Some(path) = from {
+                let store = Store::open(&root)?;
+                let healed = cairn::commit::heal_from(&store, &path)?;
+                if json {
+                    print_json(&serde_json::json!({"healed": healed}))?;
+                } else {
+                    println!("healed {healed} damaged chunk(s) from {}", path.display());
+                }
+            }
+        }
+        Cmd::Stats { json } => {
+            let store = open(s)?;
+            let st = inspect::stats(&store)?;
+            if json {
+                print_json(&st)?;
+            } else {
+                println!("commits        {}", st.commits);
+                println!("branches/tags  {}/{}", st.branches, st.tags);
+                println!(
+                    "logical        {} ({} bytes)",
+                    human(st.logical_bytes),
+                    st.logical_bytes
+                );
+                println!("unique chunks  {} ({})", st.chunks, human(st.unique_bytes));
+                println!("chunks stored  {}", human(st.chunk_stored_bytes));
+                println!(
+                    "packs          {} ({} on disk)",
+                    st.packs,
+                    human(st.pack_bytes)
+                );
+                println!("dedup          {:.2}x", st.dedup_ratio);
+                println!("compression    {:.2}x", st.compression_ratio);
+                println!(
+                    "overall        {:.2}x smaller than plain copies",
+                    st.total_ratio
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
+fn cmd_gc(s: &Option<PathBuf>, a: GcArgs) -> Result<()> {
+    let store = open(s)?;
+    let mut r = if a.policy {
+        cairn::gc::stored_policy(&store)?.ok_or_else(|| {
+            anyhow!("--policy: no retention policy is stored (cairn retention set ...)")
+        })?
+    } else {
+        cairn::gc::Retention::default()
+    };
+    if a.keep_last.is_some() {
+        r.keep_last = a.keep_last;
+    }
+    for kb in &a.keep_best {
+        r.keep_best.push(cairn::gc::parse_keep_best(kb)?);
+    }
+    for ki in &a.keep_improving {
+        r.keep_improving.push(cairn::gc::parse_keep_improving(ki)?);
+    }
+    if let Some(n) = a.keep_every {
+        if n == 0 {
+            bail!("--keep-every 0: must be at least 1");
+        }
+        r.keep_every = Some(n);
+    }
+    if let Some(w) = &a.keep_within {
+        r.keep_within_ns = Some(cairn::gc::parse_duration_ns(w)?);
+    }
+    r.slim.extend(a.slim.iter().cloned());
+    if a.slim_keep_last.is_some() {
+        r.slim_keep_last = a.slim_keep_last;
+    }
+    if !(0.0..=1.0).contains(&a.repack_threshold) {
+        bail!(
+            "--repack-threshold {}: must be between 0 and 1",
+            a.repack_threshold
+        );
+    }
+    let opts = cairn::gc::GcOptions {
+        retention: r,
+        branches: a.branch.clone(),
+        all: a.all,
+        repack_threshold: Some(a.repack_threshold),
+        now_ns: None,
+    };
+    let out = cairn::gc::gc(&store, &opts, a.dry_run)?;
+    if a.json {
+        print_json(&out)?;
+        return Ok(());
+    }
+    let p = &out.plan;
+    println!(
+        "policy: {}   branches: {}",
+        if p.policy.is_empty() {
+            "(none: only unreferenced data)"
+        } else {
+            &p.policy
+        },
+        p.branches.join(", ")
+    );
+    for c in &p.commits {
+        let what = match c.decision {
+            cairn::gc::Decision::Keep => "keep ",
+            cairn::gc::Decision::Prune => "PRUNE",
+            cairn::gc::Decision::Slim => "SLIM ",
+            cairn::gc::Decision::AlreadyPruned => "pruned",
+        };
+        println!(
+            "{what} {} {:>10} {}{}",
+            &c.id[..12],
+            c.step.map(|s| format!("step {s}")).unwrap_or_default(),
+            c.reasons.join("; "),
+            if c.frees_bytes > 0 {
+                format!("  frees {}", human(c.frees_bytes))
+            } else {
+                String::new()
+            }
+        );
+    }
+    println!(
+        "{} dead chunks ({}); {} delta bases kept alive; {} packs to delete, {} to repack, {} leftover files",
+        p.dead_chunks,
+        human(p.dead_bytes),
+        p.kept_as_delta_base,
+        p.delete_packs.len(),
+        p.repack_packs.len(),
+        p.orphan_files.len()
+    );
+    if out.dry_run {
+        println!("dry run: nothing changed");
+    } else {
+        println!(
+            "{}: removed {} chunks, deleted {} files, repacked {} packs{}; packs {} -> {} (reclaimed {})",
+            out.mode,
+            out.chunks_removed,
+            out.packs_deleted,
+            out.packs_repacked,
+            if out.packs_doomed > 0 {
+                format!(
+                    ", {} packs left for a later run (readers active)",
+                    out.packs_doomed
+                )
+            } else {
+                String::new()
+            },
+            human(out.disk_bytes_before),
+            human(out.disk_bytes_after),
+            human(out.disk_bytes_before.saturating_sub(out.disk_bytes_after))
+        );
+    }
+    Ok(())
+}
+
+fn print_show(info: &inspect::ShowInfo) {
+    let c = &info.commit;
+    println!("commit {}", c.id);
+    println!("uri    {}", c.uri);
+    for p in &c.parents {
+        println!("parent {p}");
+    }
+    println!("date   {}", c.time);
+    println!("author {}", c.author);
+    if let Some(r) = &c.run_id {
+        println!("run    {r}");
+    }
+    if let Some(s) = c.step {
+        println!("step   {s}");
+    }
+    if let Some(e) = c.epoch {
+        println!("epoch  {e}");
+    }
+    for (k, v) in &c.metrics {
+        println!("metric {k} = {v}");
+    }
+    for (k, v) in &c.params {
+        println!("param  {k} = {v}");
+    }
+    if let Some(cfg) = &c.config {
+        println!("config {cfg}");
+    }
+    if let Some(g) = &c.git {
+        println!(
+            "git    {}{}{}",
+            g.commit,
+            g.branch
+                .as_deref()
+                .map(|b| format!(" ({b})"))
+                .unwrap_or_default(),
+            if g.dirty { " dirty" } else { "" }
+        );
+    }
+    for d in &c.datasets {
+        println!("data   {} {}", d.name, d.fingerprint);
+    }
+    if !c.message.is_empty() {
+        println!("\n    {}\n", c.message.replace('\n', "\n    "));
+    }
+    if let Some(v) = &info.state.verify {
+        println!(
+            "verify {} at {}{}",
+            if v.ok { "ok" } else { "FAILED (unverified)" },
+            inspect::format_time(v.time_ns),
+            if v.problems.is_empty() {
+                String::new()
+            } else {
+                format!(": {}", v.problems.join("; "))
+            }
+        );
+    }
+    if let Some(c) = &info.state.check {
+        println!(
+            "check  {} `{}` exited {} at {}",
+            if c.ok { "passed" } else { "FAILED" },
+            c.command,
+            c.exit_code.map_or("by signal".into(), |x| x.to_string()),
+            inspect::format_time(c.time_ns)
+        );
+    }
+    if let Some(p) = &info.state.pruned {
+        println!(
+            "{} by gc at {} ({}){}",
+            if p.released.is_empty() {
+                "PRUNED"
+            } else {
+                "SLIMMED"
+            },
+            inspect::format_time(p.time_ns),
+            p.reason,
+            if p.released.is_empty() {
+                String::new()
+            } else {
+                format!(": released {}", p.released.join(", "))
+            }
+        );
+    }
+    let r = &info.resume;
+    let parts: Vec<String> = r
+        .parts
+        .iter()
+        .map(|(k, v)| format!("{k} {}", if v.is_empty() { "missing" } else { "present" }))
+        .collect();
+    println!(
+        "resume {}: {}",
+        if r.resumable {
+            "resumable".to_string()
+        } else {
+            format!("not resumable (missing {})", r.missing.join(", "))
+        },
+        parts.join(", ")
+    );
+    println!(
+        "{} files, {} logical, {} stored ({} new vs parent), {} unique chunks",
+        info.files.len(),
+        human(info.logical_bytes),
+        human(info.stored_bytes),
+        human(info.stored_bytes_new_vs_parent),
+        info.unique_chunks
+    );
+    for f in &info.files {
+        println!(
+            "  {}  {}  {}  {}",
+            f.path,
+            human(f.size),
+            f.format,
+            &f.sha256
+        );
+        for t in &f.tensors {
+            println!(
+                "      {} {} {:?} {}",
+                t.name,
+                t.dtype,
+                t.shape,
+                human(t.bytes)
+            );
+        }
+    }
+}
+
+fn print_diff(d: &cairn::diff::DiffOutcome) {
+    use cairn::diff::Status;
+    for f in &d.files {
+        let tag = match f.status {
+            Status::Added => "A",
+            Status::Removed => "D",
+            Status::Changed => "M",
+            Status::Unchanged => "=",
+            Status::Unknown => "?",
+        };
+        println!("{tag} {}", f.path);
+        for t in &f.tensors {
+            match t.status {
+                Status::Unchanged | Status::Unknown => {}
+                Status::Added => println!("    + {}", t.name),
+                Status::Removed => println!("    - {}", t.name),
+                Status::Changed => {
+                    if let Some(l) = &t.layout_change {
+                        println!("    ~ {}  {l}", t.name);
+                    } else {
+                        println!(
+                            "    ~ {}  max|Δ|={}  relL2={}  changed={}",
+                            t.name,
+                            t.max_abs_delta.map_or("-".into(), |v| format!("{v:.3e}")),
+                            t.rel_l2.map_or("-".into(), |v| format!("{v:.3e}")),
+                            t.frac_changed
+                                .map_or("-".into(), |v| format!("{:.2}%", v * 100.0)),
+                        );
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn main() {
+    let cli = Cli::parse();
+    if let Err(e) = run(cli) {
+        // Scripts piping into `head` close stdout early; that is not an error worth a message.
+        if e.downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+        {
+            std::process::exit(0);
+        }
+        eprintln!("error: {e}");
+        for cause in e.chain().skip(1) {
+            eprintln!("  caused by: {cause}");
+        }
+        std::process::exit(1);
+    }
+}

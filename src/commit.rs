@@ -1,0 +1,1139 @@
+//! Making a commit: reading files, chunking, hashing, deduplicating, encoding, writing packs, and
+//! publishing.
+//!
+//! The write path, in order (docs/architecture.md numbers the same steps):
+//! 1. Plan: walk the inputs, parse every `*.safetensors` header strictly (any error aborts the
+//!    commit before anything is written), and note the branch head as the expected parent.
+//! 2. Stream: a reader thread reads files in order in bounded batches (computing each file's
+//!    SHA-256 as it goes); the batch is hashed, checked against the index and encoded on all
+//!    cores; new chunks are appended to a pack in input order.
+//! 3. Seal: the tree and commit objects are appended, each pack gets its footer and is fsynced,
+//!    renamed from `.pack.tmp` to `.pack`, and the packs directory is fsynced.
+//! 4. Publish, under `locks/index.lock` with the index open read-write: check that every chunk
+//!    the commit reuses is still indexed; compare-and-swap the branch (if it moved, the commit is
+//!    re-made with the new head as parent, in a small extra pack, fsynced the same way); append
+//!    the ref move to the reflog (fsync); write one index batch with every new chunk, object,
+//!    pack and the ref (sync).
+//!
+//! A crash before step 4's batch leaves only unreferenced sealed packs (dead bytes gc reclaims)
+//! or `.pack.tmp` files (removed by cleanup once no writer holds them); the commit is not
+//! acknowledged. After the batch, it is complete and durable.
+
+use crate::chunker;
+use crate::codec::{self, Encoding};
+use crate::dtype::DType;
+use crate::id::{ChunkId, CommitId, ObjectId, PackId, TreeId};
+use crate::index::{ChunkLoc, CommitRow, ObjectLoc, PackInfo};
+use crate::object::{
+    ChunkRef, Commit, FileEntry, FileFormat, KIND_COMMIT, KIND_TREE, Metadata, Segment,
+    SegmentKind, Tree,
+};
+use crate::pack::{PackWriter, SealedPack, TARGET_PACK_SIZE};
+use crate::progress::{NoProgress, Progress};
+use crate::refs::{self, ReflogEntry};
+use crate::safetensors;
+use crate::store::{Error, Result, Store, io_at, now_ns};
+use rayon::prelude::*;
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+use std::collections::{BTreeSet, HashSet};
+use std::fs::File;
+use std::os::unix::fs::{FileExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::mpsc::sync_channel;
+
+/// Bytes read ahead per batch: bounds commit memory to a few batches.
+const BATCH_BYTES: u64 = 32 << 20;
+
+/// K, the bound on delta chains: a chunk is delta-coded only against a base whose own chain is
+/// shorter than K-1, so a read decodes a chunk plus at most K-1 bases, and every K-th version
+/// of a chunk at most is stored standalone.
+pub const MAX_DELTA_DEPTH: u32 = 4;
+
+/// Tensors of the parent commit, by (file path, tensor name): dtype, shape, chunks.
+type ParentTensors = std::collections::HashMap<(String, String), (DType, Vec<u64>, Vec<ChunkRef>)>;
+
+fn parent_tensors(store: &Store, parent: Option<CommitId>) -> Result<ParentTensors> {
+    let mut out = ParentTensors::new();
+    let Some(p) = parent else { return Ok(out) };
+    let tree = store.tree(store.commit(p)?.tree)?;
+    for (path, f) in &tree.files {
+        for s in &f.segments {
+            if let SegmentKind::Tensor { name, dtype, shape } = &s.kind {
+                out.insert(
+                    (path.clone(), name.clone()),
+                    (*dtype, shape.clone(), s.chunks.clone()),
+                );
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// A tensor handed over from memory.
+#[derive(Clone, Debug)]
+pub struct TensorInput {
+    pub name: String,
+    pub dtype: DType,
+    pub shape: Vec<u64>,
+    pub data: Vec<u8>,
+}
+
+/// Settings of a commit besides its files.
+#[derive(Clone, Debug, Default)]
+pub struct CommitOptions {
+    pub message: String,
+    pub author: String,
+    /// Defaults to now.
+    pub time_ns: Option<i64>,
+    pub meta: Metadata,
+    /// Branch to commit to; defaults to the current branch.
+    pub branch: Option<String>,
+    /// Globs of paths (or file names) to store as plain bytes even if they look structured.
+    pub opaque: Vec<String>,
+    /// Do not read step, epoch and metrics from a top-level `trainer_state.json`.
+    pub ignore_trainer_state: bool,
+}
+
+/// What a commit did.
+#[derive(Clone, Debug, Serialize)]
+pub struct CommitOutcome {
+    pub commit: CommitId,
+    pub tree: TreeId,
+    pub parent: Option<CommitId>,
+    pub branch: String,
+    pub files: u64,
+    pub logical_bytes: u64,
+    /// Chunks this commit added to the store.
+    pub new_chunks: u64,
+    /// Raw bytes of those chunks.
+    pub new_chunk_bytes: u64,
+    /// Chunk references satisfied by chunks already stored (or repeated within the commit).
+    pub reused_chunks: u64,
+    /// Bytes added on disk (all pack files written).
+    pub stored_bytes_added: u64,
+    pub packs: Vec<PackId>,
+    /// The branch moved while this commit was being written, so it was re-made on the new head.
+    pub reparented: bool,
+    /// What the store's retention policy did after this commit, when one is set.
+    pub auto_gc: Option<AutoGc>,
+}
+
+/// The retention policy's run after a commit.
+#[derive(Clone, Debug, Serialize)]
+pub struct AutoGc {
+    pub pruned: u64,
+    pub mode: String,
+    pub bytes_freed: u64,
+    pub error: Option<String>,
+}
+
+enum Data {
+    Disk(PathBuf),
+    Memory(Arc<Vec<u8>>),
+}
+
+struct Input {
+    rel: String,
+    data: Data,
+    executable: bool,
+}
+
+enum Plan {
+    /// Segment kinds and their `[start, end)` ranges, covering the file.
+    Structured(FileFormat, Vec<(SegmentKind, u64, u64)>),
+    Opaque,
+}
+
+struct PlannedFile {
+    input: Input,
+    size: u64,
+    mtime: Option<std::time::SystemTime>,
+    plan: Plan,
+}
+
+/// Builds one commit. Add files, then call [`CommitBuilder::commit`].
+pub struct CommitBuilder<'s> {
+    store: &'s Store,
+    inputs: Vec<Input>,
+    empty_dirs: BTreeSet<String>,
+    opts: CommitOptions,
+    progress: &'s dyn Progress,
+}
+
+/// Check a path inside a commit: relative, `/`-separated, no empty, `.` or `..` components.
+pub fn check_rel_path(rel: &str) -> Result<()> {
+    let bad = |what: &str| {
+        Err(Error::BadInput {
+            path: rel.to_string(),
+            what: what.to_string(),
+        })
+    };
+    if rel.is_empty() {
+        return bad("empty path");
+    }
+    if rel.contains('\0') {
+        return bad("path contains NUL");
+    }
+    if rel.starts_with('/') {
+        return bad("path must be relative");
+    }
+    if rel
+        .split('/')
+        .any(|c| c.is_empty() || c == "." || c == "..")
+    {
+        return bad("path has an empty, '.' or '..' component");
+    }
+    Ok(())
+}
+
+impl<'s> CommitBuilder<'s> {
+    pub fn new(store: &'s Store, opts: CommitOptions) -> CommitBuilder<'s> {
+        CommitBuilder {
+            store,
+            inputs: Vec::new(),
+            empty_dirs: BTreeSet::new(),
+            opts,
+            progress: &NoProgress,
+        }
+    }
+
+    pub fn progress(mut self, p: &'s dyn Progress) -> Self {
+        self.progress = p;
+        self
+    }
+
+    pub fn options_mut(&mut self) -> &mut CommitOptions {
+        &mut self.opts
+    }
+
+    /// Add every file under `dir`, at paths relative to `dir`. Symlinks to files are followed;
+    /// symlinks to directories and special files are refused.
+    pub fn add_dir(&mut self, dir: &Path) -> Result<()> {
+        let meta = std::fs::metadata(dir).map_err(io_at(dir))?;
+        if !meta.is_dir() {
+            return Err(Error::BadInput {
+                path: dir.display().to_string(),
+                what: "not a directory".into(),
+            });
+        }
+        self.walk(dir, "")
+    }
+
+    fn walk(&mut self, dir: &Path, prefix: &str) -> Result<()> {
+        let mut entries: Vec<_> = std::fs::read_dir(dir)
+            .map_err(io_at(dir))?
+            .collect::<std::result::Result<_, _>>()
+            .map_err(io_at(dir))?;
+        entries.sort_by_key(|e| e.file_name());
+        if entries.is_empty() && !prefix.is_empty() {
+            self.empty_dirs
+                .insert(prefix.trim_end_matches('/').to_string());
+        }
+        for e in entries {
+            let path = e.path();
+            let name = e.file_name().into_string().map_err(|n| Error::BadInput {
+                path: path.display().to_string(),
+                what: format!("file name {n:?} is not UTF-8"),
+            })?;
+            let rel = format!("{prefix}{name}");
+            let ft = e.file_type().map_err(io_at(&path))?;
+            if ft.is_dir() {
+                self.walk(&path, &format!("{rel}/"))?;
+            } else if ft.is_file() {
+                self.add_path(&path, &rel)?;
+            } else if ft.is_symlink() {
+                let m = std::fs::metadata(&path).map_err(io_at(&path))?;
+                if m.is_file() {
+                    self.add_path(&path, &rel)?;
+                } else {
+                    return Err(Error::BadInput {
+                        path: path.display().to_string(),
+                        what: "symlink to a directory or special file; cairn follows only symlinks to files".into(),
+                    });
+                }
+            } else {
+                return Err(Error::BadInput {
+                    path: path.display().to_string(),
+                    what: "not a regular file or directory".into(),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// Add one file from disk at `rel`.
+    pub fn add_path(&mut self, path: &Path, rel: &str) -> Result<()> {
+        check_rel_path(rel)?;
+        let m = std::fs::metadata(path).map_err(io_at(path))?;
+        if !m.is_file() {
+            return Err(Error::BadInput {
+                path: path.display().to_string(),
+                what: "not a regular file".into(),
+            });
+        }
+        self.inputs.push(Input {
+            rel: rel.to_string(),
+            data: Data::Disk(path.to_path_buf()),
+            executable: m.permissions().mode() & 0o111 != 0,
+        });
+        Ok(())
+    }
+
+    /// Add a file from memory at `rel`.
+    pub fn add_bytes(&mut self, rel: &str, bytes: Vec<u8>) -> Result<()> {
+        check_rel_path(rel)?;
+        self.inputs.push(Input {
+            rel: rel.to_string(),
+            data: Data::Memory(Arc::new(bytes)),
+            executable: false,
+        });
+        Ok(())
+    }
+
+    /// Add tensors from memory as one safetensors file at `rel` (laid out in the order given).
+    pub fn add_tensors(
+        &mut self,
+        rel: &str,
+        tensors: Vec<TensorInput>,
+        metadata: Option<&std::collections::BTreeMap<String, String>>,
+    ) -> Result<()> {
+        let specs: Vec<(String, DType, Vec<u64>)> = tensors
+            .iter()
+            .map(|t| (t.name.clone(), t.dtype, t.shape.clone()))
+            .collect();
+        let mut file = safetensors::serialize_header(&specs, metadata).map_err(|source| {
+            Error::Safetensors {
+                path: rel.to_string(),
+                source,
+            }
+        })?;
+        for t in &tensors {
+            let want = t.dtype.byte_len(&t.shape).map_err(|e| Error::BadInput {
+                path: format!("{rel}:{}", t.name),
+                what: e.to_string(),
+            })?;
+            if want != t.data.len() as u64 {
+                return Err(Error::BadInput {
+                    path: format!("{rel}:{}", t.name),
+                    what: format!(
+                        "{} bytes given for dtype {} and shape {:?}, which take {want}",
+                        t.data.len(),
+                        t.dtype,
+                        t.shape
+                    ),
+                });
+            }
+        }
+        let total: usize = tensors.iter().map(|t| t.data.len()).sum();
+        file.reserve(total);
+        for t in tensors {
+            file.extend_from_slice(&t.data);
+        }
+        self.add_bytes(rel, file)
+    }
+
+    /// Write and publish the commit; then, if the store has a retention policy, apply it to the
+    /// branch (its outcome, or its error, is reported in [`CommitOutcome::auto_gc`]; the commit
+    /// stands either way).
+    pub fn commit(self) -> Result<CommitOutcome> {
+        let store = self.store;
+        let mut out = self.publish()?;
+        if let Some(policy) = crate::gc::stored_policy(store)? {
+            let opts = crate::gc::GcOptions {
+                retention: policy,
+                branches: vec![out.branch.clone()],
+                ..Default::default()
+            };
+            out.auto_gc = Some(match crate::gc::gc(store, &opts, false) {
+                Ok(g) => AutoGc {
+                    pruned: g
+                        .plan
+                        .commits
+                        .iter()
+                        .filter(|c| c.decision == crate::gc::Decision::Prune)
+                        .count() as u64,
+                    mode: g.mode,
+                    bytes_freed: g.disk_bytes_before.saturating_sub(g.disk_bytes_after),
+                    error: None,
+                },
+                Err(e) => AutoGc {
+                    pruned: 0,
+                    mode: "failed".into(),
+                    bytes_freed: 0,
+                    error: Some(e.to_string()),
+                },
+            });
+        }
+        Ok(out)
+    }
+
+    fn publish(self) -> Result<CommitOutcome> {
+        let CommitBuilder {
+            store,
+            mut inputs,
+            empty_dirs,
+            opts,
+            progress,
+        } = self;
+        inputs.sort_by(|a, b| a.rel.cmp(&b.rel));
+        for w in inputs.windows(2) {
+            if w[0].rel == w[1].rel {
+                return Err(Error::BadInput {
+                    path: w[0].rel.clone(),
+                    what: "added twice".into(),
+                });
+            }
+        }
+        let file_names: HashSet<&str> = inputs.iter().map(|i| i.rel.as_str()).collect();
+        for i in &inputs {
+            let mut p = i.rel.as_str();
+            while let Some((parent, _)) = p.rsplit_once('/') {
+                if file_names.contains(parent) {
+                    return Err(Error::BadInput {
+                        path: i.rel.clone(),
+                        what: format!("{parent} is both a file and a directory"),
+                    });
+                }
+                p = parent;
+            }
+        }
+        let mut opts = opts;
+        if !opts.ignore_trainer_state
+            && let Some(ts) = inputs.iter().find(|i| i.rel == "trainer_state.json")
+        {
+            let bytes = match &ts.data {
+                Data::Disk(p) => std::fs::read(p).map_err(io_at(p))?,
+                Data::Memory(m) => m.to_vec(),
+            };
+            let state = crate::provenance::parse_trainer_state(&ts.rel, &bytes)?;
+            crate::provenance::apply_trainer_state(&mut opts.meta, &state)?;
+        }
+        let branch = match &opts.branch {
+            Some(b) => b.clone(),
+            None => store.current_branch()?,
+        };
+        let branch_ref = refs::branch_ref(&branch)?;
+        let opaque = build_globs(&opts.opaque)?;
+        let writers = store.writers_lock_path();
+        // Held for the whole commit: gc deletes nothing while a commit is between its dedup
+        // checks and its publish.
+        let _writing = crate::lock::shared(&writers).map_err(io_at(&writers))?;
+
+        // Step 1: plan. Every safetensors header is parsed before any byte is written.
+        let expected_parent = store.get_ref(&branch_ref)?;
+        let mut planned = Vec::with_capacity(inputs.len());
+        for input in inputs {
+            planned.push(plan_file(input, &opaque)?);
+        }
+        let total: u64 = planned.iter().map(|p| p.size).sum();
+
+        // Step 2: stream.
+        progress.begin("commit", total);
+        let mut w = Writer::new(store)?;
+        let mut files: Vec<FileEntry> = planned
+            .iter()
+            .map(|p| FileEntry {
+                size: p.size,
+                sha256: [0; 32],
+                executable: p.input.executable,
+                format: match &p.plan {
+                    Plan::Structured(f, _) => f.clone(),
+                    Plan::Opaque => FileFormat::Opaque,
+                },
+                segments: match &p.plan {
+                    Plan::Structured(_, segs) => segs
+                        .iter()
+                        .map(|(k, _, _)| Segment {
+                            kind: k.clone(),
+                            chunks: Vec::new(),
+                        })
+                        .collect(),
+                    Plan::Opaque => vec![Segment {
+                        kind: SegmentKind::Raw,
+                        chunks: Vec::new(),
+                    }],
+                },
+            })
+            .collect();
+        let view = store.view();
+        let parent = parent_tensors(store, expected_parent)?;
+        let (tx, rx) = sync_channel::<std::result::Result<Vec<Item>, Error>>(1);
+        let reader_result = std::thread::scope(|s| -> Result<()> {
+            let planned = &planned;
+            let parent = &parent;
+            s.spawn(move || read_all(planned, parent, &tx));
+            for batch in rx {
+                let batch = batch?;
+                let processed: Vec<Processed> = batch
+                    .into_par_iter()
+                    .map(|item| process(item, store, &view))
+                    .collect::<Result<_>>()?;
+                for p in processed {
+                    match p {
+                        Processed::Chunk {
+                            file,
+                            seg,
+                            id,
+                            raw,
+                            encoded,
+                            len,
+                            base,
+                        } => {
+                            files[file].segments[seg].chunks.push(ChunkRef { id, len });
+                            w.add_chunk(id, len, raw, encoded, base)?;
+                            progress.advance(len);
+                        }
+                        Processed::FileDone { file, sha256 } => files[file].sha256 = sha256,
+                    }
+                }
+            }
+            Ok(())
+        });
+        progress.end();
+        reader_result?;
+
+        // Step 3: objects and seal.
+        let mut tree = Tree {
+            files: Default::default(),
+            empty_dirs,
+        };
+        for (p, f) in planned.iter().zip(files) {
+            tree.files.insert(p.input.rel.clone(), f);
+        }
+        let (tree_id, tree_bytes) = tree.encode();
+        if view.object(&tree_id.into())?.is_none() {
+            w.add_object(tree_id.into(), KIND_TREE, &tree_bytes)?;
+        }
+        let commit = Commit {
+            parents: expected_parent.into_iter().collect(),
+            tree: tree_id,
+            time_ns: opts.time_ns.unwrap_or_else(now_ns),
+            author: opts.author.clone(),
+            message: opts.message.clone(),
+            meta: opts.meta.clone(),
+            logical_size: tree.logical_size(),
+            file_count: tree.files.len() as u64,
+        };
+        let (commit_id, commit_bytes) = commit.encode();
+        w.add_object(commit_id.into(), KIND_COMMIT, &commit_bytes)?;
+        let mut sealed = w.seal_all()?;
+
+        // Step 4: publish.
+        let reused = w.reused;
+        let new_chunks = w.new_chunks;
+        let new_chunk_bytes = w.new_chunk_bytes;
+        let (final_id, parent, reparented) = store.with_writer(|index| {
+            let mut b = index.batch()?;
+            for id in &w.reused_ids {
+                // Holding writers.lock kept gc from deleting it; a deferred gc may have marked
+                // it dead meanwhile, and reusing it brings it back to life.
+                if index.chunk(id)?.is_none() {
+                    return Err(Error::MissingChunk { id: *id });
+                }
+                if index.mark(id)?.is_some() {
+                    b.delete_mark(id)?;
+                }
+            }
+            let head = index.get_ref(&branch_ref)?;
+            let (final_id, reparented) = if head == expected_parent {
+                (commit_id, false)
+            } else {
+                // Another writer moved the branch: re-make the commit on top of it.
+                let mut c = commit.clone();
+                c.parents = head.into_iter().collect();
+                let (id, bytes) = c.encode();
+                let mut extra = PackWriter::create(&store.packs_dir())?;
+                extra.append_object(id.into(), KIND_COMMIT, &bytes)?;
+                let p = extra.seal()?;
+                let d = store.packs_dir();
+                // The re-made commit's pack must be durable before the index names it.
+                crate::fsutil::sync_dir(&d).map_err(io_at(&d))?;
+                sealed.push(p);
+                (id, true)
+            };
+            store.append_reflog(&ReflogEntry {
+                name: branch_ref.clone(),
+                old: head.map(|c| c.to_hex()),
+                new: Some(final_id.to_hex()),
+                time_ns: now_ns(),
+                who: opts.author.clone(),
+                action: "commit".into(),
+                message: opts.message.lines().next().unwrap_or("").to_string(),
+            })?;
+            for p in &sealed {
+                let mut info = PackInfo {
+                    size: p.size,
+                    ..Default::default()
+                };
+                for e in &p.entries {
+                    let h = &e.header;
+                    if h.kind == crate::pack::ENTRY_CHUNK {
+                        info.chunks += 1;
+                        let id = ChunkId(h.id);
+                        let damaged = index.is_damaged(&id)?;
+                        if damaged {
+                            b.delete_damaged(&id)?;
+                        }
+                        if damaged || index.chunk(&id)?.is_none() {
+                            b.put_chunk(
+                                &id,
+                                &ChunkLoc {
+                                    pack: p.id,
+                                    offset: e.offset,
+                                    stored_len: h.stored_len,
+                                    raw_len: h.raw_len,
+                                    encoding: h.encoding,
+                                    base: h.base,
+                                    depth: h.depth,
+                                },
+                            )?;
+                        }
+                    } else {
+                        info.objects += 1;
+                        let id = ObjectId(h.id);
+                        if index.object(&id)?.is_none() {
+                            b.put_object(
+                                &id,
+                                &ObjectLoc {
+                                    pack: p.id,
+                                    offset: e.offset,
+                                    stored_len: h.stored_len,
+                                    raw_len: h.raw_len,
+                                    kind: h.object_kind,
+                                },
+                            )?;
+                        }
+                    }
+                }
+                b.put_pack(&p.id, &info)?;
+            }
+            let mut row = CommitRow::of(&commit);
+            row.parents = head.into_iter().collect();
+            b.put_commit_row(&final_id, &row)?;
+            b.put_ref(&branch_ref, &final_id)?;
+            index.write(b)?;
+            Ok((final_id, head, reparented))
+        })?;
+        Ok(CommitOutcome {
+            commit: final_id,
+            tree: tree_id,
+            parent,
+            branch,
+            files: tree.files.len() as u64,
+            logical_bytes: tree.logical_size(),
+            new_chunks,
+            new_chunk_bytes,
+            reused_chunks: reused,
+            stored_bytes_added: sealed.iter().map(|p| p.size).sum(),
+            packs: sealed.iter().map(|p| p.id).collect(),
+            reparented,
+            auto_gc: None,
+        })
+    }
+}
+
+fn build_globs(globs: &[String]) -> Result<globset::GlobSet> {
+    let mut b = globset::GlobSetBuilder::new();
+    for g in globs {
+        b.add(globset::Glob::new(g).map_err(|e| Error::Usage {
+            what: format!("bad --opaque glob {g:?}: {e}"),
+        })?);
+    }
+    b.build().map_err(|e| Error::Usage {
+        what: format!("bad --opaque globs: {e}"),
+    })
+}
+
+fn read_at(data: &Data, file: Option<&File>, offset: u64, len: u64, rel: &str) -> Result<Vec<u8>> {
+    let n = usize::try_from(len).map_err(|_| Error::BadInput {
+        path: rel.to_string(),
+        what: "piece too large".into(),
+    })?;
+    match (data, file) {
+        (Data::Memory(m), _) => {
+            let start = usize::try_from(offset).unwrap_or(usize::MAX);
+            m.get(start..start.saturating_add(n))
+                .map(|s| s.to_vec())
+                .ok_or_else(|| Error::BadInput {
+                    path: rel.to_string(),
+                    what: "read past the end".into(),
+                })
+        }
+        (Data::Disk(path), Some(f)) => {
+            let mut buf = vec![0u8; n];
+            f.read_exact_at(&mut buf, offset).map_err(|e| {
+                if e.kind() == std::io::ErrorKind::UnexpectedEof {
+                    Error::ChangedWhileReading {
+                        path: rel.to_string(),
+                    }
+                } else {
+                    io_at(path)(e)
+                }
+            })?;
+            Ok(buf)
+        }
+        (Data::Disk(path), None) => Err(Error::Io {
+            path: path.clone(),
+            source: std::io::Error::other("file not open"),
+        }),
+    }
+}
+
+fn plan_file(input: Input, opaque: &globset::GlobSet) -> Result<PlannedFile> {
+    let (size, mtime) = match &input.data {
+        Data::Disk(p) => {
+            let m = std::fs::metadata(p).map_err(io_at(p))?;
+            (m.len(), m.modified().ok())
+        }
+        Data::Memory(m) => (m.len() as u64, None),
+    };
+    let name = input.rel.rsplit('/').next().unwrap_or(&input.rel);
+    let is_opaque = opaque.is_match(&input.rel) || opaque.is_match(name);
+    let plan = if !is_opaque && input.rel.ends_with(".safetensors") {
+        let file = match &input.data {
+            Data::Disk(p) => Some(File::open(p).map_err(io_at(p))?),
+            Data::Memory(_) => None,
+        };
+        let st_err = |source| Error::Safetensors {
+            path: input.rel.clone(),
+            source,
+        };
+        let prefix_len = size.min(8);
+        let prefix = read_at(&input.data, file.as_ref(), 0, prefix_len, &input.rel)?;
+        let n = safetensors::header_len(&prefix, size).map_err(st_err)?;
+        let json = read_at(&input.data, file.as_ref(), 8, n, &input.rel)?;
+        let header = safetensors::parse_header(&json, size).map_err(st_err)?;
+        let start = header.data_start();
+        let mut segs = vec![(SegmentKind::Raw, 0, start)];
+        for t in header.tensors {
+            segs.push((
+                SegmentKind::Tensor {
+                    name: t.name,
+                    dtype: t.dtype,
+                    shape: t.shape,
+                },
+                start + t.begin,
+                start + t.end,
+            ));
+        }
+        Plan::Structured(FileFormat::Safetensors, segs)
+    } else {
+        Plan::Opaque
+    };
+    Ok(PlannedFile {
+        input,
+        size,
+        mtime,
+        plan,
+    })
+}
+
+enum Item {
+    Piece {
+        file: usize,
+        seg: usize,
+        data: Vec<u8>,
+        dtype: Option<DType>,
+        /// The parent's corresponding chunk, the delta candidate.
+        base: Option<ChunkId>,
+    },
+    FileDone {
+        file: usize,
+        sha256: [u8; 32],
+    },
+}
+
+enum Processed {
+    Chunk {
+        file: usize,
+        seg: usize,
+        id: ChunkId,
+        len: u64,
+        /// Raw bytes, kept only for a new chunk stored raw.
+        raw: Option<Vec<u8>>,
+        /// Set for a chunk the index does not have yet.
+        encoded: Option<codec::Encoded>,
+        /// The delta base the encoding used, and the resulting chain depth.
+        base: Option<(ChunkId, u32)>,
+    },
+    FileDone {
+        file: usize,
+        sha256: [u8; 32],
+    },
+}
+
+fn process(item: Item, store: &Store, view: &crate::index::Index) -> Result<Processed> {
+    match item {
+        Item::FileDone { file, sha256 } => Ok(Processed::FileDone { file, sha256 }),
+        Item::Piece {
+            file,
+            seg,
+            data,
+            dtype,
+            base,
+        } => {
+            let id = ChunkId::of(&data);
+            let len = data.len() as u64;
+            // A stored copy fsck found corrupt is not reused: this good copy replaces it.
+            if view.chunk(&id)?.is_some() && !view.is_damaged(&id)? {
+                return Ok(Processed::Chunk {
+                    file,
+                    seg,
+                    id,
+                    len,
+                    raw: None,
+                    encoded: None,
+                    base: None,
+                });
+            }
+            // Delta against the parent's chunk, when its chain leaves room and it reads back.
+            let base_raw = match base {
+                Some(b) if b != id => match view.chunk(&b)? {
+                    Some(loc) if loc.depth + 1 < MAX_DELTA_DEPTH && !view.is_damaged(&b)? => {
+                        store.read_chunk(b).ok().map(|raw| (b, loc.depth + 1, raw))
+                    }
+                    _ => None,
+                },
+                _ => None,
+            };
+            let encoded = codec::encode(
+                &data,
+                codec::Hint {
+                    dtype,
+                    base: base_raw.as_ref().map(|(_, _, r)| r.as_slice()),
+                },
+            );
+            let base = match (&base_raw, encoded.used_base) {
+                (Some((b, depth, _)), true) => Some((*b, *depth)),
+                _ => None,
+            };
+            let raw = (encoded.encoding == Encoding::Raw).then_some(data);
+            Ok(Processed::Chunk {
+                file,
+                seg,
+                id,
+                len,
+                raw,
+                encoded: Some(encoded),
+                base,
+            })
+        }
+    }
+}
+
+/// The reader thread: every file in order, in batches of about [`BATCH_BYTES`].
+fn read_all(
+    planned: &[PlannedFile],
+    parent: &ParentTensors,
+    tx: &std::sync::mpsc::SyncSender<std::result::Result<Vec<Item>, Error>>,
+) {
+    let mut batch = Vec::new();
+    let mut batch_bytes = 0u64;
+    let push = |item: Item, batch: &mut Vec<Item>, batch_bytes: &mut u64| -> bool {
+        if let Item::Piece { data, .. } = &item {
+            *batch_bytes += data.len() as u64;
+        }
+        batch.push(item);
+        if *batch_bytes >= BATCH_BYTES {
+            *batch_bytes = 0;
+            return tx.send(Ok(std::mem::take(batch))).is_ok();
+        }
+        true
+    };
+    for (fi, pf) in planned.iter().enumerate() {
+        let r = (|| -> Result<bool> {
+            let file = match &pf.input.data {
+                Data::Disk(p) => Some(File::open(p).map_err(io_at(p))?),
+                Data::Memory(_) => None,
+            };
+            let mut sha = Sha256::new();
+            let mut read = 0u64;
+            match &pf.plan {
+                Plan::Structured(_, segs) => {
+                    for (si, (kind, start, end)) in segs.iter().enumerate() {
+                        let (dtype, bases) = match kind {
+                            SegmentKind::Tensor { dtype, shape, name } => {
+                                let bases = parent
+                                    .get(&(pf.input.rel.clone(), name.clone()))
+                                    .filter(|(d, s, _)| d == dtype && s == shape)
+                                    .map(|(_, _, c)| c.as_slice());
+                                (Some(*dtype), bases)
+                            }
+                            SegmentKind::Raw => (None, None),
+                        };
+                        for (ci, (off, len)) in chunker::fixed(*start, end - start).enumerate() {
+                            let data =
+                                read_at(&pf.input.data, file.as_ref(), off, len, &pf.input.rel)?;
+                            sha.update(&data);
+                            read += len;
+                            let base = bases
+                                .and_then(|b| b.get(ci))
+                                .filter(|c| c.len == len)
+                                .map(|c| c.id);
+                            let item = Item::Piece {
+                                file: fi,
+                                seg: si,
+                                data,
+                                dtype,
+                                base,
+                            };
+                            if !push(item, &mut batch, &mut batch_bytes) {
+                                return Ok(false);
+                            }
+                        }
+                    }
+                }
+                Plan::Opaque => {
+                    let iter: Box<dyn Iterator<Item = std::io::Result<(u64, Vec<u8>)>>> =
+                        match (&pf.input.data, &file) {
+                            (Data::Memory(m), _) => {
+                                Box::new(chunker::cdc(std::io::Cursor::new(m.as_slice())))
+                            }
+                            (Data::Disk(_), Some(f)) => Box::new(chunker::cdc(
+                                std::io::BufReader::with_capacity(1 << 20, f),
+                            )),
+                            (Data::Disk(p), None) => {
+                                return Err(Error::Io {
+                                    path: p.clone(),
+                                    source: std::io::Error::other("file not open"),
+                                });
+                            }
+                        };
+                    for r in iter {
+                        let (_, data) = r.map_err(|e| Error::Io {
+                            path: PathBuf::from(&pf.input.rel),
+                            source: e,
+                        })?;
+                        sha.update(&data);
+                        read += data.len() as u64;
+                        let item = Item::Piece {
+                            file: fi,
+                            seg: 0,
+                            data,
+                            dtype: None,
+                            base: None,
+                        };
+                        if !push(item, &mut batch, &mut batch_bytes) {
+                            return Ok(false);
+                        }
+                    }
+                }
+            }
+            if let Data::Disk(p) = &pf.input.data {
+                let m = std::fs::metadata(p).map_err(io_at(p))?;
+                if read != pf.size || m.len() != pf.size || m.modified().ok() != pf.mtime {
+                    return Err(Error::ChangedWhileReading {
+                        path: pf.input.rel.clone(),
+                    });
+                }
+            }
+            let item = Item::FileDone {
+                file: fi,
+                sha256: sha.finalize().into(),
+            };
+            Ok(push(item, &mut batch, &mut batch_bytes))
+        })();
+        match r {
+            Ok(true) => {}
+            Ok(false) => return,
+            Err(e) => {
+                let _ = tx.send(Err(e));
+                return;
+            }
+        }
+    }
+    if !batch.is_empty() {
+        let _ = tx.send(Ok(batch));
+    }
+}
+
+/// Appends new chunks and objects to packs, rolling to a new pack past the target size.
+struct Writer<'s> {
+    store: &'s Store,
+    current: Option<PackWriter>,
+    sealed: Vec<SealedPack>,
+    written: HashSet<ChunkId>,
+    reused_ids: HashSet<ChunkId>,
+    reused: u64,
+    new_chunks: u64,
+    new_chunk_bytes: u64,
+}
+
+impl<'s> Writer<'s> {
+    fn new(store: &'s Store) -> Result<Writer<'s>> {
+        Ok(Writer {
+            store,
+            current: None,
+            sealed: Vec::new(),
+            written: HashSet::new(),
+            reused_ids: HashSet::new(),
+            reused: 0,
+            new_chunks: 0,
+            new_chunk_bytes: 0,
+        })
+    }
+
+    fn pack(&mut self) -> Result<&mut PackWriter> {
+        if self
+            .current
+            .as_ref()
+            .is_some_and(|p| p.len() >= TARGET_PACK_SIZE)
+        {
+            let full = self.current.take().expect("checked above");
+            self.sealed.push(full.seal()?);
+        }
+        if self.current.is_none() {
+            self.current = Some(PackWriter::create(&self.store.packs_dir())?);
+        }
+        Ok(self.current.as_mut().expect("set above"))
+    }
+
+    fn add_chunk(
+        &mut self,
+        id: ChunkId,
+        len: u64,
+        raw: Option<Vec<u8>>,
+        encoded: Option<codec::Encoded>,
+        base: Option<(ChunkId, u32)>,
+    ) -> Result<()> {
+        let Some(enc) = encoded else {
+            self.reused += 1;
+            if !self.written.contains(&id) {
+                self.reused_ids.insert(id);
+            }
+            return Ok(());
+        };
+        if self.written.contains(&id) {
+            self.reused += 1;
+            return Ok(());
+        }
+        let stored: &[u8] = match (enc.encoding, &raw) {
+            (Encoding::Raw, Some(r)) => r,
+            _ => &enc.bytes,
+        };
+        let (base_id, depth) = match base {
+            Some((b, d)) => {
+                // The base must still be there at publish: check it like a reused chunk.
+                self.reused_ids.insert(b);
+                (Some(b), d)
+            }
+            None => (None, 0),
+        };
+        self.pack()?
+            .append_chunk(id, enc.encoding, len, stored, base_id, depth)?;
+        self.written.insert(id);
+        self.new_chunks += 1;
+        self.new_chunk_bytes += len;
+        Ok(())
+    }
+
+    fn add_object(&mut self, id: ObjectId, kind: u8, bytes: &[u8]) -> Result<()> {
+        self.pack()?.append_object(id, kind, bytes)?;
+        Ok(())
+    }
+
+    /// Seal every pack and fsync the packs directory.
+    fn seal_all(&mut self) -> Result<Vec<SealedPack>> {
+        if let Some(p) = self.current.take() {
+            self.sealed.push(p.seal()?);
+        }
+        let d = self.store.packs_dir();
+        // Renamed packs must be durable before the index batch that names them.
+        crate::fsutil::sync_dir(&d).map_err(io_at(&d))?;
+        Ok(std::mem::take(&mut self.sealed))
+    }
+}
+
+/// Re-chunk the files under `path` (a directory or one file) exactly as a commit would, and
+/// write a good copy of every chunk fsck recorded as damaged; the index then points at the new
+/// copy. Returns how many damaged chunks were healed.
+pub fn heal_from(store: &Store, path: &Path) -> Result<u64> {
+    let damaged: HashSet<ChunkId> = store
+        .view()
+        .ids(crate::index::CF_DAMAGED)?
+        .into_iter()
+        .map(ChunkId)
+        .collect();
+    if damaged.is_empty() {
+        return Ok(0);
+    }
+    let mut b = CommitBuilder::new(store, CommitOptions::default());
+    if std::fs::metadata(path).map_err(io_at(path))?.is_dir() {
+        b.add_dir(path)?;
+    } else {
+        let name = path
+            .file_name()
+            .map(|n| n.to_string_lossy().to_string())
+            .unwrap_or_else(|| "file".into());
+        b.add_path(path, &name)?;
+    }
+    let opaque = build_globs(&[])?;
+    let planned: Vec<PlannedFile> = b
+        .inputs
+        .into_iter()
+        .map(|i| plan_file(i, &opaque))
+        .collect::<Result<_>>()?;
+    let mut w = Writer::new(store)?;
+    let (tx, rx) = sync_channel::<std::result::Result<Vec<Item>, Error>>(1);
+    let none = ParentTensors::new();
+    std::thread::scope(|s| -> Result<()> {
+        let planned = &planned;
+        let none = &none;
+        s.spawn(move || read_all(planned, none, &tx));
+        for batch in rx {
+            for item in batch? {
+                if let Item::Piece { data, dtype, .. } = item {
+                    let id = ChunkId::of(&data);
+                    if damaged.contains(&id) && !w.written.contains(&id) {
+                        let len = data.len() as u64;
+                        let enc = codec::encode(&data, codec::Hint { dtype, base: None });
+                        let raw = (enc.encoding == Encoding::Raw).then_some(data);
+                        w.add_chunk(id, len, raw, Some(enc), None)?;
+                    }
+                }
+            }
+        }
+        Ok(())
+    })?;
+    if w.written.is_empty() {
+        return Ok(0);
+    }
+    let sealed = w.seal_all()?;
+    let healed = store.with_writer(|index| {
+        let mut b = index.batch()?;
+        let mut n = 0;
+        for p in &sealed {
+            for e in &p.entries {
+                let h = &e.header;
+                let id = ChunkId(h.id);
+                b.put_chunk(
+                    &id,
+                    &ChunkLoc {
+                        pack: p.id,
+                        offset: e.offset,
+                        stored_len: h.stored_len,
+                        raw_len: h.raw_len,
+                        encoding: h.encoding,
+                        base: h.base,
+                        depth: h.depth,
+                    },
+                )?;
+                b.delete_damaged(&id)?;
+                n += 1;
+            }
+            b.put_pack(
+                &p.id,
+                &PackInfo {
+                    size: p.size,
+                    chunks: p.entries.len() as u64,
+                    objects: 0,
+                },
+            )?;
+        }
+        index.write(b)?;
+        Ok(n)
+    })?;
+    Ok(healed)
+}

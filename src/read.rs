@@ -1,0 +1,306 @@
+//! The read path: checking a commit out, streaming one file, reading one tensor.
+//!
+//! Invariants:
+//! - Every chunk is verified against its id as it is read (in `pack`), and every file written by
+//!   checkout is verified against its recorded size and SHA-256 before it gets its final name.
+//! - Checkout writes each file under a temporary name, fsyncs it, then renames it; it refuses a
+//!   non-empty target directory unless forced, and never truncates an existing file in place.
+//! - A tensor read touches only that tensor's chunks (and their delta bases).
+//! - Memory stays bounded: chunks are decoded in windows of about [`WINDOW_BYTES`].
+
+use crate::id::{ChunkId, CommitId};
+use crate::object::{ChunkRef, FileEntry, Segment, Tree};
+use crate::progress::{NoProgress, Progress};
+use crate::store::{Error, Result, Store, io_at};
+use rayon::prelude::*;
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+use std::collections::BTreeSet;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+/// Raw bytes decoded per parallel window.
+pub const WINDOW_BYTES: u64 = 32 << 20;
+
+/// Decode `chunks` in order, handing each window's bytes to `sink`.
+pub fn stream_chunks(
+    store: &Store,
+    chunks: &[ChunkRef],
+    mut sink: impl FnMut(&[u8]) -> Result<()>,
+) -> Result<()> {
+    let mut i = 0;
+    while i < chunks.len() {
+        let mut j = i;
+        let mut bytes = 0;
+        while j < chunks.len() && (j == i || bytes + chunks[j].len <= WINDOW_BYTES) {
+            bytes += chunks[j].len;
+            j += 1;
+        }
+        let window: Vec<Vec<u8>> = chunks[i..j]
+            .par_iter()
+            .map(|c| {
+                let raw = store.read_chunk(c.id)?;
+                if raw.len() as u64 != c.len {
+                    return Err(Error::Verify {
+                        path: format!("chunk {}", c.id),
+                        what: format!("{} bytes where the tree records {}", raw.len(), c.len),
+                    });
+                }
+                Ok(raw)
+            })
+            .collect::<Result<_>>()?;
+        for w in &window {
+            sink(w)?;
+        }
+        i = j;
+    }
+    Ok(())
+}
+
+/// Write one file's bytes to `out`, verifying its size and SHA-256 at the end.
+pub fn write_file_to(
+    store: &Store,
+    path: &str,
+    entry: &FileEntry,
+    out: &mut dyn Write,
+    progress: &dyn Progress,
+) -> Result<()> {
+    let mut sha = Sha256::new();
+    let mut n = 0u64;
+    let chunks: Vec<ChunkRef> = entry.chunks().copied().collect();
+    stream_chunks(store, &chunks, |b| {
+        sha.update(b);
+        n += b.len() as u64;
+        progress.advance(b.len() as u64);
+        out.write_all(b).map_err(|e| Error::Io {
+            path: PathBuf::from(path),
+            source: e,
+        })
+    })?;
+    if n != entry.size {
+        return Err(Error::Verify {
+            path: path.to_string(),
+            what: format!("restored {n} bytes, expected {}", entry.size),
+        });
+    }
+    let got: [u8; 32] = sha.finalize().into();
+    if got != entry.sha256 {
+        return Err(Error::Verify {
+            path: path.to_string(),
+            what: format!(
+                "SHA-256 {} does not match the recorded {}",
+                hex::encode(got),
+                entry.sha256_hex()
+            ),
+        });
+    }
+    Ok(())
+}
+
+/// Options of [`checkout`].
+#[derive(Clone, Debug, Default)]
+pub struct CheckoutOptions {
+    /// Write into a non-empty directory, replacing files of the same names.
+    pub force: bool,
+    /// For a slimmed commit, restore the files that remain and skip the released ones.
+    pub partial: bool,
+}
+
+/// What a checkout wrote.
+#[derive(Clone, Debug, Serialize)]
+pub struct CheckoutOutcome {
+    pub commit: CommitId,
+    pub dir: PathBuf,
+    pub files: u64,
+    pub bytes: u64,
+    /// Files of a slimmed commit that gc released and `partial` skipped.
+    pub released: Vec<String>,
+}
+
+fn target_path(dir: &Path, rel: &str) -> PathBuf {
+    let mut p = dir.to_path_buf();
+    for c in rel.split('/') {
+        p.push(c);
+    }
+    p
+}
+
+/// Write every file of `commit` into `dir`, byte for byte.
+pub fn checkout(
+    store: &Store,
+    commit: CommitId,
+    dir: &Path,
+    opts: &CheckoutOptions,
+    progress: &dyn Progress,
+) -> Result<CheckoutOutcome> {
+    let _reading = store.read_guard();
+    let c = store.commit(commit)?;
+    let tree = store.tree(c.tree)?;
+    crate::gc::check_not_released(store, commit, &tree, opts.partial)?;
+    if dir.exists() {
+        let mut it = std::fs::read_dir(dir).map_err(io_at(dir))?;
+        if it.next().is_some() && !opts.force {
+            return Err(Error::Usage {
+                what: format!(
+                    "{} is not empty; check out into a new directory (or pass --force)",
+                    dir.display()
+                ),
+            });
+        }
+    }
+    std::fs::create_dir_all(dir).map_err(io_at(dir))?;
+    let mut dirs = BTreeSet::new();
+    dirs.insert(dir.to_path_buf());
+    let released = crate::gc::released_files(store, commit)?;
+    progress.begin("checkout", tree.logical_size());
+    let mut skipped = Vec::new();
+    for (rel, entry) in &tree.files {
+        if released.iter().any(|r| r == rel) {
+            skipped.push(rel.clone());
+            continue;
+        }
+        crate::commit::check_rel_path(rel)?;
+        let target = target_path(dir, rel);
+        let parent = target
+            .parent()
+            .expect("target has a parent: it is under dir")
+            .to_path_buf();
+        std::fs::create_dir_all(&parent).map_err(io_at(&parent))?;
+        dirs.insert(parent.clone());
+        let tmp = parent.join(format!(
+            ".cairn-checkout-{}-{}.tmp",
+            std::process::id(),
+            crate::id::PackId::random()
+        ));
+        let result = (|| -> Result<()> {
+            let mut f = std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .open(&tmp)
+                .map_err(io_at(&tmp))?;
+            {
+                let mut buf = std::io::BufWriter::with_capacity(8 << 20, &mut f);
+                write_file_to(store, rel, entry, &mut buf, progress)?;
+                buf.flush().map_err(io_at(&tmp))?;
+            }
+            if entry.executable {
+                use std::os::unix::fs::PermissionsExt;
+                let mut perm = f.metadata().map_err(io_at(&tmp))?.permissions();
+                perm.set_mode(perm.mode() | 0o111);
+                f.set_permissions(perm).map_err(io_at(&tmp))?;
+            }
+            // The bytes must be on disk before the file appears under its name.
+            f.sync_all().map_err(io_at(&tmp))?;
+            std::fs::rename(&tmp, &target).map_err(io_at(&target))?;
+            Ok(())
+        })();
+        if result.is_err() {
+            let _ = std::fs::remove_file(&tmp);
+        }
+        result?;
+    }
+    for d in &tree.empty_dirs {
+        let p = target_path(dir, d);
+        std::fs::create_dir_all(&p).map_err(io_at(&p))?;
+    }
+    for d in &dirs {
+        // The new names must survive a crash once checkout reports success.
+        crate::fsutil::sync_dir(d).map_err(io_at(d))?;
+    }
+    progress.end();
+    Ok(CheckoutOutcome {
+        commit,
+        dir: dir.to_path_buf(),
+        files: tree.files.len() as u64 - skipped.len() as u64,
+        bytes: tree
+            .files
+            .iter()
+            .filter(|(p, _)| !skipped.contains(p))
+            .map(|(_, f)| f.size)
+            .sum(),
+        released: skipped,
+    })
+}
+
+/// Stream file `path` of `commit` to `out`.
+pub fn cat(store: &Store, commit: CommitId, path: &str, out: &mut dyn Write) -> Result<()> {
+    let _reading = store.read_guard();
+    let c = store.commit(commit)?;
+    let tree = store.tree(c.tree)?;
+    let entry = tree.files.get(path).ok_or_else(|| Error::Usage {
+        what: format!("{path}: no such file in commit {}", commit.short()),
+    })?;
+    write_file_to(store, path, entry, out, &NoProgress)
+}
+
+/// A tensor found in a tree.
+#[derive(Clone, Debug)]
+pub struct TensorRef {
+    pub file: String,
+    pub segment: Segment,
+}
+
+/// Find tensor `spec` (`NAME` or `FILE:NAME`) in a tree.
+pub fn find_tensor(tree: &Tree, spec: &str) -> Result<TensorRef> {
+    if let Some((file, name)) = spec.split_once(':')
+        && let Some(entry) = tree.files.get(file)
+    {
+        return entry
+            .segments
+            .iter()
+            .find(|s| s.tensor().is_some_and(|(n, _, _)| n == name))
+            .map(|s| TensorRef {
+                file: file.to_string(),
+                segment: s.clone(),
+            })
+            .ok_or_else(|| Error::Usage {
+                what: format!("{file} has no tensor named {name:?}"),
+            });
+    }
+    let mut found: Vec<TensorRef> = Vec::new();
+    for (file, entry) in &tree.files {
+        for s in &entry.segments {
+            if s.tensor().is_some_and(|(n, _, _)| n == spec) {
+                found.push(TensorRef {
+                    file: file.clone(),
+                    segment: s.clone(),
+                });
+            }
+        }
+    }
+    match found.len() {
+        1 => Ok(found.remove(0)),
+        0 => Err(Error::Usage {
+            what: format!("no tensor named {spec:?} in this commit"),
+        }),
+        _ => Err(Error::Usage {
+            what: format!(
+                "tensor {spec:?} is in several files ({}); name one as FILE:NAME",
+                found
+                    .iter()
+                    .map(|t| t.file.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        }),
+    }
+}
+
+/// Read one tensor's bytes, touching only its own chunks.
+pub fn read_tensor(store: &Store, t: &TensorRef) -> Result<Vec<u8>> {
+    let _reading = store.read_guard();
+    let mut out = Vec::with_capacity(t.segment.len() as usize);
+    stream_chunks(store, &t.segment.chunks, |b| {
+        out.extend_from_slice(b);
+        Ok(())
+    })?;
+    Ok(out)
+}
+
+/// The distinct chunks of a tree.
+pub fn tree_chunks(tree: &Tree) -> BTreeSet<ChunkId> {
+    tree.files
+        .values()
+        .flat_map(|f| f.chunks().map(|c| c.id))
+        .collect()
+}

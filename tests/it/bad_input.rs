@@ -1,0 +1,315 @@
+//! Bad input gets a clear error and a non-zero exit, never a panic, and leaves the store as it
+//! was: malformed safetensors, unknown revisions, missing or damaged stores, unwritable places.
+
+use crate::common::*;
+use std::path::Path;
+
+fn init(store: &Path) {
+    cairn(store).arg("init").assert().success();
+}
+
+fn no_panic(out: &std::process::Output) {
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!err.contains("panicked"), "panic: {err}");
+    assert_eq!(out.status.code(), Some(1), "stderr: {err}");
+}
+
+#[test]
+fn every_malformed_safetensors_aborts_the_commit_naming_file_and_rule() {
+    let t = tempfile::tempdir().unwrap();
+    let store = t.path().join("store");
+    init(&store);
+    // One good commit first, so "unchanged" means something.
+    let good = t.path().join("good");
+    checkpoint(&good, 4);
+    cairn(&store).arg("commit").arg(&good).assert().success();
+    let listing = store_listing(&store);
+    let log_before = cairn(&store)
+        .args(["log", "--json"])
+        .output()
+        .unwrap()
+        .stdout;
+    let corpus = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/malformed_safetensors");
+    let mut n = 0;
+    for e in std::fs::read_dir(&corpus).unwrap() {
+        let bad = e.unwrap().path();
+        if bad.extension().and_then(|x| x.to_str()) != Some("safetensors") {
+            continue;
+        }
+        n += 1;
+        let ck = t.path().join(format!("ck{n}"));
+        std::fs::create_dir_all(&ck).unwrap();
+        std::fs::write(ck.join("config.json"), b"{}").unwrap();
+        std::fs::copy(&bad, ck.join("model.safetensors")).unwrap();
+        let out = cairn(&store).arg("commit").arg(&ck).output().unwrap();
+        no_panic(&out);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.contains("model.safetensors") && err.contains("not a valid safetensors file"),
+            "{}: {err}",
+            bad.display()
+        );
+        assert_eq!(
+            store_listing(&store),
+            listing,
+            "{} changed the store",
+            bad.display()
+        );
+    }
+    assert!(n >= 10, "corpus has only {n} files");
+    let log_after = cairn(&store)
+        .args(["log", "--json", "main"])
+        .output()
+        .unwrap()
+        .stdout;
+    assert_eq!(log_before, log_after);
+}
+
+#[test]
+fn opaque_flag_stores_a_malformed_file_as_bytes() {
+    let t = tempfile::tempdir().unwrap();
+    let store = t.path().join("store");
+    init(&store);
+    let ck = t.path().join("ck");
+    std::fs::create_dir_all(&ck).unwrap();
+    std::fs::write(
+        ck.join("model.safetensors"),
+        b"\xff\xff\xff\xff\xff\xff\xff\xffnot json",
+    )
+    .unwrap();
+    cairn(&store).arg("commit").arg(&ck).assert().code(1);
+    cairn(&store)
+        .args(["commit", "--opaque", "model.safetensors"])
+        .arg(&ck)
+        .assert()
+        .success();
+    let out = cairn(&store)
+        .args(["cat", "HEAD:model.safetensors"])
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.stdout,
+        std::fs::read(ck.join("model.safetensors")).unwrap()
+    );
+}
+
+#[test]
+fn unknown_revisions_and_paths() {
+    let t = tempfile::tempdir().unwrap();
+    let store = t.path().join("store");
+    init(&store);
+    // Nothing committed yet.
+    let out = cairn(&store).args(["show", "HEAD"]).output().unwrap();
+    no_panic(&out);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no commits yet"));
+    let ck = t.path().join("ck");
+    checkpoint(&ck, 5);
+    cairn(&store).arg("commit").arg(&ck).assert().success();
+    for (args, needle) in [
+        (vec!["show", "nosuchbranch"], "unknown revision"),
+        (vec!["show", "HEAD~5"], "has no parent"),
+        (vec!["show", "ffff"], "no commit id starts with it"),
+        (vec!["show", "HEAD~x"], "expected ~N or ^N"),
+        (vec!["cat", "HEAD:missing.bin"], "no such file"),
+        (vec!["cat", "HEAD"], "expected REV:PATH"),
+        (
+            vec!["tensor", "HEAD", "nope", "-o", "/tmp/x.npy"],
+            "no tensor named",
+        ),
+        (
+            vec!["tensor", "HEAD", "t.BF16", "-o", "/tmp/x.npy"],
+            ".safetensors",
+        ),
+        (
+            vec!["tensor", "HEAD", "t.F32", "-o", "/tmp/x.txt"],
+            ".npy or .safetensors",
+        ),
+        (vec!["switch", "nope"], "does not exist"),
+        (vec!["branch", "HEAD"], "reserved"),
+        (vec!["branch", "a..b"], "invalid branch name"),
+        (vec!["commit", "/nonexistent/dir"], "/nonexistent/dir"),
+    ] {
+        let out = cairn(&store).args(&args).output().unwrap();
+        no_panic(&out);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(needle), "{args:?}: {err}");
+    }
+}
+
+#[test]
+fn missing_and_damaged_stores() {
+    let t = tempfile::tempdir().unwrap();
+    let nowhere = t.path().join("nowhere");
+    let out = cairn(&nowhere).arg("log").output().unwrap();
+    no_panic(&out);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not a cairn store"));
+    // No --store and no .cairn above: the search is explained.
+    let out = std::process::Command::new(bin())
+        .env_remove("CAIRN_STORE")
+        .current_dir(t.path())
+        .arg("log")
+        .output()
+        .unwrap();
+    no_panic(&out);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no cairn store found"));
+    // A damaged marker.
+    let store = t.path().join("store");
+    init(&store);
+    std::fs::write(store.join("CAIRN"), b"{garbage").unwrap();
+    let out = cairn(&store).arg("log").output().unwrap();
+    no_panic(&out);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("damaged"));
+    // A future format.
+    std::fs::write(
+        store.join("CAIRN"),
+        br#"{"format": 99, "store_id": "x", "created_ns": 0}"#,
+    )
+    .unwrap();
+    let out = cairn(&store).arg("log").output().unwrap();
+    no_panic(&out);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("format version 99"));
+    // init over an existing store or a non-empty directory is refused.
+    let s2 = t.path().join("s2");
+    init(&s2);
+    let out = cairn(&s2).arg("init").output().unwrap();
+    no_panic(&out);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("already a cairn store"));
+    let full = t.path().join("full");
+    std::fs::create_dir_all(&full).unwrap();
+    std::fs::write(full.join("mine.txt"), b"x").unwrap();
+    let out = cairn(&full).arg("init").output().unwrap();
+    no_panic(&out);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not empty"));
+}
+
+/// Runs `f` with `dir` made read-only: a read-only bind mount when we are root (CI), else a
+/// chmod (root ignores permission bits, so that alone would prove nothing).
+fn with_read_only(dir: &Path, f: impl FnOnce()) {
+    let root = unsafe_free_is_root();
+    if root {
+        let ok = std::process::Command::new("mount")
+            .args(["--bind"])
+            .arg(dir)
+            .arg(dir)
+            .status()
+            .unwrap()
+            .success()
+            && std::process::Command::new("mount")
+                .args(["-o", "remount,bind,ro"])
+                .arg(dir)
+                .status()
+                .unwrap()
+                .success();
+        assert!(
+            ok,
+            "could not set up a read-only bind mount of {}",
+            dir.display()
+        );
+        let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f));
+        let _ = std::process::Command::new("umount").arg(dir).status();
+        if let Err(p) = r {
+            std::panic::resume_unwind(p);
+        }
+    } else {
+        use std::os::unix::fs::PermissionsExt;
+        let set = |mode| {
+            for e in walk_dirs(dir) {
+                std::fs::set_permissions(&e, std::fs::Permissions::from_mode(mode)).unwrap();
+            }
+        };
+        set(0o555);
+        let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f));
+        set(0o755);
+        if let Err(p) = r {
+            std::panic::resume_unwind(p);
+        }
+    }
+}
+
+fn walk_dirs(d: &Path) -> Vec<std::path::PathBuf> {
+    let mut v = vec![d.to_path_buf()];
+    for e in std::fs::read_dir(d).unwrap() {
+        let p = e.unwrap().path();
+        if p.is_dir() {
+            v.extend(walk_dirs(&p));
+        }
+    }
+    v
+}
+
+fn unsafe_free_is_root() -> bool {
+    std::process::Command::new("id")
+        .arg("-u")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+        .unwrap_or(false)
+}
+
+#[test]
+fn read_only_store_refuses_writes_cleanly_and_still_serves_reads() {
+    let t = tempfile::tempdir().unwrap();
+    let store = t.path().join("store");
+    init(&store);
+    let ck = t.path().join("ck");
+    checkpoint(&ck, 6);
+    cairn(&store).arg("commit").arg(&ck).assert().success();
+    let listing = store_listing(&store);
+    let ck2 = t.path().join("ck2");
+    checkpoint(&ck2, 7);
+    with_read_only(&store, || {
+        let out = cairn(&store).arg("commit").arg(&ck2).output().unwrap();
+        no_panic(&out);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.contains("Read-only file system") || err.contains("ermission denied"),
+            "{err}"
+        );
+        let out = cairn(&store).args(["branch", "x"]).output().unwrap();
+        no_panic(&out);
+        // Reads work on a read-only store.
+        cairn(&store).args(["log"]).assert().success();
+        cairn(&store).args(["show", "HEAD"]).assert().success();
+        let dst = t.path().join("out");
+        cairn(&store)
+            .args(["checkout", "HEAD"])
+            .arg(&dst)
+            .assert()
+            .success();
+        assert_eq!(snapshot(&ck), snapshot(&dst));
+    });
+    assert_eq!(store_listing(&store), listing);
+    // And the store is fine for writing afterwards.
+    cairn(&store).arg("commit").arg(&ck2).assert().success();
+}
+
+#[test]
+fn checkout_into_an_unwritable_or_nonempty_directory() {
+    let t = tempfile::tempdir().unwrap();
+    let store = t.path().join("store");
+    init(&store);
+    let ck = t.path().join("ck");
+    checkpoint(&ck, 8);
+    cairn(&store).arg("commit").arg(&ck).assert().success();
+    let busy = t.path().join("busy");
+    std::fs::create_dir_all(&busy).unwrap();
+    std::fs::write(busy.join("keep.txt"), b"mine").unwrap();
+    let out = cairn(&store)
+        .args(["checkout", "HEAD"])
+        .arg(&busy)
+        .output()
+        .unwrap();
+    no_panic(&out);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not empty"));
+    assert_eq!(std::fs::read(busy.join("keep.txt")).unwrap(), b"mine");
+    let ro = t.path().join("ro");
+    std::fs::create_dir_all(&ro).unwrap();
+    with_read_only(&ro, || {
+        let out = cairn(&store)
+            .args(["checkout", "HEAD"])
+            .arg(ro.join("sub"))
+            .output()
+            .unwrap();
+        no_panic(&out);
+        assert!(String::from_utf8_lossy(&out.stderr).contains("ro/sub"));
+    });
+}

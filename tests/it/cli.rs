@@ -1,0 +1,330 @@
+//! The CLI as a user drives it: init, commit with metadata, log, show, diff, checkout, cat,
+//! tensor, branch, switch, tag, reflog, stats; text and --json.
+
+use crate::common::*;
+use cairn::DType;
+use serde_json::Value;
+use std::path::Path;
+
+fn json(store: &Path, args: &[&str]) -> Value {
+    let out = cairn(store).args(args).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "{args:?}: not JSON ({e}): {}",
+            String::from_utf8_lossy(&out.stdout)
+        )
+    })
+}
+
+fn ckpt(dir: &Path, seed: u64) {
+    write_st(
+        &dir.join("model.safetensors"),
+        &[
+            ("embed", DType::F32, vec![1000, 64], weights(1, 64_000)),
+            ("head", DType::F32, vec![64, 10], weights(seed, 640)),
+            ("bf", DType::BF16, vec![8], noise(2, 16)),
+        ],
+    );
+    std::fs::write(
+        dir.join("trainer_state.json"),
+        format!("{{\"step\": {seed}}}"),
+    )
+    .unwrap();
+}
+
+#[test]
+fn a_session_with_every_command() {
+    let t = tempfile::tempdir().unwrap();
+    let store = t.path().join("store");
+    let v = json(&store, &["init", "--json"]);
+    assert_eq!(v["branch"], "main");
+    let hp = t.path().join("hparams.json");
+    std::fs::write(&hp, br#"{"lr": 0.0003, "layers": [1, 2]}"#).unwrap();
+    let data = t.path().join("data");
+    std::fs::create_dir_all(&data).unwrap();
+    std::fs::write(data.join("train.txt"), b"some data").unwrap();
+
+    let mut ids = Vec::new();
+    for step in 1..=3u64 {
+        let ck = t.path().join(format!("checkpoint-{step}"));
+        ckpt(&ck, step);
+        let v = json(
+            &store,
+            &[
+                "commit",
+                ck.to_str().unwrap(),
+                "-m",
+                &format!("step {step}"),
+                "--step",
+                &step.to_string(),
+                "--epoch",
+                "0.5",
+                "--metric",
+                &format!("val_loss={}", 1.0 / step as f64),
+                "--metric",
+                "acc=0.9",
+                "--param",
+                "lr=3e-4",
+                "--config",
+                hp.to_str().unwrap(),
+                "--dataset",
+                data.to_str().unwrap(),
+                "--dataset-fingerprint",
+                "val=dvc:abc",
+                "--git",
+                "0123abcd",
+                "--run-id",
+                "r42",
+                "--env",
+                "torch=2.5",
+                "--json",
+            ],
+        );
+        assert_eq!(v["branch"], "main");
+        assert!(v["uri"].as_str().unwrap().starts_with("cairn://"));
+        ids.push(v["commit"].as_str().unwrap().to_string());
+    }
+
+    // log: newest first, all metadata in JSON.
+    let log = json(&store, &["log", "--json"]);
+    let log = log.as_array().unwrap();
+    assert_eq!(log.len(), 3);
+    assert_eq!(log[0]["id"], ids[2]);
+    assert_eq!(log[0]["parents"][0], ids[1]);
+    assert_eq!(log[0]["step"], 3);
+    assert_eq!(log[0]["metrics"]["val_loss"], 1.0 / 3.0);
+    assert_eq!(log[0]["params"]["lr"], "3e-4");
+    assert_eq!(log[0]["config"]["layers"][1], 2);
+    assert_eq!(log[0]["git"]["commit"], "0123abcd");
+    assert_eq!(log[0]["run_id"], "r42");
+    assert_eq!(log[0]["env"]["torch"], "2.5");
+    assert_eq!(log[0]["datasets"][0]["name"], "data");
+    assert_eq!(log[0]["datasets"][0]["files"], 1);
+    assert_eq!(log[0]["datasets"][1]["fingerprint"], "dvc:abc");
+    assert_eq!(
+        json(&store, &["log", "-n", "1", "--json"])
+            .as_array()
+            .unwrap()
+            .len(),
+        1
+    );
+    let text = cairn(&store).arg("log").output().unwrap();
+    let text = String::from_utf8_lossy(&text.stdout);
+    assert_eq!(text.lines().count(), 3);
+    assert!(text.contains("step 3") && text.contains(&ids[2][..12]));
+
+    // Revisions: prefix, ~N, ^, branch.
+    for (rev, want) in [
+        (&ids[0][..8], 0),
+        ("HEAD~2", 0),
+        ("HEAD^", 1),
+        ("main~1", 1),
+        ("HEAD^^", 0),
+        ("HEAD", 2),
+    ] {
+        let v = json(&store, &["show", rev, "--json"]);
+        assert_eq!(v["id"], ids[want], "{rev}");
+    }
+
+    // show: files and tensors, stored vs logical.
+    let show = json(&store, &["show", "HEAD", "--json"]);
+    let files = show["files"].as_array().unwrap();
+    let model = files
+        .iter()
+        .find(|f| f["path"] == "model.safetensors")
+        .unwrap();
+    assert_eq!(model["format"], "safetensors");
+    assert_eq!(model["tensors"].as_array().unwrap().len(), 3);
+    let embed = model["tensors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|x| x["name"] == "embed")
+        .unwrap();
+    assert_eq!(embed["dtype"], "F32");
+    assert_eq!(embed["shape"], serde_json::json!([1000, 64]));
+    assert!(show["stored_bytes"].as_u64().unwrap() > 0);
+    assert!(
+        show["stored_bytes_new_vs_parent"].as_u64().unwrap()
+            < show["stored_bytes"].as_u64().unwrap()
+    );
+    assert_eq!(model["sha256"].as_str().unwrap().len(), 64);
+
+    // diff: only `head` changed, with statistics.
+    let d = json(&store, &["diff", "HEAD~1", "HEAD", "--json"]);
+    let files = d["files"].as_array().unwrap();
+    let m = files
+        .iter()
+        .find(|f| f["path"] == "model.safetensors")
+        .unwrap();
+    assert_eq!(m["status"], "changed");
+    let tensors = m["tensors"].as_array().unwrap();
+    let head = tensors.iter().find(|x| x["name"] == "head").unwrap();
+    assert_eq!(head["status"], "changed");
+    assert!(head["max_abs_delta"].as_f64().unwrap() > 0.0);
+    assert!(head["rel_l2"].as_f64().unwrap() > 0.0);
+    assert!(head["frac_changed"].as_f64().unwrap() > 0.5);
+    let embed = tensors.iter().find(|x| x["name"] == "embed").unwrap();
+    assert_eq!(embed["status"], "unchanged");
+    let ts = files
+        .iter()
+        .find(|f| f["path"] == "trainer_state.json")
+        .unwrap();
+    assert_eq!(ts["status"], "changed");
+    let text = cairn(&store)
+        .args(["diff", "HEAD~1", "HEAD"])
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&text.stdout).contains("~ head"));
+
+    // checkout is byte-identical and HEAD does not move.
+    let dst = t.path().join("restored");
+    cairn(&store)
+        .args(["checkout", "HEAD~1"])
+        .arg(&dst)
+        .assert()
+        .success();
+    assert_eq!(snapshot(&dst), snapshot(&t.path().join("checkpoint-2")));
+    assert_eq!(json(&store, &["show", "--json"])["id"], ids[2]);
+
+    // cat streams one file.
+    let out = cairn(&store)
+        .args(["cat", "HEAD:trainer_state.json"])
+        .output()
+        .unwrap();
+    assert_eq!(out.stdout, b"{\"step\": 3}");
+
+    // tensor: .npy and .safetensors.
+    let npy = t.path().join("head.npy");
+    cairn(&store)
+        .args(["tensor", "HEAD", "head", "-o"])
+        .arg(&npy)
+        .assert()
+        .success();
+    let bytes = std::fs::read(&npy).unwrap();
+    assert!(bytes.starts_with(b"\x93NUMPY"));
+    assert!(bytes.ends_with(&weights(3, 640)));
+    let st = t.path().join("bf.safetensors");
+    cairn(&store)
+        .args(["tensor", "HEAD", "model.safetensors:bf", "-o"])
+        .arg(&st)
+        .assert()
+        .success();
+    let parsed = cairn::safetensors::parse(&std::fs::read(&st).unwrap()).unwrap();
+    assert_eq!(parsed.tensors[0].name, "bf");
+    assert_eq!(parsed.tensors[0].dtype, DType::BF16);
+
+    // branch, switch, commit on the branch, tag, reflog.
+    cairn(&store)
+        .args(["branch", "exp", "HEAD~1"])
+        .assert()
+        .success();
+    let b = json(&store, &["branch", "--json"]);
+    assert_eq!(b.as_array().unwrap().len(), 2);
+    cairn(&store).args(["switch", "exp"]).assert().success();
+    let ck = t.path().join("checkpoint-x");
+    ckpt(&ck, 99);
+    let v = json(
+        &store,
+        &["commit", ck.to_str().unwrap(), "-m", "exp", "--json"],
+    );
+    assert_eq!(v["branch"], "exp");
+    assert_eq!(v["parent"], ids[1]);
+    assert_eq!(json(&store, &["show", "main", "--json"])["id"], ids[2]);
+    cairn(&store)
+        .args(["tag", "best", &ids[0]])
+        .assert()
+        .success();
+    assert_eq!(json(&store, &["show", "best", "--json"])["id"], ids[0]);
+    let out = cairn(&store)
+        .args(["tag", "best", "HEAD"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--move"));
+    cairn(&store)
+        .args(["tag", "--move", "best", "main"])
+        .assert()
+        .success();
+    assert_eq!(json(&store, &["show", "best", "--json"])["id"], ids[2]);
+    let rl = json(&store, &["reflog", "--json"]);
+    let actions: Vec<&str> = rl
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["action"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        actions,
+        [
+            "commit", "commit", "commit", "branch", "switch", "commit", "tag", "tag-move"
+        ]
+    );
+    let rl = json(&store, &["reflog", "best", "--json"]);
+    assert_eq!(rl.as_array().unwrap().len(), 2);
+    assert_eq!(rl[1]["old"], ids[0]);
+
+    // stats.
+    let s = json(&store, &["stats", "--json"]);
+    assert_eq!(s["commits"], 4);
+    assert_eq!(s["branches"], 2);
+    assert_eq!(s["tags"], 1);
+    assert!(s["dedup_ratio"].as_f64().unwrap() > 2.0, "{s}");
+    let text = cairn(&store).arg("stats").output().unwrap();
+    assert!(String::from_utf8_lossy(&text.stdout).contains("dedup"));
+}
+
+#[test]
+fn store_found_from_env_and_upward_search() {
+    let t = tempfile::tempdir().unwrap();
+    let project = t.path().join("project");
+    let deep = project.join("a/b");
+    std::fs::create_dir_all(&deep).unwrap();
+    let mut c = assert_cmd::Command::new(bin());
+    c.env_remove("CAIRN_STORE")
+        .current_dir(&project)
+        .arg("init")
+        .assert()
+        .success();
+    assert!(project.join(".cairn/CAIRN").is_file());
+    let ck = t.path().join("ck");
+    ckpt(&ck, 1);
+    let mut c = assert_cmd::Command::new(bin());
+    c.env_remove("CAIRN_STORE")
+        .current_dir(&deep)
+        .arg("commit")
+        .arg(&ck)
+        .assert()
+        .success();
+    let mut c = assert_cmd::Command::new(bin());
+    let out = c
+        .env("CAIRN_STORE", project.join(".cairn"))
+        .current_dir(t.path())
+        .args(["log", "--json"])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v.as_array().unwrap().len(), 1);
+}
+
+#[test]
+fn piped_output_has_no_progress_bar() {
+    let t = tempfile::tempdir().unwrap();
+    let store = t.path().join("store");
+    cairn(&store).arg("init").assert().success();
+    let ck = t.path().join("ck");
+    ckpt(&ck, 1);
+    let out = cairn(&store).arg("commit").arg(&ck).output().unwrap();
+    assert!(out.status.success());
+    assert!(
+        out.stderr.is_empty(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

@@ -1,0 +1,110 @@
+//! Deduplication: an unchanged checkpoint adds no chunks; one changed tensor adds only itself
+//! plus at most one chunk per file; `stats` reports both exactly.
+
+use crate::common::*;
+use cairn::inspect::stats;
+use cairn::{CommitBuilder, CommitOptions, DType, Store};
+
+fn commit_dir(store: &Store, dir: &std::path::Path) -> cairn::CommitOutcome {
+    let mut b = CommitBuilder::new(store, CommitOptions::default());
+    b.add_dir(dir).unwrap();
+    b.commit().unwrap()
+}
+
+#[test]
+fn unchanged_recommit_adds_no_chunks() {
+    let t = tempfile::tempdir().unwrap();
+    let src = t.path().join("ckpt");
+    checkpoint(&src, 3);
+    let store = Store::init(&t.path().join("store")).unwrap();
+    let first = commit_dir(&store, &src);
+    let before = stats(&store).unwrap();
+    let again = commit_dir(&store, &src);
+    let after = stats(&store).unwrap();
+    assert_eq!(again.new_chunks, 0);
+    assert_eq!(again.parent, Some(first.commit));
+    assert_eq!(again.tree, first.tree, "same files, same tree id");
+    assert!(
+        again.stored_bytes_added * 100 <= again.logical_bytes,
+        "{} bytes added for {} logical",
+        again.stored_bytes_added,
+        again.logical_bytes
+    );
+    // stats agrees exactly with what the commit reported.
+    assert_eq!(after.chunks, before.chunks);
+    assert_eq!(
+        after.pack_bytes - before.pack_bytes,
+        again.stored_bytes_added
+    );
+    assert_eq!(
+        after.logical_bytes - before.logical_bytes,
+        again.logical_bytes
+    );
+    assert_eq!(after.commits, 2);
+}
+
+#[test]
+fn one_changed_tensor_adds_only_itself() {
+    let t = tempfile::tempdir().unwrap();
+    let src = t.path().join("ckpt");
+    let tensors = |changed_seed: u64| {
+        vec![
+            ("a", DType::F32, vec![1 << 20], weights(1, 1 << 20)), // 4 MiB
+            (
+                "b",
+                DType::F32,
+                vec![3, 1 << 19],
+                weights(changed_seed, 3 << 19),
+            ), // 6 MiB
+            ("c", DType::BF16, vec![5000], noise(3, 10_000)),
+        ]
+    };
+    write_st(&src.join("model.safetensors"), &tensors(2));
+    std::fs::write(src.join("notes.txt"), b"hello").unwrap();
+    let store = Store::init(&t.path().join("store")).unwrap();
+    commit_dir(&store, &src);
+    let before = stats(&store).unwrap();
+    write_st(&src.join("model.safetensors"), &tensors(22));
+    let out = commit_dir(&store, &src);
+    let after = stats(&store).unwrap();
+    let tensor_chunks = 6;
+    let files = 2;
+    assert!(out.new_chunks >= tensor_chunks, "{}", out.new_chunks);
+    assert!(
+        out.new_chunks <= tensor_chunks + files,
+        "{}",
+        out.new_chunks
+    );
+    assert!(out.new_chunk_bytes <= (6 << 20) + (1 << 20));
+    assert_eq!(after.chunks - before.chunks, out.new_chunks);
+    assert_eq!(
+        after.unique_bytes - before.unique_bytes,
+        out.new_chunk_bytes
+    );
+    assert_eq!(after.pack_bytes - before.pack_bytes, out.stored_bytes_added);
+}
+
+#[test]
+fn a_tensor_dedups_wherever_it_sits() {
+    let t = tempfile::tempdir().unwrap();
+    let store = Store::init(&t.path().join("store")).unwrap();
+    let w = weights(8, 600_000);
+    let d = t.path().join("one");
+    write_st(
+        &d.join("x.safetensors"),
+        &[("w", DType::F32, vec![600_000], w.clone())],
+    );
+    commit_dir(&store, &d);
+    // Same tensor, other file, other position, other neighbours.
+    let d2 = t.path().join("two");
+    write_st(
+        &d2.join("y.safetensors"),
+        &[
+            ("pad", DType::U8, vec![1234], noise(1, 1234)),
+            ("w2", DType::F32, vec![600_000], w),
+        ],
+    );
+    let out = commit_dir(&store, &d2);
+    // Only the new header chunk and the pad tensor are new.
+    assert_eq!(out.new_chunks, 2, "{out:?}");
+}

@@ -1,0 +1,810 @@
+//! Retention and gc: every rule and their union through the CLI, the stored policy, dry run =
+//! execution, prune and slim semantics, repack, fail-closed roots, fsck on damage, index
+//! rebuild, healing.
+
+use crate::common::*;
+use cairn::DType;
+use serde_json::Value;
+use std::path::Path;
+
+fn json(store: &Path, args: &[&str]) -> Value {
+    let out = cairn(store).args(args).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+/// A run of `n` checkpoints: each has a unique 2 MiB optimizer file and a shared embedding.
+fn run(store: &Path, dir: &Path, n: u64, losses: &[f64]) -> Vec<String> {
+    let mut ids = Vec::new();
+    for i in 0..n {
+        let ck = dir.join(format!("ck{i}"));
+        write_st(
+            &ck.join("model.safetensors"),
+            &[
+                ("embed", DType::F32, vec![1 << 18], weights(7, 1 << 18)),
+                ("head", DType::F32, vec![1 << 18], weights(100 + i, 1 << 18)),
+            ],
+        );
+        std::fs::write(ck.join("optimizer.pt"), noise(1000 + i, 2 << 20)).unwrap();
+        let v = json(
+            store,
+            &[
+                "commit",
+                ck.to_str().unwrap(),
+                "--json",
+                "--step",
+                &((i + 1) * 100).to_string(),
+                "--metric",
+                &format!("val_loss={}", losses[i as usize]),
+            ],
+        );
+        ids.push(v["commit"].as_str().unwrap().to_string());
+    }
+    ids
+}
+
+fn decisions(plan: &Value) -> Vec<(u64, String)> {
+    let mut v: Vec<(u64, String)> = plan["commits"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| {
+            (
+                c["step"].as_u64().unwrap_or(0),
+                c["decision"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    v.sort();
+    v
+}
+
+#[test]
+fn rules_union_dry_run_equals_execution_and_lineage_survives() {
+    let t = tempfile::tempdir().unwrap();
+    let store = t.path().join("store");
+    cairn(&store).arg("init").assert().success();
+    let ids = run(
+        &store,
+        t.path(),
+        8,
+        &[0.9, 0.5, 0.7, 0.4, 0.8, 0.6, 0.45, 0.95],
+    );
+    let args = [
+        "gc",
+        "--keep-last",
+        "2",
+        "--keep-best",
+        "1:val_loss:min",
+        "--keep-every",
+        "300",
+        "--json",
+    ];
+    let mut dry_args = args.to_vec();
+    dry_args.push("--dry-run");
+    let dry = json(&store, &dry_args);
+    assert_eq!(
+        decisions(&dry["plan"]),
+        [
+            (100, "prune"),
+            (200, "prune"),
+            (300, "keep"),
+            (400, "keep"),
+            (500, "prune"),
+            (600, "keep"),
+            (700, "keep"),
+            (800, "keep")
+        ]
+        .iter()
+        .map(|(s, d)| (*s, d.to_string()))
+        .collect::<Vec<_>>()
+    );
+    let plan = &dry["plan"];
+    let c400 = plan["commits"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["step"] == 400)
+        .unwrap();
+    assert!(
+        c400["reasons"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|r| r == "keep-best 1:val_loss:min")
+    );
+    let c800 = plan["commits"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["step"] == 800)
+        .unwrap();
+    assert!(
+        c800["reasons"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|r| r == "head of main")
+    );
+    // Each pruned commit frees its own optimizer file and head tensor (~3 MiB stored, noise).
+    let freed: u64 = plan["commits"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["frees_bytes"].as_u64().unwrap())
+        .sum();
+    assert!(freed >= 3 * (2 << 20), "{freed}");
+    assert_eq!(
+        plan["dead_bytes"].as_u64().unwrap(),
+        freed,
+        "no chunk shared among pruned ones"
+    );
+    let stats_before = json(&store, &["stats", "--json"]);
+    // Dry run changed nothing.
+    assert_eq!(json(&store, &["stats", "--json"]), stats_before);
+    let done = json(&store, &args);
+    assert_eq!(
+        done["plan"], dry["plan"],
+        "execution ran exactly the dry run's plan"
+    );
+    assert_eq!(done["mode"], "immediate");
+    assert!(
+        done["disk_bytes_before"].as_u64().unwrap() - done["disk_bytes_after"].as_u64().unwrap()
+            >= freed
+    );
+    // Pruned commits stay in log, marked, with their metrics.
+    let log = json(&store, &["log", "--json"]);
+    assert_eq!(log.as_array().unwrap().len(), 8);
+    let show = json(&store, &["show", &ids[0], "--json"]);
+    assert_eq!(show["metrics"]["val_loss"], 0.9);
+    assert!(show["state"]["pruned"]["time_ns"].as_i64().unwrap() > 0);
+    let out = cairn(&store)
+        .args(["checkout", &ids[0]])
+        .arg(t.path().join("x"))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("pruned by gc") && err.contains("released"),
+        "{err}"
+    );
+    // Kept commits still check out byte for byte, and fsck is clean.
+    cairn(&store)
+        .args(["checkout", &ids[3]])
+        .arg(t.path().join("k3"))
+        .assert()
+        .success();
+    assert_eq!(
+        snapshot(&t.path().join("k3")),
+        snapshot(&t.path().join("ck3"))
+    );
+    cairn(&store)
+        .args(["fsck", "--read-data"])
+        .assert()
+        .success();
+    // A second run finds nothing new to prune.
+    let again = json(&store, &args);
+    assert_eq!(again["plan"]["dead_chunks"], 0);
+}
+
+#[test]
+fn keep_improving_and_within_and_all_branches() {
+    let t = tempfile::tempdir().unwrap();
+    let store = t.path().join("store");
+    cairn(&store).arg("init").assert().success();
+    run(&store, t.path(), 5, &[0.9, 0.5, 0.7, 0.4, 0.8]);
+    let dry = json(
+        &store,
+        &[
+            "gc",
+            "--keep-improving",
+            "val_loss:min",
+            "--dry-run",
+            "--json",
+        ],
+    );
+    let d = decisions(&dry["plan"]);
+    let kept: Vec<u64> = d
+        .iter()
+        .filter(|(_, x)| x == "keep")
+        .map(|(s, _)| *s)
+        .collect();
+    assert_eq!(kept, vec![100, 200, 400, 500]);
+    let dry = json(
+        &store,
+        &["gc", "--keep-within", "1h", "--dry-run", "--json"],
+    );
+    assert!(decisions(&dry["plan"]).iter().all(|(_, x)| x == "keep"));
+    // Another branch is untouched unless --all.
+    cairn(&store)
+        .args(["branch", "side", "HEAD~3"])
+        .assert()
+        .success();
+    let dry = json(&store, &["gc", "--keep-last", "1", "--dry-run", "--json"]);
+    let d = decisions(&dry["plan"]);
+    assert_eq!(d.iter().filter(|(_, x)| x == "prune").count(), 2, "{d:?}");
+    let dry = json(
+        &store,
+        &["gc", "--keep-last", "1", "--all", "--dry-run", "--json"],
+    );
+    let d = decisions(&dry["plan"]);
+    assert_eq!(d.iter().filter(|(_, x)| x == "prune").count(), 3, "{d:?}");
+    // Bad rules are clear errors.
+    for bad in [
+        vec!["gc", "--keep-best", "x:val_loss:min"],
+        vec!["gc", "--keep-improving", "val_loss:up"],
+        vec!["gc", "--keep-within", "soon"],
+    ] {
+        let out = cairn(&store).args(&bad).output().unwrap();
+        assert_eq!(out.status.code(), Some(1), "{bad:?}");
+    }
+}
+
+#[test]
+fn stored_policy_runs_after_every_commit() {
+    let t = tempfile::tempdir().unwrap();
+    let store = t.path().join("store");
+    cairn(&store).arg("init").assert().success();
+    cairn(&store)
+        .args(["retention", "set", "keep-last 2"])
+        .assert()
+        .success();
+    let out = cairn(&store).args(["retention", "show"]).output().unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "keep-last 2");
+    run(&store, t.path(), 5, &[0.9, 0.5, 0.7, 0.4, 0.8]);
+    let log = json(&store, &["log", "--json"]);
+    let pruned = log
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|c| {
+            json(&store, &["show", c["id"].as_str().unwrap(), "--json"])["state"]["pruned"]
+                .is_object()
+        })
+        .count();
+    assert_eq!(pruned, 3);
+    let s = json(&store, &["stats", "--json"]);
+    // Only two commits' optimizer files remain (plus shared data).
+    assert!(s["pack_bytes"].as_u64().unwrap() < 4 * (3 << 20), "{s}");
+    cairn(&store)
+        .args(["retention", "clear"])
+        .assert()
+        .success();
+    assert!(
+        cairn(&store)
+            .args(["retention", "set", "keep-lots 2"])
+            .output()
+            .unwrap()
+            .status
+            .code()
+            == Some(1)
+    );
+}
+
+#[test]
+fn slim_releases_part_of_older_commits() {
+    let t = tempfile::tempdir().unwrap();
+    let store = t.path().join("store");
+    cairn(&store).arg("init").assert().success();
+    let ids = run(&store, t.path(), 4, &[0.9, 0.5, 0.7, 0.4]);
+    let out = json(
+        &store,
+        &[
+            "gc",
+            "--slim",
+            "optimizer.pt",
+            "--slim-keep-last",
+            "2",
+            "--json",
+        ],
+    );
+    let d = decisions(&out["plan"]);
+    assert_eq!(d.iter().filter(|(_, x)| x == "slim").count(), 2, "{d:?}");
+    let dst = t.path().join("s0");
+    let o = cairn(&store)
+        .args(["checkout", &ids[0]])
+        .arg(&dst)
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("--partial"));
+    let o = cairn(&store)
+        .args(["checkout", &ids[0], "--partial"])
+        .arg(&dst)
+        .output()
+        .unwrap();
+    assert!(o.status.success());
+    assert!(String::from_utf8_lossy(&o.stderr).contains("optimizer.pt"));
+    assert!(dst.join("model.safetensors").exists() && !dst.join("optimizer.pt").exists());
+    assert_eq!(
+        std::fs::read(dst.join("model.safetensors")).unwrap(),
+        std::fs::read(t.path().join("ck0/model.safetensors")).unwrap()
+    );
+    // diff treats the released file as unknown.
+    let dj = json(&store, &["diff", &ids[0], &ids[3], "--json"]);
+    let f = dj["files"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["path"] == "optimizer.pt")
+        .unwrap();
+    assert_eq!(f["status"], "unknown");
+    cairn(&store)
+        .args(["fsck", "--read-data"])
+        .assert()
+        .success();
+}
+
+#[test]
+fn repack_moves_live_data_and_readers_stay_correct() {
+    let t = tempfile::tempdir().unwrap();
+    let root = t.path().join("store");
+    cairn(&root).arg("init").assert().success();
+    // One commit with two big files in one pack; then drop one file from history.
+    let ck = t.path().join("ck");
+    std::fs::create_dir_all(&ck).unwrap();
+    std::fs::write(ck.join("keep.bin"), noise(1, 3 << 20)).unwrap();
+    std::fs::write(ck.join("drop.bin"), noise(2, 3 << 20)).unwrap();
+    let first = json(&root, &["commit", ck.to_str().unwrap(), "--json"]);
+    std::fs::remove_file(ck.join("drop.bin")).unwrap();
+    json(&root, &["commit", ck.to_str().unwrap(), "--json"]);
+    // A reader that opened the store (and resolved locations) before gc.
+    let store = cairn::Store::open(&root).unwrap();
+    let out = json(&root, &["gc", "--keep-last", "1", "--json"]);
+    assert_eq!(
+        out["plan"]["repack_packs"].as_array().unwrap().len(),
+        1,
+        "{out}"
+    );
+    assert_eq!(out["packs_repacked"], 1);
+    assert!(
+        out["disk_bytes_after"].as_u64().unwrap()
+            < out["disk_bytes_before"].as_u64().unwrap() - (2 << 20)
+    );
+    // The old handle still reads the kept file correctly (it retries through a fresh view).
+    let mut buf = Vec::new();
+    let head = cairn::rev::resolve(&store, "HEAD").unwrap();
+    cairn::read::cat(&store, head, "keep.bin", &mut buf).unwrap();
+    assert_eq!(buf, noise(1, 3 << 20));
+    cairn(&root)
+        .args(["fsck", "--read-data"])
+        .assert()
+        .success();
+    let _ = first;
+}
+
+#[test]
+fn fsck_finds_every_kind_of_damage_and_repair_heals() {
+    let t = tempfile::tempdir().unwrap();
+    let root = t.path().join("store");
+    cairn(&root).arg("init").assert().success();
+    let ck = t.path().join("ck");
+    std::fs::create_dir_all(&ck).unwrap();
+    std::fs::write(ck.join("a.bin"), noise(1, 1 << 20)).unwrap();
+    cairn(&root).arg("commit").arg(&ck).assert().success();
+    cairn(&root)
+        .args(["fsck", "--read-data"])
+        .assert()
+        .success();
+    // Subsets cover everything.
+    for i in 1..=3 {
+        cairn(&root)
+            .args(["fsck", "--read-data-subset", &format!("{i}/3")])
+            .assert()
+            .success();
+    }
+    assert_eq!(
+        cairn(&root)
+            .args(["fsck", "--read-data-subset", "4/3"])
+            .output()
+            .unwrap()
+            .status
+            .code(),
+        Some(1)
+    );
+    // A flipped data byte: found by --read-data (not by the structural check), named.
+    let pack = std::fs::read_dir(root.join("packs"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .max_by_key(|p| std::fs::metadata(p).unwrap().len())
+        .unwrap();
+    let clean = std::fs::read(&pack).unwrap();
+    let mut bad = clean.clone();
+    bad[clean.len() / 2] ^= 1;
+    std::fs::write(&pack, &bad).unwrap();
+    cairn(&root).arg("fsck").assert().success();
+    let out = cairn(&root)
+        .args(["fsck", "--read-data", "--json"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let rep: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let p = &rep["problems"][0];
+    assert_eq!(p["kind"], "corrupt-chunk");
+    assert_eq!(
+        p["pack"].as_str().unwrap(),
+        pack.file_stem().unwrap().to_str().unwrap()
+    );
+    // Healing: committing the same content again writes a good copy (no dedup poisoning).
+    std::fs::write(ck.join("b.txt"), b"more").unwrap();
+    cairn(&root).arg("commit").arg(&ck).assert().success();
+    cairn(&root)
+        .args(["fsck", "--read-data"])
+        .assert()
+        .success();
+    // repair --from heals too.
+    std::fs::write(&pack, &clean).unwrap();
+    let idx_pack = std::fs::read_dir(root.join("packs"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| *p != pack)
+        .max_by_key(|p| std::fs::metadata(p).unwrap().len())
+        .unwrap();
+    let clean2 = std::fs::read(&idx_pack).unwrap();
+    let mut bad2 = clean2.clone();
+    bad2[clean2.len() / 2] ^= 1;
+    std::fs::write(&idx_pack, &bad2).unwrap();
+    assert_eq!(
+        cairn(&root)
+            .args(["fsck", "--read-data"])
+            .output()
+            .unwrap()
+            .status
+            .code(),
+        Some(1)
+    );
+    let out = cairn(&root)
+        .args(["repair", "--from"])
+        .arg(&ck)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("healed 1"));
+    cairn(&root)
+        .args(["fsck", "--read-data"])
+        .assert()
+        .success();
+    // A missing pack is structural damage.
+    std::fs::remove_file(&pack).unwrap();
+    let out = cairn(&root).args(["fsck", "--json"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let rep: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(
+        rep["problems"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|p| p["kind"] == "missing-pack"),
+        "{rep}"
+    );
+}
+
+#[test]
+fn rebuilt_index_equals_the_original() {
+    let t = tempfile::tempdir().unwrap();
+    let root = t.path().join("store");
+    cairn(&root).arg("init").assert().success();
+    let ids = run(&root, t.path(), 3, &[0.9, 0.5, 0.7]);
+    cairn(&root)
+        .args(["branch", "exp", &ids[0]])
+        .assert()
+        .success();
+    cairn(&root)
+        .args(["tag", "best", &ids[1]])
+        .assert()
+        .success();
+    cairn(&root).args(["switch", "exp"]).assert().success();
+    cairn(&root).args(["verify", "HEAD"]).assert().success();
+    let dump = |root: &Path| {
+        let s = cairn::Store::open(root).unwrap();
+        let v = s.view();
+        let mut out = Vec::new();
+        for cf in cairn::index::ALL_CFS {
+            v.for_each(cf, |k, val| {
+                out.push((cf.to_string(), k.to_vec(), val.to_vec()));
+                Ok(())
+            })
+            .unwrap();
+        }
+        out
+    };
+    let before = dump(&root);
+    std::fs::remove_dir_all(root.join("index")).unwrap();
+    let out = cairn(&root).arg("log").output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("index is missing"));
+    cairn(&root)
+        .args(["repair", "--rebuild-index"])
+        .assert()
+        .success();
+    assert_eq!(dump(&root), before);
+    cairn(&root)
+        .args(["fsck", "--read-data"])
+        .assert()
+        .success();
+}
+
+#[test]
+fn gc_that_cannot_list_roots_deletes_nothing() {
+    let t = tempfile::tempdir().unwrap();
+    let root = t.path().join("store");
+    cairn(&root).arg("init").assert().success();
+    run(&root, t.path(), 3, &[0.9, 0.5, 0.7]);
+    let listing = store_listing(&root);
+    // A ref pointing at a commit that does not exist: the walk from the roots fails.
+    {
+        let s = cairn::Store::open(&root).unwrap();
+        s.with_writer(|index| {
+            let mut b = index.batch()?;
+            b.put_ref("refs/heads/ghost", &cairn::CommitId([7; 32]))?;
+            index.write(b)?;
+            Ok(())
+        })
+        .unwrap();
+    }
+    let out = cairn(&root)
+        .args(["gc", "--keep-last", "1"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("missing"));
+    assert_eq!(store_listing(&root), listing);
+}
+
+#[test]
+fn delta_bases_of_kept_commits_stay_alive_and_are_not_counted_as_freed() {
+    let t = tempfile::tempdir().unwrap();
+    let root = t.path().join("store");
+    let store = cairn::Store::init(&root).unwrap();
+    // A tensor that moves a little each step: the codec delta-codes it against the parent.
+    let mut w: Vec<f32> = weights(1, 1 << 18)
+        .chunks_exact(4)
+        .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
+        .collect();
+    let mut ids = Vec::new();
+    let mut versions: Vec<Vec<u8>> = Vec::new();
+    for step in 1..=3u64 {
+        versions.push(w.iter().flat_map(|x| x.to_le_bytes()).collect());
+        let mut opts = cairn::CommitOptions::default();
+        opts.meta.step = Some(step);
+        let mut b = cairn::CommitBuilder::new(&store, opts);
+        b.add_tensors(
+            "model.safetensors",
+            vec![cairn::TensorInput {
+                name: "w".into(),
+                dtype: DType::F32,
+                shape: vec![1 << 18],
+                data: w.iter().flat_map(|x| x.to_le_bytes()).collect(),
+            }],
+            None,
+        )
+        .unwrap();
+        ids.push(b.commit().unwrap().commit);
+        for (i, x) in w.iter_mut().enumerate() {
+            if i % 7 == 0 {
+                *x += 1e-4;
+            }
+        }
+    }
+    // The newest commit's chunks have delta bases in older commits.
+    let tree = store.tree(store.commit(ids[2]).unwrap().tree).unwrap();
+    let chunk = tree.files["model.safetensors"].segments[1].chunks[0].id;
+    let loc = store.chunk_loc(chunk).unwrap().unwrap();
+    assert!(loc.base.is_some(), "expected a delta-coded chunk: {loc:?}");
+    drop(store);
+    let plan = json(&root, &["gc", "--keep-last", "1", "--dry-run", "--json"])["plan"].clone();
+    assert_eq!(
+        decisions(&plan)
+            .iter()
+            .filter(|(_, d)| d == "prune")
+            .count(),
+        2
+    );
+    let kept_bases = plan["kept_as_delta_base"].as_u64().unwrap();
+    assert!(kept_bases >= 1, "{plan}");
+    // What the plan counts as freed excludes the bases: the freed total equals the dead bytes.
+    let frees: u64 = plan["commits"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["frees_bytes"].as_u64().unwrap())
+        .sum();
+    assert!(frees <= plan["dead_bytes"].as_u64().unwrap() * 2);
+    json(&root, &["gc", "--keep-last", "1", "--json"]);
+    // The kept commit still reads back exactly, through its chain.
+    let out = cairn(&root)
+        .args(["cat", "HEAD:model.safetensors"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let parsed = cairn::safetensors::parse(&out.stdout).unwrap();
+    let data = &out.stdout[parsed.data_start() as usize..];
+    assert_eq!(data, versions[2].as_slice());
+    cairn(&root)
+        .args(["fsck", "--read-data"])
+        .assert()
+        .success();
+}
+
+#[test]
+fn gc_beside_a_running_writer_marks_then_a_later_run_deletes() {
+    let t = tempfile::tempdir().unwrap();
+    let root = t.path().join("store");
+    cairn(&root).arg("init").assert().success();
+    run(&root, t.path(), 3, &[0.9, 0.5, 0.7]);
+    let before = json(&root, &["stats", "--json"]);
+    // A writer in progress holds writers.lock shared.
+    let writer = cairn::lock::shared(&root.join("locks/writers.lock")).unwrap();
+    let out = json(&root, &["gc", "--keep-last", "1", "--json"]);
+    assert_eq!(out["mode"], "deferred");
+    assert_eq!(out["chunks_removed"], 0);
+    let mid = json(&root, &["stats", "--json"]);
+    assert_eq!(
+        mid["chunks"], before["chunks"],
+        "nothing deleted while a writer runs"
+    );
+    assert_eq!(mid["pack_bytes"], before["pack_bytes"]);
+    drop(writer);
+    let out = json(&root, &["gc", "--keep-last", "1", "--json"]);
+    assert_eq!(out["mode"], "immediate");
+    assert!(out["plan"]["marked_chunks"].as_u64().unwrap() > 0);
+    assert!(out["chunks_removed"].as_u64().unwrap() > 0);
+    let after = json(&root, &["stats", "--json"]);
+    assert!(after["pack_bytes"].as_u64().unwrap() < before["pack_bytes"].as_u64().unwrap());
+    cairn(&root)
+        .args(["fsck", "--read-data"])
+        .assert()
+        .success();
+}
+
+#[test]
+fn a_marked_chunk_reused_by_a_commit_comes_back_to_life() {
+    let t = tempfile::tempdir().unwrap();
+    let root = t.path().join("store");
+    cairn(&root).arg("init").assert().success();
+    let ids = run(&root, t.path(), 2, &[0.9, 0.5]);
+    let writer = cairn::lock::shared(&root.join("locks/writers.lock")).unwrap();
+    // ck0's optimizer file becomes dead and marked...
+    assert_eq!(
+        json(&root, &["gc", "--keep-last", "1", "--json"])["mode"],
+        "deferred"
+    );
+    drop(writer);
+    // ...then a new commit reuses it (same content as ck0), clearing the mark.
+    let v = json(
+        &root,
+        &["commit", t.path().join("ck0").to_str().unwrap(), "--json"],
+    );
+    assert!(v["reused_chunks"].as_u64().unwrap() > 0);
+    let out = json(&root, &["gc", "--keep-last", "1", "--json"]);
+    assert_eq!(out["mode"], "immediate");
+    let dst = t.path().join("again");
+    cairn(&root)
+        .args(["checkout", "HEAD"])
+        .arg(&dst)
+        .assert()
+        .success();
+    assert_eq!(snapshot(&dst), snapshot(&t.path().join("ck0")));
+    cairn(&root)
+        .args(["fsck", "--read-data"])
+        .assert()
+        .success();
+    let _ = ids;
+}
+
+#[test]
+fn fsck_structural_damage_kinds() {
+    let t = tempfile::tempdir().unwrap();
+    let root = t.path().join("store");
+    cairn(&root).arg("init").assert().success();
+    run(&root, t.path(), 2, &[0.9, 0.5]);
+    let kinds = |root: &Path| -> Vec<String> {
+        let out = cairn(root).args(["fsck", "--json"]).output().unwrap();
+        let rep: Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(
+            out.status.code(),
+            Some(if rep["problems"].as_array().unwrap().is_empty() {
+                0
+            } else {
+                1
+            })
+        );
+        rep["problems"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| p["kind"].as_str().unwrap().to_string())
+            .collect()
+    };
+    assert!(kinds(&root).is_empty());
+    // A chunk entry dropped from the index: missing-chunk, naming the file that needs it.
+    let store = cairn::Store::open(&root).unwrap();
+    let head = cairn::rev::resolve(&store, "HEAD").unwrap();
+    let tree = store.tree(store.commit(head).unwrap().tree).unwrap();
+    let victim = tree.files["optimizer.pt"].chunks().next().unwrap().id;
+    let loc = store.chunk_loc(victim).unwrap().unwrap();
+    store
+        .with_writer(|i| {
+            let mut b = i.batch()?;
+            b.delete_chunk(&victim)?;
+            i.write(b)?;
+            Ok(())
+        })
+        .unwrap();
+    assert_eq!(kinds(&root), vec!["missing-chunk"]);
+    // An index entry pointing past its pack's entries: bad-index-entry.
+    store
+        .with_writer(|i| {
+            let mut b = i.batch()?;
+            b.put_chunk(
+                &victim,
+                &cairn::index::ChunkLoc {
+                    offset: loc.offset + (1 << 40),
+                    ..loc
+                },
+            )?;
+            i.write(b)?;
+            Ok(())
+        })
+        .unwrap();
+    assert_eq!(kinds(&root), vec!["bad-index-entry"]);
+    store
+        .with_writer(|i| {
+            let mut b = i.batch()?;
+            b.put_chunk(&victim, &loc)?;
+            i.write(b)?;
+            Ok(())
+        })
+        .unwrap();
+    assert!(kinds(&root).is_empty());
+    // A truncated pack: bad-pack (and never a panic).
+    let pack = root.join("packs").join(format!("{}.pack", loc.pack));
+    let bytes = std::fs::read(&pack).unwrap();
+    for cut in [bytes.len() - 1, bytes.len() / 2, 100, 10] {
+        std::fs::write(&pack, &bytes[..cut]).unwrap();
+        let k = kinds(&root);
+        assert!(k.contains(&"bad-pack".to_string()), "cut at {cut}: {k:?}");
+        let dst = t.path().join(format!("c{cut}"));
+        let out = cairn(&root)
+            .args(["checkout", "HEAD"])
+            .arg(&dst)
+            .output()
+            .unwrap();
+        assert!(!String::from_utf8_lossy(&out.stderr).contains("panicked"));
+        if out.status.success() {
+            // Only the footer was cut: every chunk still reads and verifies.
+            assert_eq!(
+                snapshot(&dst),
+                snapshot(&t.path().join("ck1")),
+                "cut at {cut}"
+            );
+        } else {
+            assert_eq!(out.status.code(), Some(1));
+        }
+    }
+    std::fs::write(&pack, &bytes).unwrap();
+    assert!(kinds(&root).is_empty());
+    // A commit object gone (its pack's index entry removed): missing-object.
+    store
+        .with_writer(|i| {
+            let mut b = i.batch()?;
+            b.delete_object(&head.into())?;
+            i.write(b)?;
+            Ok(())
+        })
+        .unwrap();
+    assert!(kinds(&root).contains(&"missing-object".to_string()));
+}

@@ -1,0 +1,12 @@
+//! Integration tests: one binary, a module per area. They drive both the library and the
+//! built `cairn` binary as a user would (temp dirs, exit codes, stderr).
+
+mod common;
+
+mod bad_input;
+mod cli;
+mod concurrency;
+mod dedup;
+mod gc;
+mod provenance;
+mod roundtrip;

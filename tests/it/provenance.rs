@@ -1,0 +1,479 @@
+//! Provenance, validation on creation and the catalog: trainer_state.json, git auto-detection,
+//! dataset fingerprints, environment capture, --verify, --verify-cmd, --where, runs, --meta,
+//! reflog entries for every ref move.
+
+use crate::common::*;
+use cairn::DType;
+use serde_json::Value;
+use std::path::Path;
+use std::process::Command as Sys;
+
+fn json(store: &Path, args: &[&str]) -> Value {
+    let out = cairn(store).args(args).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+fn hf_checkpoint(dir: &Path, step: u64, eval_loss: f64) {
+    write_st(
+        &dir.join("model.safetensors"),
+        &[("w", DType::F32, vec![256], weights(step, 256))],
+    );
+    std::fs::write(dir.join("optimizer.pt"), noise(step, 5000)).unwrap();
+    std::fs::write(dir.join("scheduler.pt"), b"sched").unwrap();
+    std::fs::write(dir.join("rng_state.pth"), b"rng").unwrap();
+    std::fs::write(dir.join("config.json"), b"{}").unwrap();
+    std::fs::write(
+        dir.join("trainer_state.json"),
+        format!(
+            r#"{{"global_step": {step}, "epoch": {}, "log_history": [
+                {{"step": {step}, "loss": 1.25, "epoch": 1.0}},
+                {{"step": {step}, "eval_loss": {eval_loss}, "eval_accuracy": 0.75, "epoch": 1.0}}]}}"#,
+            step as f64 / 100.0
+        ),
+    )
+    .unwrap();
+}
+
+#[test]
+fn hugging_face_folder_with_no_flags() {
+    let t = tempfile::tempdir().unwrap();
+    let store = t.path().join("store");
+    cairn(&store).arg("init").assert().success();
+    let ck = t.path().join("checkpoint-500");
+    hf_checkpoint(&ck, 500, 0.5);
+    cairn(&store).arg("commit").arg(&ck).assert().success();
+    let v = json(&store, &["show", "--json"]);
+    assert_eq!(v["step"], 500);
+    assert_eq!(v["epoch"], 5.0);
+    assert_eq!(v["metrics"]["eval_loss"], 0.5);
+    assert_eq!(v["metrics"]["loss"], 1.25);
+    assert_eq!(v["resume"]["resumable"], true);
+    // sha256 is recorded and shown for each file, as sha256sum prints it.
+    let files = v["files"].as_array().unwrap();
+    let sums = Sys::new("sha256sum")
+        .arg(ck.join("optimizer.pt"))
+        .output()
+        .unwrap();
+    let want = String::from_utf8_lossy(&sums.stdout)
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .to_string();
+    let opt = files.iter().find(|f| f["path"] == "optimizer.pt").unwrap();
+    assert_eq!(opt["sha256"], want);
+    let text = cairn(&store).arg("show").output().unwrap();
+    let text = String::from_utf8_lossy(&text.stdout);
+    assert!(text.contains("resumable") && text.contains(&want), "{text}");
+
+    // A contradicting --metric fails with both values shown, and commits nothing.
+    let ck2 = t.path().join("checkpoint-600");
+    hf_checkpoint(&ck2, 600, 0.4);
+    let out = cairn(&store)
+        .arg("commit")
+        .arg(&ck2)
+        .args(["--metric", "eval_loss=0.9"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("0.9") && err.contains("0.4"), "{err}");
+    assert_eq!(
+        json(&store, &["log", "--json"]).as_array().unwrap().len(),
+        1
+    );
+    // An agreeing one is fine; a missing part is reported.
+    std::fs::remove_file(ck2.join("rng_state.pth")).unwrap();
+    cairn(&store)
+        .arg("commit")
+        .arg(&ck2)
+        .args(["--metric", "eval_loss=0.4"])
+        .assert()
+        .success();
+    let v = json(&store, &["show", "--json"]);
+    assert_eq!(v["resume"]["resumable"], false);
+    assert_eq!(v["resume"]["missing"], serde_json::json!(["rng"]));
+    // --holds overrides recognition.
+    std::fs::write(ck2.join("my_rng.bin"), b"r").unwrap();
+    cairn(&store)
+        .arg("commit")
+        .arg(&ck2)
+        .args(["--holds", "rng=my_rng.bin"])
+        .assert()
+        .success();
+    assert_eq!(
+        json(&store, &["show", "--json"])["resume"]["resumable"],
+        true
+    );
+}
+
+fn git(dir: &Path, args: &[&str]) {
+    let st = Sys::new("git")
+        .current_dir(dir)
+        .args(["-c", "user.email=t@t", "-c", "user.name=t"])
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        st.status.success(),
+        "git {args:?}: {}",
+        String::from_utf8_lossy(&st.stderr)
+    );
+}
+
+#[test]
+fn git_auto_clean_dirty_and_not_a_repository() {
+    let t = tempfile::tempdir().unwrap();
+    let store = t.path().join("store");
+    cairn(&store).arg("init").assert().success();
+    let repo = t.path().join("code");
+    std::fs::create_dir_all(&repo).unwrap();
+    git(&repo, &["init", "-q", "-b", "trunk"]);
+    std::fs::write(repo.join("train.py"), b"print(1)\n").unwrap();
+    git(&repo, &["add", "."]);
+    git(&repo, &["commit", "-q", "-m", "c"]);
+    let head = String::from_utf8(
+        Sys::new("git")
+            .current_dir(&repo)
+            .args(["rev-parse", "HEAD"])
+            .output()
+            .unwrap()
+            .stdout,
+    )
+    .unwrap();
+    let ck = t.path().join("ck");
+    hf_checkpoint(&ck, 1, 1.0);
+    let run = |extra: &[&str]| {
+        let mut c = cairn(&store);
+        c.current_dir(&repo)
+            .arg("commit")
+            .arg(&ck)
+            .args(extra)
+            .arg("--json");
+        let out = c.output().unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr).to_string(),
+        )
+    };
+    assert_eq!(run(&["--git", "auto"]).0, Some(0));
+    let g = &json(&store, &["show", "--json"])["git"];
+    assert_eq!(g["commit"], head.trim());
+    assert_eq!(g["branch"], "trunk");
+    assert_eq!(g["dirty"], false);
+    assert!(g["diff_hash"].is_null());
+    // Dirty: flag, diff hash, and the diff itself with --git-diff.
+    std::fs::write(repo.join("train.py"), b"print(2)\n").unwrap();
+    assert_eq!(run(&["--git", "auto", "--git-diff"]).0, Some(0));
+    let v = json(&store, &["show", "--json"]);
+    assert_eq!(v["git"]["dirty"], true);
+    assert_eq!(v["git"]["diff_hash"].as_str().unwrap().len(), 64);
+    let diff = cairn(&store)
+        .args(["cat", "HEAD:_cairn/git.diff"])
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&diff.stdout).contains("+print(2)"));
+    // --git-repo from elsewhere; not a repository is a clear error.
+    let mut c = cairn(&store);
+    let out = c
+        .current_dir(t.path())
+        .arg("commit")
+        .arg(&ck)
+        .args(["--git", "auto"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not inside a git repository"));
+    let mut c = cairn(&store);
+    c.current_dir(t.path())
+        .arg("commit")
+        .arg(&ck)
+        .args(["--git", "auto", "--git-repo"])
+        .arg(&repo)
+        .assert()
+        .success();
+    let (code, err) = run(&["--git", "not-hex!"]);
+    assert_eq!(code, Some(1), "{err}");
+}
+
+#[test]
+fn dataset_fingerprints_are_stable_and_sensitive() {
+    use cairn::provenance::dataset_fingerprint;
+    let t = tempfile::tempdir().unwrap();
+    let d = t.path().join("data");
+    std::fs::create_dir_all(d.join("sub")).unwrap();
+    std::fs::write(d.join("a.txt"), b"alpha").unwrap();
+    std::fs::write(d.join("sub/b.bin"), noise(1, 3 << 20)).unwrap();
+    let fp = |p: &Path| dataset_fingerprint("train", p).unwrap();
+    let base = fp(&d);
+    assert_eq!(base.files, Some(2));
+    assert_eq!(base.bytes, Some(5 + (3 << 20)));
+    assert_eq!(fp(&d), base, "stable across runs");
+    // Same content created in another order elsewhere: same fingerprint.
+    let d2 = t.path().join("data2");
+    std::fs::create_dir_all(d2.join("sub")).unwrap();
+    std::fs::write(d2.join("sub/b.bin"), noise(1, 3 << 20)).unwrap();
+    std::fs::write(d2.join("a.txt"), b"alpha").unwrap();
+    assert_eq!(fp(&d2).fingerprint, base.fingerprint);
+    // Any byte, a rename, a new file: different.
+    let mut bytes = noise(1, 3 << 20);
+    bytes[123_456] ^= 1;
+    std::fs::write(d2.join("sub/b.bin"), &bytes).unwrap();
+    assert_ne!(fp(&d2).fingerprint, base.fingerprint);
+    std::fs::write(d2.join("sub/b.bin"), noise(1, 3 << 20)).unwrap();
+    std::fs::rename(d2.join("a.txt"), d2.join("c.txt")).unwrap();
+    assert_ne!(fp(&d2).fingerprint, base.fingerprint);
+    std::fs::rename(d2.join("c.txt"), d2.join("a.txt")).unwrap();
+    assert_eq!(fp(&d2).fingerprint, base.fingerprint);
+    std::fs::write(d2.join("new"), b"").unwrap();
+    assert_ne!(fp(&d2).fingerprint, base.fingerprint);
+}
+
+#[test]
+fn environment_is_captured_with_additions() {
+    let t = tempfile::tempdir().unwrap();
+    let store = t.path().join("store");
+    cairn(&store).arg("init").assert().success();
+    let ck = t.path().join("ck");
+    hf_checkpoint(&ck, 1, 1.0);
+    let req = t.path().join("requirements.txt");
+    std::fs::write(&req, b"torch==2.5.0\n").unwrap();
+    cairn(&store)
+        .arg("commit")
+        .arg(&ck)
+        .args(["--env", "image=sha256:abc", "--env-file"])
+        .arg(&req)
+        .assert()
+        .success();
+    let env = &json(&store, &["show", "--json"])["env"];
+    for k in [
+        "cairn", "os", "arch", "host", "kernel", "cpu", "cpus", "memory",
+    ] {
+        assert!(
+            env[k].as_str().is_some_and(|v| !v.is_empty()),
+            "{k} missing: {env}"
+        );
+    }
+    assert_eq!(env["image"], "sha256:abc");
+    assert_eq!(env["file.requirements.txt"].as_str().unwrap().len(), 64);
+    let out = cairn(&store)
+        .args(["cat", "HEAD:_cairn/env/requirements.txt"])
+        .output()
+        .unwrap();
+    assert_eq!(out.stdout, b"torch==2.5.0\n");
+}
+
+#[test]
+fn verify_catches_a_corrupted_chunk() {
+    let t = tempfile::tempdir().unwrap();
+    let store = t.path().join("store");
+    cairn(&store).arg("init").assert().success();
+    let ck = t.path().join("ck");
+    hf_checkpoint(&ck, 1, 1.0);
+    std::fs::write(ck.join("blob.bin"), noise(3, 2 << 20)).unwrap();
+    cairn(&store)
+        .arg("commit")
+        .arg(&ck)
+        .arg("--verify")
+        .assert()
+        .success();
+    assert_eq!(
+        json(&store, &["show", "--json"])["state"]["verify"]["ok"],
+        true
+    );
+    // Corrupt the stored copy of blob.bin's data, then commit the same content again: dedup
+    // reuses the bad copy, and --verify must say so loudly.
+    let pack = std::fs::read_dir(store.join("packs"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .max_by_key(|p| std::fs::metadata(p).unwrap().len())
+        .unwrap();
+    let mut bytes = std::fs::read(&pack).unwrap();
+    let n = bytes.len();
+    bytes[n / 2] ^= 0xFF;
+    std::fs::write(&pack, bytes).unwrap();
+    std::fs::write(ck.join("note.txt"), b"second").unwrap();
+    let out = cairn(&store)
+        .arg("commit")
+        .arg(&ck)
+        .arg("--verify")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("VERIFY FAILED") && err.contains("blob.bin"),
+        "{err}"
+    );
+    let v = json(&store, &["show", "--json"]);
+    assert_eq!(v["state"]["verify"]["ok"], false);
+    assert_eq!(v["message"], "");
+}
+
+#[test]
+fn verify_cmd_pass_and_fail() {
+    let t = tempfile::tempdir().unwrap();
+    let store = t.path().join("store");
+    cairn(&store).arg("init").assert().success();
+    let ck = t.path().join("ck");
+    hf_checkpoint(&ck, 1, 1.0);
+    cairn(&store)
+        .arg("commit")
+        .arg(&ck)
+        .args([
+            "--verify-cmd",
+            "test -f model.safetensors && test -f \"$CAIRN_CHECKOUT/config.json\"",
+        ])
+        .assert()
+        .success();
+    let v = json(&store, &["show", "--json"]);
+    assert_eq!(v["state"]["check"]["ok"], true);
+    assert_eq!(v["state"]["check"]["exit_code"], 0);
+    let out = cairn(&store)
+        .arg("commit")
+        .arg(&ck)
+        .args(["--verify-cmd", "exit 3"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("load test failed"));
+    let v = json(&store, &["show", "--json"]);
+    assert_eq!(v["state"]["check"]["ok"], false);
+    assert_eq!(v["state"]["check"]["exit_code"], 3);
+    let text = String::from_utf8(cairn(&store).arg("show").output().unwrap().stdout).unwrap();
+    assert!(text.contains("check  FAILED"), "{text}");
+}
+
+#[test]
+fn catalog_queries_runs_meta_and_reflog() {
+    let t = tempfile::tempdir().unwrap();
+    let store = t.path().join("store");
+    cairn(&store).arg("init").assert().success();
+    let ck = t.path().join("ck");
+    std::fs::create_dir_all(&ck).unwrap();
+    let mut ids = Vec::new();
+    for (i, (run, loss)) in [
+        ("r1", 0.9),
+        ("r1", 0.6),
+        ("r2", 0.7),
+        ("r2", 0.3),
+        ("r1", 0.5),
+    ]
+    .iter()
+    .enumerate()
+    {
+        std::fs::write(ck.join("w.bin"), noise(i as u64, 1000)).unwrap();
+        let v = json(
+            &store,
+            &[
+                "commit",
+                ck.to_str().unwrap(),
+                "--json",
+                "--run-id",
+                run,
+                "--step",
+                &((i + 1) * 100).to_string(),
+                "--metric",
+                &format!("val_loss={loss}"),
+                "--param",
+                &format!("lr={}", if i < 3 { "1e-3" } else { "1e-4" }),
+                "--git",
+                if i % 2 == 0 { "aaaa1111" } else { "bbbb2222" },
+                "--dataset-fingerprint",
+                &format!("fp{}", i % 2),
+                "--branch",
+                if *run == "r1" { "main" } else { "other" },
+            ],
+        );
+        ids.push(v["commit"].as_str().unwrap().to_string());
+    }
+    let q = |args: &[&str]| -> Vec<u64> {
+        let mut a = vec!["log", "--json"];
+        a.extend_from_slice(args);
+        json(&store, &a)
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| c["step"].as_u64().unwrap())
+            .collect()
+    };
+    assert_eq!(
+        q(&["--all", "--where", "val_loss < 0.65", "--sort", "val_loss"]),
+        vec![400, 500, 200]
+    );
+    assert_eq!(q(&["--all", "--where", "run = r2"]), vec![400, 300]);
+    assert_eq!(q(&["--all", "--where", "dataset = fp1"]), vec![400, 200]);
+    assert_eq!(q(&["--all", "--where", "git = bbbb"]), vec![400, 200]);
+    assert_eq!(q(&["--all", "--where", "lr <= 1e-4"]), vec![500, 400]);
+    assert_eq!(
+        q(&["--all", "--where", "step >= 300", "--where", "step != 500"]),
+        vec![400, 300]
+    );
+    assert_eq!(
+        q(&[
+            "--all",
+            "--where",
+            "val_loss > 0.6",
+            "--where",
+            "val_loss <= 0.9"
+        ]),
+        vec![300, 100]
+    );
+    assert_eq!(
+        q(&["--all", "--sort", "-val_loss", "--limit", "2"]),
+        vec![100, 300]
+    );
+    assert_eq!(q(&["--all", "--where", "run ~ 2"]), vec![400, 300]);
+    // Without --all: the history of HEAD (main) only.
+    assert_eq!(q(&["--where", "val_loss < 1"]), vec![500, 200, 100]);
+    let out = cairn(&store)
+        .args(["log", "--where", "val_loss"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    // runs.
+    let runs = json(&store, &["runs", "--json"]);
+    let runs = runs.as_array().unwrap();
+    assert_eq!(runs.len(), 2);
+    let r2 = runs.iter().find(|r| r["run_id"] == "r2").unwrap();
+    assert_eq!(r2["commits"], 2);
+    assert_eq!(r2["best"], 0.3);
+    assert_eq!(r2["best_commit"], ids[3]);
+    // checkout --meta.
+    let meta = t.path().join("checkpoint_00123.meta.json");
+    cairn(&store)
+        .args(["checkout", "HEAD"])
+        .arg(t.path().join("out"))
+        .arg("--meta")
+        .arg(&meta)
+        .assert()
+        .success();
+    let m: Value = serde_json::from_slice(&std::fs::read(&meta).unwrap()).unwrap();
+    assert_eq!(m["id"], ids[4]);
+    assert!(m["uri"].as_str().unwrap().starts_with("cairn://"));
+    // Every ref move is in the reflog: 5 commits (two creating branches), a tag, a move.
+    cairn(&store)
+        .args(["tag", "production", &ids[1]])
+        .assert()
+        .success();
+    cairn(&store)
+        .args(["tag", "--move", "production", &ids[4]])
+        .assert()
+        .success();
+    let rl = json(&store, &["reflog", "--json"]);
+    let rl = rl.as_array().unwrap();
+    assert_eq!(rl.len(), 7);
+    assert!(
+        rl.iter()
+            .all(|e| e["who"] == "test@cairn" && e["time_ns"].as_i64().unwrap() > 0)
+    );
+    assert_eq!(rl[6]["ref"], "refs/tags/production");
+    assert_eq!(rl[6]["old"], ids[1]);
+    assert_eq!(rl[6]["new"], ids[4]);
+    assert_eq!(rl[2]["ref"], "refs/heads/other");
+    assert!(rl[2]["old"].is_null());
+}
