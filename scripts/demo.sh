@@ -15,7 +15,7 @@ echo "== work dir: $WORK"
 "$CAIRN" init
 "$CARGO_TARGET_DIR/debug/examples/train" "$WORK/run" --checkpoints 5 --steps-per-checkpoint 20
 # Step, epoch and metrics come from each folder's trainer_state.json.
-for ck in $(ls -d "$WORK"/run/checkpoint-* | sort -t- -k2 -n); do
+for ck in $(ls -d "$WORK"/run/checkpoint-* | sort -V); do
   "$CAIRN" commit "$ck" -m "checkpoint ${ck##*/}" --param lr=3e-3 --config "$ck/config.json" \
     --dataset-fingerprint "train=synthetic-v1" --run-id demo --verify
 done
@@ -33,7 +33,7 @@ echo "== cairn gc --keep-last 2 --keep-best 1:eval_loss:min --dry-run"
 "$CAIRN" gc --keep-last 2 --keep-best 1:eval_loss:min --dry-run
 echo "== plain copies of the checkpoints: $(du -sb "$WORK/run" | cut -f1) bytes; store on disk: $(du -sb "$WORK/store" | cut -f1) bytes"
 echo "== cairn checkout HEAD~2 (verified) and compare with the original files"
-first=$(ls -d "$WORK"/run/checkpoint-* | sort -t- -k2 -n | tail -3 | head -1)
+first=$(ls -d "$WORK"/run/checkpoint-* | sort -V | tail -3 | head -1)
 "$CAIRN" checkout HEAD~2 "$WORK/restored"
 diff -r "$first" "$WORK/restored" && echo "byte-identical: $first"
 "$CAIRN" tensor HEAD model.safetensors:layer1.weight -o "$WORK/layer1.npy"

@@ -288,6 +288,13 @@ struct CommitArgs {
     json: bool,
 }
 
+/// `println!` that returns an error instead of panicking when stdout is closed (`| head`).
+macro_rules! out {
+    ($($t:tt)*) => {
+        writeln!(std::io::stdout().lock(), $($t)*)?
+    };
+}
+
 struct Bar(indicatif::ProgressBar);
 
 impl Progress for Bar {
@@ -376,7 +383,7 @@ fn open(cli_store: &Option<PathBuf>) -> Result<Store> {
     Ok(Store::open(&p)?)
 }
 
-fn print_log_line(id: &cairn::CommitId, c: &cairn::object::Commit) {
+fn print_log_line(id: &cairn::CommitId, c: &cairn::object::Commit) -> Result<()> {
     let mut facts = Vec::new();
     if let Some(s) = c.meta.step {
         facts.push(format!("step {s}"));
@@ -387,7 +394,7 @@ fn print_log_line(id: &cairn::CommitId, c: &cairn::object::Commit) {
     for (k, v) in &c.meta.metrics {
         facts.push(format!("{k}={v}"));
     }
-    println!(
+    out!(
         "{}  {}  {}{}",
         id.short(),
         inspect::format_time(c.time_ns),
@@ -398,6 +405,7 @@ fn print_log_line(id: &cairn::CommitId, c: &cairn::object::Commit) {
             format!("  [{}]", facts.join(", "))
         }
     );
+    Ok(())
 }
 
 fn cmd_commit(cli_store: &Option<PathBuf>, a: CommitArgs) -> Result<()> {
@@ -549,7 +557,7 @@ fn cmd_commit(cli_store: &Option<PathBuf>, a: CommitArgs) -> Result<()> {
         v["uri"] = format!("cairn://{}/{}", store.store_id(), out.commit).into();
         print_json(&v)?;
     } else {
-        println!(
+        out!(
             "[{} {}] {} files, {} logical; {} new chunks ({}), {} reused; +{} on disk{}",
             out.branch,
             out.commit.short(),
@@ -592,7 +600,7 @@ fn cmd_commit(cli_store: &Option<PathBuf>, a: CommitArgs) -> Result<()> {
         let rec = cairn::verify::run_check(&store, out.commit, cmd, p.as_ref())?;
         cairn::verify::update_state(&store, out.commit, |s| s.check = Some(rec.clone()))?;
         if !a.json {
-            println!(
+            out!(
                 "load test {}: `{cmd}` exited {} after {:.1}s",
                 if rec.ok { "passed" } else { "FAILED" },
                 rec.exit_code.map_or("by signal".into(), |c| c.to_string()),
@@ -630,7 +638,7 @@ fn run(cli: Cli) -> Result<()> {
                     "store": path, "store_id": store.store_id(), "branch": store.current_branch()?
                 }))?;
             } else {
-                println!("Initialized empty cairn store in {}", path.display());
+                out!("Initialized empty cairn store in {}", path.display());
             }
         }
         Cmd::Commit(a) => cmd_commit(s, *a)?,
@@ -672,7 +680,7 @@ fn run(cli: Cli) -> Result<()> {
                 print_json(&v)?;
             } else {
                 for (id, _) in &hits {
-                    print_log_line(id, &store.commit(*id)?);
+                    print_log_line(id, &store.commit(*id)?)?;
                 }
             }
         }
@@ -686,7 +694,7 @@ fn run(cli: Cli) -> Result<()> {
                     Some(h) => h,
                     None => {
                         if json {
-                            println!("[]");
+                            out!("[]");
                         } else {
                             eprintln!("branch {} has no commits yet", store.current_branch()?);
                         }
@@ -703,7 +711,7 @@ fn run(cli: Cli) -> Result<()> {
                 print_json(&v)?;
             } else {
                 for (id, c) in &entries {
-                    print_log_line(id, c);
+                    print_log_line(id, c)?;
                 }
             }
         }
@@ -714,7 +722,7 @@ fn run(cli: Cli) -> Result<()> {
             if json {
                 print_json(&info)?;
             } else {
-                print_show(&info);
+                print_show(&info)?;
             }
         }
         Cmd::Diff { a, b, json } => {
@@ -725,7 +733,7 @@ fn run(cli: Cli) -> Result<()> {
             if json {
                 print_json(&d)?;
             } else {
-                print_diff(&d);
+                print_diff(&d)?;
             }
         }
         Cmd::Checkout {
@@ -757,7 +765,7 @@ fn run(cli: Cli) -> Result<()> {
             if json {
                 print_json(&out)?;
             } else {
-                println!(
+                out!(
                     "checked out {} into {}: {} files, {} (verified)",
                     id.short(),
                     dir.display(),
@@ -798,7 +806,7 @@ fn run(cli: Cli) -> Result<()> {
                     "bytes": data.len(), "output": output,
                 }))?;
             } else {
-                println!(
+                out!(
                     "{}:{} {} {:?} -> {} ({})",
                     t.file,
                     tname,
@@ -823,10 +831,10 @@ fn run(cli: Cli) -> Result<()> {
                         print_json(&v)?;
                     } else {
                         if !list.iter().any(|(n, _)| *n == cur) {
-                            println!("* {cur} (no commits yet)");
+                            out!("* {cur} (no commits yet)");
                         }
                         for (n, id) in list {
-                            println!("{} {n} {}", if n == cur { "*" } else { " " }, id.short());
+                            out!("{} {n} {}", if n == cur { "*" } else { " " }, id.short());
                         }
                     }
                 }
@@ -844,7 +852,7 @@ fn run(cli: Cli) -> Result<()> {
                     if json {
                         print_json(&serde_json::json!({"name": n, "commit": target.to_hex()}))?;
                     } else {
-                        println!("branch {n} at {}", target.short());
+                        out!("branch {n} at {}", target.short());
                     }
                 }
             }
@@ -852,7 +860,7 @@ fn run(cli: Cli) -> Result<()> {
         Cmd::Switch { branch } => {
             let store = open(s)?;
             store.switch(&branch, &author(None))?;
-            println!("switched to branch {branch}");
+            out!("switched to branch {branch}");
         }
         Cmd::Tag {
             name,
@@ -872,7 +880,7 @@ fn run(cli: Cli) -> Result<()> {
                         print_json(&v)?;
                     } else {
                         for (n, id) in list {
-                            println!("{n} {}", id.short());
+                            out!("{n} {}", id.short());
                         }
                     }
                 }
@@ -903,7 +911,7 @@ fn run(cli: Cli) -> Result<()> {
                             &serde_json::json!({"name": n, "commit": target.to_hex(), "previous": current.map(|c| c.to_hex())}),
                         )?;
                     } else {
-                        println!("tag {n} at {}", target.short());
+                        out!("tag {n} at {}", target.short());
                     }
                 }
             }
@@ -940,7 +948,7 @@ fn run(cli: Cli) -> Result<()> {
                             })
                             .unwrap_or_else(|| "-".into())
                     };
-                    println!(
+                    out!(
                         "{}  {:<24} {} -> {}  {} by {}{}",
                         inspect::format_time(e.time_ns),
                         e.name,
@@ -972,7 +980,7 @@ fn run(cli: Cli) -> Result<()> {
                 print_json(&runs)?;
             } else {
                 for r in runs {
-                    println!(
+                    out!(
                         "{:<20} {:>5} commits  {} .. {}  {}",
                         r.run_id,
                         r.commits,
@@ -995,7 +1003,7 @@ fn run(cli: Cli) -> Result<()> {
             if json {
                 print_json(&rec)?;
             } else if rec.ok {
-                println!(
+                out!(
                     "verified {}: {} files, {} intact",
                     id.short(),
                     rec.files,
@@ -1018,8 +1026,8 @@ fn run(cli: Cli) -> Result<()> {
             let store = open(s)?;
             match cmd {
                 RetentionCmd::Show => match cairn::gc::stored_policy(&store)? {
-                    Some(r) => println!("{}", r.to_text()),
-                    None => println!("no retention policy"),
+                    Some(r) => out!("{}", r.to_text()),
+                    None => out!("no retention policy"),
                 },
                 RetentionCmd::Set { policy } => {
                     let r = cairn::gc::Retention::parse(&policy)?;
@@ -1027,11 +1035,11 @@ fn run(cli: Cli) -> Result<()> {
                         bail!("retention policy {policy:?} has no rule");
                     }
                     cairn::gc::set_policy(&store, Some(&r))?;
-                    println!("retention policy: {}", r.to_text());
+                    out!("retention policy: {}", r.to_text());
                 }
                 RetentionCmd::Clear => {
                     cairn::gc::set_policy(&store, None)?;
-                    println!("retention policy cleared");
+                    out!("retention policy cleared");
                 }
             }
         }
@@ -1066,7 +1074,7 @@ fn run(cli: Cli) -> Result<()> {
             if json {
                 print_json(&rep)?;
             } else {
-                println!(
+                out!(
                     "{} refs, {} commits, {} trees, {} chunks referenced, {} indexed, {} packs; {} chunks re-hashed ({})",
                     rep.refs,
                     rep.commits,
@@ -1078,7 +1086,7 @@ fn run(cli: Cli) -> Result<()> {
                     human(rep.bytes_read)
                 );
                 for pr in &rep.problems {
-                    println!(
+                    out!(
                         "{}: {}{}: {}",
                         pr.kind,
                         pr.subject,
@@ -1094,7 +1102,7 @@ fn run(cli: Cli) -> Result<()> {
                 bail!("fsck found {} problem(s)", rep.problems.len());
             }
             if !json {
-                println!("no problems found");
+                out!("no problems found");
             }
         }
         Cmd::Repair {
@@ -1114,7 +1122,7 @@ fn run(cli: Cli) -> Result<()> {
                 if json {
                     print_json(&out)?;
                 } else {
-                    println!(
+                    out!(
                         "rebuilt the index: {} packs, {} chunks, {} objects, {} commits, {} refs, {} commit states{}",
                         out.packs,
                         out.chunks,
@@ -1135,7 +1143,7 @@ fn run(cli: Cli) -> Result<()> {
                 if json {
                     print_json(&serde_json::json!({"healed": healed}))?;
                 } else {
-                    println!("healed {healed} damaged chunk(s) from {}", path.display());
+                    out!("healed {healed} damaged chunk(s) from {}", path.display());
                 }
             }
         }
@@ -1145,23 +1153,23 @@ fn run(cli: Cli) -> Result<()> {
             if json {
                 print_json(&st)?;
             } else {
-                println!("commits        {}", st.commits);
-                println!("branches/tags  {}/{}", st.branches, st.tags);
-                println!(
+                out!("commits        {}", st.commits);
+                out!("branches/tags  {}/{}", st.branches, st.tags);
+                out!(
                     "logical        {} ({} bytes)",
                     human(st.logical_bytes),
                     st.logical_bytes
                 );
-                println!("unique chunks  {} ({})", st.chunks, human(st.unique_bytes));
-                println!("chunks stored  {}", human(st.chunk_stored_bytes));
-                println!(
+                out!("unique chunks  {} ({})", st.chunks, human(st.unique_bytes));
+                out!("chunks stored  {}", human(st.chunk_stored_bytes));
+                out!(
                     "packs          {} ({} on disk)",
                     st.packs,
                     human(st.pack_bytes)
                 );
-                println!("dedup          {:.2}x", st.dedup_ratio);
-                println!("compression    {:.2}x", st.compression_ratio);
-                println!(
+                out!("dedup          {:.2}x", st.dedup_ratio);
+                out!("compression    {:.2}x", st.compression_ratio);
+                out!(
                     "overall        {:.2}x smaller than plain copies",
                     st.total_ratio
                 );
@@ -1221,7 +1229,7 @@ fn cmd_gc(s: &Option<PathBuf>, a: GcArgs) -> Result<()> {
         return Ok(());
     }
     let p = &out.plan;
-    println!(
+    out!(
         "policy: {}   branches: {}",
         if p.policy.is_empty() {
             "(none: only unreferenced data)"
@@ -1237,7 +1245,7 @@ fn cmd_gc(s: &Option<PathBuf>, a: GcArgs) -> Result<()> {
             cairn::gc::Decision::Slim => "SLIM ",
             cairn::gc::Decision::AlreadyPruned => "pruned",
         };
-        println!(
+        out!(
             "{what} {} {:>10} {}{}",
             &c.id[..12],
             c.step.map(|s| format!("step {s}")).unwrap_or_default(),
@@ -1249,7 +1257,7 @@ fn cmd_gc(s: &Option<PathBuf>, a: GcArgs) -> Result<()> {
             }
         );
     }
-    println!(
+    out!(
         "{} dead chunks ({}); {} delta bases kept alive; {} packs to delete, {} to repack, {} leftover files",
         p.dead_chunks,
         human(p.dead_bytes),
@@ -1259,9 +1267,9 @@ fn cmd_gc(s: &Option<PathBuf>, a: GcArgs) -> Result<()> {
         p.orphan_files.len()
     );
     if out.dry_run {
-        println!("dry run: nothing changed");
+        out!("dry run: nothing changed");
     } else {
-        println!(
+        out!(
             "{}: removed {} chunks, deleted {} files, repacked {} packs{}; packs {} -> {} (reclaimed {})",
             out.mode,
             out.chunks_removed,
@@ -1283,35 +1291,35 @@ fn cmd_gc(s: &Option<PathBuf>, a: GcArgs) -> Result<()> {
     Ok(())
 }
 
-fn print_show(info: &inspect::ShowInfo) {
+fn print_show(info: &inspect::ShowInfo) -> Result<()> {
     let c = &info.commit;
-    println!("commit {}", c.id);
-    println!("uri    {}", c.uri);
+    out!("commit {}", c.id);
+    out!("uri    {}", c.uri);
     for p in &c.parents {
-        println!("parent {p}");
+        out!("parent {p}");
     }
-    println!("date   {}", c.time);
-    println!("author {}", c.author);
+    out!("date   {}", c.time);
+    out!("author {}", c.author);
     if let Some(r) = &c.run_id {
-        println!("run    {r}");
+        out!("run    {r}");
     }
     if let Some(s) = c.step {
-        println!("step   {s}");
+        out!("step   {s}");
     }
     if let Some(e) = c.epoch {
-        println!("epoch  {e}");
+        out!("epoch  {e}");
     }
     for (k, v) in &c.metrics {
-        println!("metric {k} = {v}");
+        out!("metric {k} = {v}");
     }
     for (k, v) in &c.params {
-        println!("param  {k} = {v}");
+        out!("param  {k} = {v}");
     }
     if let Some(cfg) = &c.config {
-        println!("config {cfg}");
+        out!("config {cfg}");
     }
     if let Some(g) = &c.git {
-        println!(
+        out!(
             "git    {}{}{}",
             g.commit,
             g.branch
@@ -1322,13 +1330,13 @@ fn print_show(info: &inspect::ShowInfo) {
         );
     }
     for d in &c.datasets {
-        println!("data   {} {}", d.name, d.fingerprint);
+        out!("data   {} {}", d.name, d.fingerprint);
     }
     if !c.message.is_empty() {
-        println!("\n    {}\n", c.message.replace('\n', "\n    "));
+        out!("\n    {}\n", c.message.replace('\n', "\n    "));
     }
     if let Some(v) = &info.state.verify {
-        println!(
+        out!(
             "verify {} at {}{}",
             if v.ok { "ok" } else { "FAILED (unverified)" },
             inspect::format_time(v.time_ns),
@@ -1340,7 +1348,7 @@ fn print_show(info: &inspect::ShowInfo) {
         );
     }
     if let Some(c) = &info.state.check {
-        println!(
+        out!(
             "check  {} `{}` exited {} at {}",
             if c.ok { "passed" } else { "FAILED" },
             c.command,
@@ -1349,7 +1357,7 @@ fn print_show(info: &inspect::ShowInfo) {
         );
     }
     if let Some(p) = &info.state.pruned {
-        println!(
+        out!(
             "{} by gc at {} ({}){}",
             if p.released.is_empty() {
                 "PRUNED"
@@ -1371,7 +1379,7 @@ fn print_show(info: &inspect::ShowInfo) {
         .iter()
         .map(|(k, v)| format!("{k} {}", if v.is_empty() { "missing" } else { "present" }))
         .collect();
-    println!(
+    out!(
         "resume {}: {}",
         if r.resumable {
             "resumable".to_string()
@@ -1380,7 +1388,7 @@ fn print_show(info: &inspect::ShowInfo) {
         },
         parts.join(", ")
     );
-    println!(
+    out!(
         "{} files, {} logical, {} stored ({} new vs parent), {} unique chunks",
         info.files.len(),
         human(info.logical_bytes),
@@ -1389,7 +1397,7 @@ fn print_show(info: &inspect::ShowInfo) {
         info.unique_chunks
     );
     for f in &info.files {
-        println!(
+        out!(
             "  {}  {}  {}  {}",
             f.path,
             human(f.size),
@@ -1397,7 +1405,7 @@ fn print_show(info: &inspect::ShowInfo) {
             &f.sha256
         );
         for t in &f.tensors {
-            println!(
+            out!(
                 "      {} {} {:?} {}",
                 t.name,
                 t.dtype,
@@ -1406,9 +1414,10 @@ fn print_show(info: &inspect::ShowInfo) {
             );
         }
     }
+    Ok(())
 }
 
-fn print_diff(d: &cairn::diff::DiffOutcome) {
+fn print_diff(d: &cairn::diff::DiffOutcome) -> Result<()> {
     use cairn::diff::Status;
     for f in &d.files {
         let tag = match f.status {
@@ -1418,17 +1427,17 @@ fn print_diff(d: &cairn::diff::DiffOutcome) {
             Status::Unchanged => "=",
             Status::Unknown => "?",
         };
-        println!("{tag} {}", f.path);
+        out!("{tag} {}", f.path);
         for t in &f.tensors {
             match t.status {
                 Status::Unchanged | Status::Unknown => {}
-                Status::Added => println!("    + {}", t.name),
-                Status::Removed => println!("    - {}", t.name),
+                Status::Added => out!("    + {}", t.name),
+                Status::Removed => out!("    - {}", t.name),
                 Status::Changed => {
                     if let Some(l) = &t.layout_change {
-                        println!("    ~ {}  {l}", t.name);
+                        out!("    ~ {}  {l}", t.name);
                     } else {
-                        println!(
+                        out!(
                             "    ~ {}  max|Δ|={}  relL2={}  changed={}",
                             t.name,
                             t.max_abs_delta.map_or("-".into(), |v| format!("{v:.3e}")),
@@ -1441,15 +1450,17 @@ fn print_diff(d: &cairn::diff::DiffOutcome) {
             }
         }
     }
+    Ok(())
 }
 
 fn main() {
     let cli = Cli::parse();
     if let Err(e) = run(cli) {
         // Scripts piping into `head` close stdout early; that is not an error worth a message.
-        if e.downcast_ref::<std::io::Error>()
-            .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
-        {
+        if e.chain().any(|c| {
+            c.downcast_ref::<std::io::Error>()
+                .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+        }) {
             std::process::exit(0);
         }
         eprintln!("error: {e}");

@@ -328,3 +328,33 @@ fn piped_output_has_no_progress_bar() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+#[test]
+fn a_closed_stdout_ends_quietly() {
+    let t = tempfile::tempdir().unwrap();
+    let store = t.path().join("store");
+    cairn(&store).arg("init").assert().success();
+    let ck = t.path().join("ck");
+    ckpt(&ck, 1);
+    std::fs::write(ck.join("big.bin"), noise(1, 4 << 20)).unwrap();
+    cairn(&store).arg("commit").arg(&ck).assert().success();
+    for args in [
+        vec!["show", "HEAD"],
+        vec!["cat", "HEAD:big.bin"],
+        vec!["log"],
+    ] {
+        let mut child = std::process::Command::new(bin())
+            .arg("--store")
+            .arg(&store)
+            .args(&args)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        drop(child.stdout.take()); // like `| head -0`
+        let out = child.wait_with_output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!err.contains("panicked"), "{args:?}: {err}");
+        assert_eq!(out.status.code(), Some(0), "{args:?}: {err}");
+    }
+}
