@@ -41,6 +41,7 @@ pub mod mmap;
 pub mod object;
 pub mod pack;
 pub mod safetensors;
+pub mod torchzip;
 
 #[cfg(feature = "store")]
 pub mod commit;

@@ -301,6 +301,16 @@ pub fn resume_parts_of(path: &str) -> Vec<&'static str> {
     if g("*.ckpt") {
         return vec!["weights", "optimizer", "scheduler", "rng", "trainer_state"];
     }
+    // A plain torch.save dict (the classic `{"state_dict", "optimizer", "epoch"}` checkpoint)
+    // holds weights, optimizer state and the loop position in one file.
+    if g("checkpoint*.pt")
+        || g("checkpoint*.pth")
+        || g("ckpt*.pt")
+        || g("ckpt*.pth")
+        || g("*.pth.tar")
+    {
+        return vec!["weights", "optimizer", "trainer_state"];
+    }
     let mut parts = Vec::new();
     if g("model*.safetensors")
         || g("pytorch_model*.bin")
@@ -446,6 +456,11 @@ mod tests {
         assert_eq!(r.missing, vec!["scheduler", "rng", "trainer_state"]);
         let r = resume_report(["last.ckpt"].into_iter(), &BTreeMap::new());
         assert!(r.resumable);
+        let r = resume_report(
+            ["model_best.pth.tar", "rng.pt"].into_iter(),
+            &BTreeMap::new(),
+        );
+        assert_eq!(r.missing, vec!["scheduler", "rng"]);
         let mut o = BTreeMap::new();
         o.insert("holds.optimizer".to_string(), "*.opt".to_string());
         let r = resume_report(["w.bin", "x.opt"].into_iter(), &o);

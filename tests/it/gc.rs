@@ -808,3 +808,31 @@ fn fsck_structural_damage_kinds() {
         .unwrap();
     assert!(kinds(&root).contains(&"missing-object".to_string()));
 }
+
+#[test]
+fn packs_wait_while_a_reader_is_active() {
+    let t = tempfile::tempdir().unwrap();
+    let root = t.path().join("store");
+    cairn(&root).arg("init").assert().success();
+    run(&root, t.path(), 3, &[0.9, 0.5, 0.7]);
+    let reader = cairn::lock::shared(&root.join("locks/readers.lock")).unwrap();
+    let out = json(&root, &["gc", "--keep-last", "1", "--json"]);
+    assert!(out["packs_doomed"].as_u64().unwrap() > 0, "{out}");
+    assert_eq!(out["packs_deleted"], 0);
+    let doomed = std::fs::read_to_string(root.join("doomed-packs")).unwrap();
+    for line in doomed.lines() {
+        assert!(root.join("packs").join(format!("{line}.pack")).exists());
+    }
+    cairn(&root)
+        .args(["fsck", "--read-data"])
+        .assert()
+        .success();
+    drop(reader);
+    let out = json(&root, &["gc", "--json"]);
+    assert!(out["packs_deleted"].as_u64().unwrap() > 0, "{out}");
+    assert!(!root.join("doomed-packs").exists());
+    cairn(&root)
+        .args(["fsck", "--read-data"])
+        .assert()
+        .success();
+}
