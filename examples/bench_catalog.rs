@@ -186,6 +186,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         times.sort_by(|a, b| a.partial_cmp(b).expect("no NaN"));
         println!("| {name} | {:.0} | {:.0} |", times[3], times[0]);
     }
-    std::fs::remove_dir_all(&dir)?;
+    if std::env::var_os("KEEP").is_none() {
+        std::fs::remove_dir_all(&dir)?;
+    } else {
+        eprintln!("kept {}", root.display());
+    }
     Ok(())
 }

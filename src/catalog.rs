@@ -224,13 +224,20 @@ pub fn run(query: &Query, rows: Vec<(CommitId, CommitRow)>) -> Vec<(CommitId, Co
         .collect();
     match &query.sort {
         Some(s) => {
-            let key_of = |id: &CommitId, r: &CommitRow| match lookup(id, r, &s.key, sort_mode) {
-                Some(Value::Num(x)) if !x.is_nan() => Some(x),
-                _ => None,
-            };
-            out.sort_by(|(ia, a), (ib, b)| match (key_of(ia, a), key_of(ib, b)) {
+            // Decorate once: the key of each row, then sort on it.
+            let mut keyed: Vec<(Option<f64>, (CommitId, CommitRow))> = out
+                .into_iter()
+                .map(|(id, r)| {
+                    let k = match lookup(&id, &r, &s.key, sort_mode) {
+                        Some(Value::Num(x)) if !x.is_nan() => Some(x),
+                        _ => None,
+                    };
+                    (k, (id, r))
+                })
+                .collect();
+            keyed.sort_by(|(ka, (_, a)), (kb, (_, b))| match (ka, kb) {
                 (Some(x), Some(y)) => {
-                    let o = x.partial_cmp(&y).unwrap_or(Ordering::Equal);
+                    let o = x.partial_cmp(y).unwrap_or(Ordering::Equal);
                     let o = if s.descending { o.reverse() } else { o };
                     o.then(b.time_ns.cmp(&a.time_ns))
                 }
@@ -238,6 +245,7 @@ pub fn run(query: &Query, rows: Vec<(CommitId, CommitRow)>) -> Vec<(CommitId, Co
                 (None, Some(_)) => Ordering::Greater,
                 (None, None) => b.time_ns.cmp(&a.time_ns),
             });
+            out = keyed.into_iter().map(|(_, row)| row).collect();
         }
         None => out.sort_by_key(|(_, r)| std::cmp::Reverse(r.time_ns)),
     }
@@ -253,17 +261,18 @@ pub fn history_rows(
     store: &crate::store::Store,
     start: CommitId,
 ) -> Result<Vec<(CommitId, CommitRow)>> {
-    let view = store.view();
-    let mut seen = std::collections::HashSet::new();
+    // One sequential scan beats a point lookup per ancestor on long histories.
+    let mut all: std::collections::HashMap<CommitId, CommitRow> =
+        store.view().commit_rows()?.into_iter().collect();
     let mut todo = vec![start];
     let mut out = Vec::new();
     while let Some(id) = todo.pop() {
-        if !seen.insert(id) {
-            continue;
-        }
-        let row = view
-            .commit_row(&id)?
-            .ok_or(Error::MissingObject { id: id.into() })?;
+        let Some(row) = all.remove(&id) else {
+            if out.iter().any(|(seen, _)| *seen == id) {
+                continue;
+            }
+            return Err(Error::MissingObject { id: id.into() });
+        };
         todo.extend(row.parents.iter().copied());
         out.push((id, row));
     }

@@ -312,7 +312,11 @@ impl Store {
         let guard = lock::exclusive(&lock_path).map_err(io_at(&lock_path))?;
         let out = {
             let index = Index::open_write(&self.root.join("index"))?;
-            f(&index)
+            let out = f(&index);
+            if out.is_ok() {
+                index.flush()?;
+            }
+            out
         };
         drop(guard);
         self.refresh()?;
