@@ -144,6 +144,86 @@ enum Plan {
     /// Segment kinds and their `[start, end)` ranges, covering the file.
     Structured(FileFormat, Vec<(SegmentKind, u64, u64)>),
     Opaque,
+    /// A file that looked like a torch.save archive but could not be read as one: stored
+    /// opaque, with the reason recorded (`show --json` reports it).
+    Fallback(String),
+}
+
+/// Torch checkpoints by name (`.pt`, `.pth`, `.bin`, `.ckpt`, `.jit`, `.tar`) that start
+/// with a zip local-file signature.
+fn looks_like_torch(input: &Input, size: u64) -> Result<bool> {
+    let name = input.rel.rsplit('/').next().unwrap_or(&input.rel);
+    let ext_ok = [".pt", ".pth", ".bin", ".ckpt", ".jit", ".tar"]
+        .iter()
+        .any(|e| name.ends_with(e));
+    if !ext_ok || size < 4 {
+        return Ok(false);
+    }
+    let file = match &input.data {
+        Data::Disk(p) => Some(File::open(p).map_err(io_at(p))?),
+        Data::Memory(_) => None,
+    };
+    Ok(read_at(&input.data, file.as_ref(), 0, 4, &input.rel)? == b"PK\x03\x04")
+}
+
+/// Storage-aligned segments of a torch zip archive, or why it cannot be read as one.
+fn plan_torch_zip(
+    input: &Input,
+    size: u64,
+) -> std::result::Result<Vec<(SegmentKind, u64, u64)>, String> {
+    let file = match &input.data {
+        Data::Disk(p) => Some(File::open(p).map_err(|e| e.to_string())?),
+        Data::Memory(_) => None,
+    };
+    let mut reader = |off: u64, buf: &mut [u8]| -> std::io::Result<()> {
+        match (&input.data, &file) {
+            (Data::Disk(_), Some(f)) => f.read_exact_at(buf, off),
+            (Data::Memory(m), _) => {
+                let start = usize::try_from(off).map_err(std::io::Error::other)?;
+                let src = m
+                    .get(start..start.saturating_add(buf.len()))
+                    .ok_or_else(|| std::io::Error::from(std::io::ErrorKind::UnexpectedEof))?;
+                buf.copy_from_slice(src);
+                Ok(())
+            }
+            (Data::Disk(_), None) => Err(std::io::Error::other("file not open")),
+        }
+    };
+    let z = crate::torchzip::parse(size, &mut reader).map_err(|e| e.to_string())?;
+    let mut segs = Vec::new();
+    for r in crate::torchzip::segments(&z, size) {
+        match r {
+            crate::torchzip::SegmentRange::Raw { start, end } => {
+                segs.push((SegmentKind::Raw, start, end))
+            }
+            crate::torchzip::SegmentRange::Storage { start, end, index } => {
+                let st = &z.storages[index];
+                let len = end - start;
+                // A storage is a flat run of elements; its dtype drives the codec. Unknown
+                // dtypes (untyped or unreferenced storages) are recorded as bytes.
+                let (dtype, shape) = match st.dtype {
+                    Some(d) if d.byte_width().is_some_and(|w| len % w as u64 == 0) => {
+                        (d, vec![len / d.byte_width().expect("checked") as u64])
+                    }
+                    _ => (DType::U8, vec![len]),
+                };
+                segs.push((
+                    SegmentKind::Tensor {
+                        name: st.entry.clone(),
+                        dtype,
+                        shape,
+                    },
+                    start,
+                    end,
+                ));
+            }
+        }
+    }
+    let covered: u64 = segs.iter().map(|(_, a, b)| b - a).sum();
+    if covered != size {
+        return Err(format!("segments cover {covered} of {size} bytes"));
+    }
+    Ok(segs)
 }
 
 struct PlannedFile {
@@ -441,6 +521,7 @@ impl<'s> CommitBuilder<'s> {
                 format: match &p.plan {
                     Plan::Structured(f, _) => f.clone(),
                     Plan::Opaque => FileFormat::Opaque,
+                    Plan::Fallback(reason) => FileFormat::Fallback(reason.clone()),
                 },
                 segments: match &p.plan {
                     Plan::Structured(_, segs) => segs
@@ -450,7 +531,7 @@ impl<'s> CommitBuilder<'s> {
                             chunks: Vec::new(),
                         })
                         .collect(),
-                    Plan::Opaque => vec![Segment {
+                    Plan::Opaque | Plan::Fallback(_) => vec![Segment {
                         kind: SegmentKind::Raw,
                         chunks: Vec::new(),
                     }],
@@ -719,6 +800,11 @@ fn plan_file(input: Input, opaque: &globset::GlobSet) -> Result<PlannedFile> {
             ));
         }
         Plan::Structured(FileFormat::Safetensors, segs)
+    } else if !is_opaque && looks_like_torch(&input, size)? {
+        match plan_torch_zip(&input, size) {
+            Ok(segs) => Plan::Structured(FileFormat::TorchZip, segs),
+            Err(reason) => Plan::Fallback(reason),
+        }
     } else {
         Plan::Opaque
     };
@@ -885,7 +971,7 @@ fn read_all(
                         }
                     }
                 }
-                Plan::Opaque => {
+                Plan::Opaque | Plan::Fallback(_) => {
                     let iter: Box<dyn Iterator<Item = std::io::Result<(u64, Vec<u8>)>>> =
                         match (&pf.input.data, &file) {
                             (Data::Memory(m), _) => {

@@ -10,3 +10,4 @@ mod dedup;
 mod gc;
 mod provenance;
 mod roundtrip;
+mod torch;
