@@ -6,6 +6,7 @@ mod common;
 mod bad_input;
 mod cli;
 mod concurrency;
+mod crash;
 mod dedup;
 mod gc;
 mod provenance;
