@@ -8,6 +8,7 @@ if ! ls /usr/lib/llvm-*/lib/libclang.so* >/dev/null 2>&1 && ! ldconfig -p 2>/dev
   need_apt+=(libclang-dev)
 fi
 command -v git >/dev/null || need_apt+=(git)
+command -v strace >/dev/null || need_apt+=(strace)
 command -v python3 >/dev/null || need_apt+=(python3 python3-pip)
 if ((${#need_apt[@]})); then
   SUDO=""; [[ $(id -u) -ne 0 ]] && SUDO=sudo
