@@ -9,6 +9,7 @@ if ! ls /usr/lib/llvm-*/lib/libclang.so* >/dev/null 2>&1 && ! ldconfig -p 2>/dev
 fi
 command -v git >/dev/null || need_apt+=(git)
 command -v strace >/dev/null || need_apt+=(strace)
+command -v mkfs.ext4 >/dev/null || need_apt+=(e2fsprogs)
 command -v python3 >/dev/null || need_apt+=(python3 python3-pip)
 if ((${#need_apt[@]})); then
   SUDO=""; [[ $(id -u) -ne 0 ]] && SUDO=sudo

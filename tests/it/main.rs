@@ -8,6 +8,7 @@ mod cli;
 mod concurrency;
 mod crash;
 mod dedup;
+mod disk_full;
 mod fsync_order;
 mod gc;
 mod provenance;

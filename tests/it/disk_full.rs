@@ -1,0 +1,158 @@
+//! A full disk: a small loop-mounted ext4 filesystem (where ENOSPC often surfaces only at
+//! fsync) filled during commit and gc. Every failure is a clean error, fsck stays clean, and
+//! once space is freed the store works again with no manual repair. A machine where the
+//! filesystem cannot be set up fails this test; it is never skipped.
+
+use crate::common::*;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+struct LoopFs {
+    mnt: PathBuf,
+}
+
+impl LoopFs {
+    fn new(dir: &Path, mib: u64) -> LoopFs {
+        let img = dir.join("fs.img");
+        let mnt = dir.join("mnt");
+        std::fs::create_dir_all(&mnt).unwrap();
+        let f = std::fs::File::create(&img).unwrap();
+        f.set_len(mib << 20).unwrap();
+        let ok = Command::new("mkfs.ext4")
+            .args(["-q", "-F"])
+            .arg(&img)
+            .status()
+            .map(|s| s.success())
+            .unwrap_or(false)
+            && Command::new("mount")
+                .args(["-o", "loop"])
+                .arg(&img)
+                .arg(&mnt)
+                .status()
+                .map(|s| s.success())
+                .unwrap_or(false);
+        assert!(
+            ok,
+            "could not create and loop-mount a {mib} MiB ext4 filesystem (needs root and mkfs.ext4)"
+        );
+        LoopFs { mnt }
+    }
+}
+
+impl Drop for LoopFs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(&self.mnt).status();
+    }
+}
+
+fn err(out: &std::process::Output) -> String {
+    String::from_utf8_lossy(&out.stderr).to_string()
+}
+
+#[test]
+fn a_full_disk_is_a_clean_error_and_the_store_recovers() {
+    let t = tempfile::tempdir().unwrap();
+    let fs = LoopFs::new(t.path(), 48);
+    let store = fs.mnt.join("store");
+    cairn(&store).arg("init").assert().success();
+    // Commit checkpoints of 6 MiB of noise until the disk refuses.
+    let mut acked = Vec::new();
+    let mut failure = None;
+    for i in 0..20u64 {
+        let ck = t.path().join(format!("ck{i}"));
+        std::fs::create_dir_all(&ck).unwrap();
+        std::fs::write(ck.join("w.bin"), noise(i, 6 << 20)).unwrap();
+        let out = cairn(&store)
+            .args(["commit", "--json"])
+            .arg(&ck)
+            .output()
+            .unwrap();
+        if out.status.success() {
+            let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+            acked.push((v["commit"].as_str().unwrap().to_string(), ck));
+        } else {
+            failure = Some(out);
+            break;
+        }
+    }
+    let out = failure.expect("the disk never filled");
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        err(&out).contains("No space left on device"),
+        "{}",
+        err(&out)
+    );
+    assert!(!err(&out).contains("panicked"));
+    assert!(acked.len() >= 2, "only {} commits fit", acked.len());
+    // Still consistent, still readable.
+    cairn(&store).arg("fsck").assert().success();
+    let dst = t.path().join("r0");
+    cairn(&store)
+        .args(["checkout", &acked[0].0])
+        .arg(&dst)
+        .assert()
+        .success();
+    assert_eq!(snapshot(&dst), snapshot(&acked[0].1));
+    // gc on the full disk reclaims space (or fails cleanly), never damages the store.
+    let g = cairn(&store)
+        .args(["gc", "--keep-last", "1"])
+        .output()
+        .unwrap();
+    assert!(!err(&g).contains("panicked"), "{}", err(&g));
+    if !g.status.success() {
+        assert!(err(&g).contains("No space left on device"), "{}", err(&g));
+        // Free space by hand, then gc again.
+        std::fs::remove_dir_all(store.join("tmp")).ok();
+        cairn(&store)
+            .args(["gc", "--keep-last", "1"])
+            .assert()
+            .success();
+    }
+    cairn(&store)
+        .args(["fsck", "--read-data"])
+        .assert()
+        .success();
+    // Space is back: committing works again without any repair.
+    let ck = t.path().join("after");
+    std::fs::create_dir_all(&ck).unwrap();
+    std::fs::write(ck.join("w.bin"), noise(99, 6 << 20)).unwrap();
+    cairn(&store).arg("commit").arg(&ck).assert().success();
+    let dst = t.path().join("r-after");
+    cairn(&store)
+        .args(["checkout", "HEAD"])
+        .arg(&dst)
+        .assert()
+        .success();
+    assert_eq!(snapshot(&dst), snapshot(&ck));
+    // A filler file fills the disk again; a commit fails cleanly mid-write and leaves nothing
+    // behind once the filler is gone and gc has run.
+    let filler = fs.mnt.join("filler");
+    let _ = Command::new("fallocate")
+        .args(["-l", "200M"])
+        .arg(&filler)
+        .status();
+    if !filler.exists() || std::fs::metadata(&filler).unwrap().len() == 0 {
+        let _ = std::fs::write(&filler, vec![1u8; 40 << 20]);
+    }
+    let ck2 = t.path().join("after2");
+    std::fs::create_dir_all(&ck2).unwrap();
+    std::fs::write(ck2.join("w.bin"), noise(100, 6 << 20)).unwrap();
+    // This time through a long-lived library handle, which must recover by itself.
+    let handle = cairn::Store::open(&store).unwrap();
+    let commit_with = |h: &cairn::Store| {
+        let mut b = cairn::CommitBuilder::new(h, cairn::CommitOptions::default());
+        b.add_dir(&ck2).unwrap();
+        b.commit()
+    };
+    let e = commit_with(&handle).expect_err("the disk is full");
+    assert!(e.to_string().contains("No space left on device"), "{e}");
+    std::fs::remove_file(&filler).unwrap();
+    cairn(&store).arg("fsck").assert().success();
+    cairn(&store).arg("gc").assert().success();
+    let ok = commit_with(&handle).expect("the same handle commits once space is back");
+    assert_eq!(cairn::rev::resolve(&handle, "HEAD").unwrap(), ok.commit);
+    cairn(&store)
+        .args(["fsck", "--read-data"])
+        .assert()
+        .success();
+}
