@@ -94,6 +94,9 @@ pub struct CommitOptions {
     pub opaque: Vec<String>,
     /// Do not read step, epoch and metrics from a top-level `trainer_state.json`.
     pub ignore_trainer_state: bool,
+    /// Stage this commit as part `part` of `total` of sharded transaction `id`: the commit
+    /// becomes visible, atomically, when all parts are staged (see [`crate::txn`]).
+    pub txn: Option<crate::txn::TxnPart>,
 }
 
 /// What a commit did.
@@ -118,6 +121,9 @@ pub struct CommitOutcome {
     pub reparented: bool,
     /// What the store's retention policy did after this commit, when one is set.
     pub auto_gc: Option<AutoGc>,
+    /// For a part of a sharded commit: how many parts are staged. Until the last part lands,
+    /// `commit` is all zeros and nothing is visible.
+    pub txn: Option<crate::txn::TxnStatus>,
 }
 
 /// The retention policy's run after a commit.
@@ -584,6 +590,29 @@ impl<'s> CommitBuilder<'s> {
             tree.files.insert(p.input.rel.clone(), f);
         }
         let (tree_id, tree_bytes) = tree.encode();
+        if let Some(part) = &opts.txn {
+            // A part's tree lives in its own pack, unindexed until the transaction commits.
+            w.add_object(tree_id.into(), KIND_TREE, &tree_bytes)?;
+            let sealed = w.seal_all()?;
+            let status =
+                crate::txn::stage(store, part, &opts, &branch, tree_id, &sealed, &w.reused_ids)?;
+            return Ok(CommitOutcome {
+                commit: status.commit.unwrap_or(CommitId([0; 32])),
+                tree: tree_id,
+                parent: status.parent,
+                branch,
+                files: tree.files.len() as u64,
+                logical_bytes: tree.logical_size(),
+                new_chunks: w.new_chunks,
+                new_chunk_bytes: w.new_chunk_bytes,
+                reused_chunks: w.reused,
+                stored_bytes_added: sealed.iter().map(|p| p.size).sum(),
+                packs: sealed.iter().map(|p| p.id).collect(),
+                reparented: false,
+                auto_gc: None,
+                txn: Some(status),
+            });
+        }
         if view.object(&tree_id.into())?.is_none() {
             w.add_object(tree_id.into(), KIND_TREE, &tree_bytes)?;
         }
@@ -644,51 +673,7 @@ impl<'s> CommitBuilder<'s> {
                 message: opts.message.lines().next().unwrap_or("").to_string(),
             })?;
             for p in &sealed {
-                let mut info = PackInfo {
-                    size: p.size,
-                    ..Default::default()
-                };
-                for e in &p.entries {
-                    let h = &e.header;
-                    if h.kind == crate::pack::ENTRY_CHUNK {
-                        info.chunks += 1;
-                        let id = ChunkId(h.id);
-                        let damaged = index.is_damaged(&id)?;
-                        if damaged {
-                            b.delete_damaged(&id)?;
-                        }
-                        if damaged || index.chunk(&id)?.is_none() {
-                            b.put_chunk(
-                                &id,
-                                &ChunkLoc {
-                                    pack: p.id,
-                                    offset: e.offset,
-                                    stored_len: h.stored_len,
-                                    raw_len: h.raw_len,
-                                    encoding: h.encoding,
-                                    base: h.base,
-                                    depth: h.depth,
-                                },
-                            )?;
-                        }
-                    } else {
-                        info.objects += 1;
-                        let id = ObjectId(h.id);
-                        if index.object(&id)?.is_none() {
-                            b.put_object(
-                                &id,
-                                &ObjectLoc {
-                                    pack: p.id,
-                                    offset: e.offset,
-                                    stored_len: h.stored_len,
-                                    raw_len: h.raw_len,
-                                    kind: h.object_kind,
-                                },
-                            )?;
-                        }
-                    }
-                }
-                b.put_pack(&p.id, &info)?;
+                index_pack(index, &mut b, p)?;
             }
             let mut row = CommitRow::of(&commit);
             row.parents = head.into_iter().collect();
@@ -711,8 +696,64 @@ impl<'s> CommitBuilder<'s> {
             packs: sealed.iter().map(|p| p.id).collect(),
             reparented,
             auto_gc: None,
+            txn: None,
         })
     }
+}
+
+/// Add every entry of a sealed pack to `b` (chunks the index lacks, or whose stored copy is
+/// damaged; objects it lacks) and the pack's record.
+pub(crate) fn index_pack(
+    index: &crate::index::Index,
+    b: &mut crate::index::Batch<'_>,
+    p: &SealedPack,
+) -> Result<()> {
+    let mut info = PackInfo {
+        size: p.size,
+        ..Default::default()
+    };
+    for e in &p.entries {
+        let h = &e.header;
+        if h.kind == crate::pack::ENTRY_CHUNK {
+            info.chunks += 1;
+            let id = ChunkId(h.id);
+            let damaged = index.is_damaged(&id)?;
+            if damaged {
+                b.delete_damaged(&id)?;
+            }
+            if damaged || index.chunk(&id)?.is_none() {
+                b.put_chunk(
+                    &id,
+                    &ChunkLoc {
+                        pack: p.id,
+                        offset: e.offset,
+                        stored_len: h.stored_len,
+                        raw_len: h.raw_len,
+                        encoding: h.encoding,
+                        base: h.base,
+                        depth: h.depth,
+                    },
+                )?;
+            }
+        } else {
+            info.objects += 1;
+            let id = ObjectId(h.id);
+            if index.object(&id)?.is_none() {
+                b.put_object(
+                    &id,
+                    &ObjectLoc {
+                        pack: p.id,
+                        offset: e.offset,
+                        stored_len: h.stored_len,
+                        raw_len: h.raw_len,
+                        kind: h.object_kind,
+                    },
+                )?;
+            }
+        }
+    }
+    b.put_pack(&p.id, &info)?;
+    Ok(())
 }
 
 fn build_globs(globs: &[String]) -> Result<globset::GlobSet> {
@@ -1036,12 +1077,12 @@ fn read_all(
 }
 
 /// Appends new chunks and objects to packs, rolling to a new pack past the target size.
-struct Writer<'s> {
+pub(crate) struct Writer<'s> {
     store: &'s Store,
     current: Option<PackWriter>,
     sealed: Vec<SealedPack>,
     written: HashSet<ChunkId>,
-    reused_ids: HashSet<ChunkId>,
+    pub(crate) reused_ids: HashSet<ChunkId>,
     reused: u64,
     new_chunks: u64,
     new_chunk_bytes: u64,

@@ -231,9 +231,12 @@ pub struct Plan {
     pub repack_packs: Vec<String>,
     /// Chunks marked dead by an earlier deferred run and still dead: deleted now.
     pub marked_chunks: u64,
-    /// Pack files the index does not know (left by a crashed commit before its publish) and
-    /// `.pack.tmp` files no writer holds: removed when no writer is running.
+    /// Pack files the index does not know (left by a crashed commit before its publish, or by
+    /// an abandoned sharded commit) and `.pack.tmp` files no writer holds: removed when no
+    /// writer is running.
     pub orphan_files: Vec<String>,
+    /// Sharded commits with no part staged for 24 h: their manifests are removed.
+    pub abandoned_txns: Vec<String>,
 }
 
 /// What a gc run did.
@@ -447,9 +450,12 @@ pub fn plan(store: &Store, opts: &GcOptions) -> Result<Plan> {
     let mut slim_exempt: HashSet<CommitId> = HashSet::new();
     for b in &scope {
         let full = crate::refs::branch_ref(b)?;
-        let head = view
-            .get_ref(&full)?
-            .ok_or_else(|| Error::NoSuchRef { name: full.clone() })?;
+        let head = match view.get_ref(&full)? {
+            Some(h) => h,
+            // The current branch with no commits yet has nothing to decide.
+            None if opts.branches.is_empty() => continue,
+            None => return Err(Error::NoSuchRef { name: full.clone() }),
+        };
         let hist = first_parent_rows(store, head)?;
         if opts.retention.prunes() {
             for (id, why) in apply_rules(&opts.retention, &hist, now) {
@@ -578,6 +584,19 @@ pub fn plan(store: &Store, opts: &GcOptions) -> Result<Plan> {
         commits.push(pc);
     }
 
+    // Staged parts of uncommitted sharded commits are roots too, unless abandoned.
+    let pending = crate::txn::pending(store, now)?;
+    let mut pending_packs: HashSet<String> = HashSet::new();
+    let mut abandoned_txns: BTreeSet<String> = BTreeSet::new();
+    for p in &pending {
+        if p.abandoned {
+            abandoned_txns.insert(p.txn.clone());
+        } else {
+            live.extend(p.chunks.iter().copied());
+            pending_packs.extend(p.packs.iter().map(|id| pack_file_name(*id)));
+        }
+    }
+
     // Delta bases of live chunks stay live, transitively.
     let mut kept_as_base = 0u64;
     let mut todo: Vec<ChunkId> = live.iter().copied().collect();
@@ -670,7 +689,10 @@ pub fn plan(store: &Store, opts: &GcOptions) -> Result<Plan> {
             if !lock::is_locked(&e.path()).unwrap_or(true) {
                 orphan_files.push(name);
             }
-        } else if name.ends_with(".pack") && !known.contains(&name) {
+        } else if name.ends_with(".pack")
+            && !known.contains(&name)
+            && !pending_packs.contains(&name)
+        {
             let doomed = doomed_packs(store)?;
             if !doomed.iter().any(|p| pack_file_name(*p) == name) {
                 orphan_files.push(name);
@@ -690,6 +712,7 @@ pub fn plan(store: &Store, opts: &GcOptions) -> Result<Plan> {
         repack_packs,
         marked_chunks: marked,
         orphan_files,
+        abandoned_txns: abandoned_txns.into_iter().collect(),
     })
 }
 
@@ -932,6 +955,9 @@ fn execute(store: &Store, plan: &Plan, immediate: bool, out: &mut GcOutcome) -> 
     doomed.extend(unlink);
     let d = store.packs_dir();
     if immediate {
+        for txn in &plan.abandoned_txns {
+            crate::txn::abandon(store, txn)?;
+        }
         for name in &plan.orphan_files {
             let p = d.join(name);
             match std::fs::remove_file(&p) {

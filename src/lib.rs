@@ -69,6 +69,8 @@ pub mod rev;
 #[cfg(feature = "store")]
 pub mod store;
 #[cfg(feature = "store")]
+pub mod txn;
+#[cfg(feature = "store")]
 pub mod verify;
 
 #[cfg(feature = "store")]

@@ -277,6 +277,13 @@ struct CommitArgs {
     /// Do not take step, epoch and metrics from trainer_state.json.
     #[arg(long)]
     no_trainer_state: bool,
+    /// Stage this as one part of sharded commit ID (one process per rank); with --part.
+    #[arg(long, value_name = "ID", requires = "part")]
+    txn: Option<String>,
+    /// I/N: this process's part of the sharded commit (1-based); the commit appears when all N
+    /// parts are staged.
+    #[arg(long, value_name = "I/N", requires = "txn")]
+    part: Option<String>,
     /// After publishing, re-read every file in a fresh process and record the result.
     #[arg(long)]
     verify: bool,
@@ -416,6 +423,10 @@ fn cmd_commit(cli_store: &Option<PathBuf>, a: CommitArgs) -> Result<()> {
         branch: a.branch,
         opaque: a.opaque,
         ignore_trainer_state: a.no_trainer_state,
+        txn: match (&a.txn, &a.part) {
+            (Some(id), Some(p)) => Some(cairn::txn::TxnPart::parse(id, p)?),
+            _ => None,
+        },
         ..Default::default()
     };
     let m = &mut opts.meta;
@@ -552,6 +563,23 @@ fn cmd_commit(cli_store: &Option<PathBuf>, a: CommitArgs) -> Result<()> {
         b.add_bytes(&rel, bytes)?;
     }
     let out = b.commit()?;
+    if let Some(t) = out.txn.as_ref().filter(|t| t.commit.is_none()) {
+        if a.json {
+            let mut v = serde_json::to_value(&out)?;
+            v["commit"] = serde_json::Value::Null;
+            print_json(&v)?;
+        } else {
+            out!(
+                "staged part {}/{} of transaction {} ({} of {} parts staged; the commit appears when all are)",
+                t.part,
+                t.total,
+                t.id,
+                t.staged,
+                t.total
+            );
+        }
+        return Ok(());
+    }
     if a.json {
         let mut v = serde_json::to_value(&out)?;
         v["uri"] = format!("cairn://{}/{}", store.store_id(), out.commit).into();

@@ -14,3 +14,4 @@ mod gc;
 mod provenance;
 mod roundtrip;
 mod torch;
+mod txn;
