@@ -19,8 +19,8 @@ if ! cargo fuzz --version >/dev/null 2>&1; then
 fi
 
 export RUSTC_BOOTSTRAP=1
-export CARGO_TARGET_DIR="${CAIRN_FUZZ_TARGET_DIR:-/root/.cache/cairn-fuzz-target}"
-export CARGO_BUILD_JOBS="${CARGO_BUILD_JOBS:-1}"
+export CARGO_TARGET_DIR="${CAIRN_FUZZ_TARGET_DIR:-$HOME/.cache/cairn-fuzz-target}"
+export CARGO_BUILD_JOBS="${CARGO_BUILD_JOBS:-2}"
 
 corpus=fuzz/corpus/safetensors_parse
 mkdir -p "$corpus"

@@ -130,6 +130,7 @@ fn a_full_disk_is_a_clean_error_and_the_store_recovers() {
     let _ = Command::new("fallocate")
         .args(["-l", "200M"])
         .arg(&filler)
+        .stderr(std::process::Stdio::null())
         .status();
     if !filler.exists() || std::fs::metadata(&filler).unwrap().len() == 0 {
         let _ = std::fs::write(&filler, vec![1u8; 40 << 20]);
