@@ -1228,39 +1228,14 @@ pub fn heal_from(store: &Store, path: &Path) -> Result<u64> {
         return Ok(0);
     }
     let sealed = w.seal_all()?;
-    let healed = store.with_writer(|index| {
+    // Every entry of these packs is a damaged chunk: indexing them re-points each one at
+    // its good copy and clears its damaged record.
+    store.with_writer(|index| {
         let mut b = index.batch()?;
-        let mut n = 0;
         for p in &sealed {
-            for e in &p.entries {
-                let h = &e.header;
-                let id = ChunkId(h.id);
-                b.put_chunk(
-                    &id,
-                    &ChunkLoc {
-                        pack: p.id,
-                        offset: e.offset,
-                        stored_len: h.stored_len,
-                        raw_len: h.raw_len,
-                        encoding: h.encoding,
-                        base: h.base,
-                        depth: h.depth,
-                    },
-                )?;
-                b.delete_damaged(&id)?;
-                n += 1;
-            }
-            b.put_pack(
-                &p.id,
-                &PackInfo {
-                    size: p.size,
-                    chunks: p.entries.len() as u64,
-                    objects: 0,
-                },
-            )?;
+            index_pack(index, &mut b, p)?;
         }
         index.write(b)?;
-        Ok(n)
-    })?;
-    Ok(healed)
+        Ok(sealed.iter().map(|p| p.entries.len() as u64).sum())
+    })
 }

@@ -200,8 +200,13 @@ impl Index {
                     });
                 }
                 Err(e) => {
-                    let transient =
-                        e.kind() == rocksdb::ErrorKind::IOError && path.join("CURRENT").exists();
+                    // RocksDB reports a table file deleted under it as IOError or as a
+                    // Corruption wrapping "No such file"; both are transient here. Real damage
+                    // fails every attempt and is reported.
+                    let transient = path.join("CURRENT").exists()
+                        && (e.kind() == rocksdb::ErrorKind::IOError
+                            || (e.kind() == rocksdb::ErrorKind::Corruption
+                                && e.to_string().contains("No such file")));
                     last = Some(e);
                     if !transient {
                         break;

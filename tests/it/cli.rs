@@ -6,21 +6,6 @@ use cairn::DType;
 use serde_json::Value;
 use std::path::Path;
 
-fn json(store: &Path, args: &[&str]) -> Value {
-    let out = cairn(store).args(args).output().unwrap();
-    assert!(
-        out.status.success(),
-        "{args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
-        panic!(
-            "{args:?}: not JSON ({e}): {}",
-            String::from_utf8_lossy(&out.stdout)
-        )
-    })
-}
-
 fn ckpt(dir: &Path, seed: u64) {
     write_st(
         &dir.join("model.safetensors"),

@@ -147,3 +147,19 @@ pub fn checkpoint(dir: &Path, seed: u64) {
     std::fs::write(dir.join("empty_file"), b"").unwrap();
     std::fs::create_dir_all(dir.join("logs/empty_dir")).unwrap();
 }
+
+/// Run the CLI with `args`, assert success, and parse its stdout as JSON.
+pub fn json(store: &Path, args: &[&str]) -> serde_json::Value {
+    let out = cairn(store).args(args).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "{args:?}: not JSON ({e}): {}",
+            String::from_utf8_lossy(&out.stdout)
+        )
+    })
+}

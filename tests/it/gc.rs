@@ -7,16 +7,6 @@ use cairn::DType;
 use serde_json::Value;
 use std::path::Path;
 
-fn json(store: &Path, args: &[&str]) -> Value {
-    let out = cairn(store).args(args).output().unwrap();
-    assert!(
-        out.status.success(),
-        "{args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).unwrap()
-}
-
 /// A run of `n` checkpoints: each has a unique 2 MiB optimizer file and a shared embedding.
 fn run(store: &Path, dir: &Path, n: u64, losses: &[f64]) -> Vec<String> {
     let mut ids = Vec::new();

@@ -8,16 +8,6 @@ use serde_json::Value;
 use std::path::Path;
 use std::process::Command as Sys;
 
-fn json(store: &Path, args: &[&str]) -> Value {
-    let out = cairn(store).args(args).output().unwrap();
-    assert!(
-        out.status.success(),
-        "{args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).unwrap()
-}
-
 fn hf_checkpoint(dir: &Path, step: u64, eval_loss: f64) {
     write_st(
         &dir.join("model.safetensors"),
