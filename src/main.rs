@@ -808,8 +808,7 @@ fn run(cli: Cli) -> Result<()> {
                 .split_once(':')
                 .ok_or_else(|| anyhow!("{spec:?}: expected REV:PATH"))?;
             let id = rev::resolve(&store, r)?;
-            let stdout = std::io::stdout();
-            let mut out = std::io::BufWriter::with_capacity(1 << 20, stdout.lock());
+            let mut out = std::io::BufWriter::with_capacity(1 << 20, std::io::stdout());
             read::cat(&store, id, path, &mut out)?;
             out.flush()?;
         }

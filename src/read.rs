@@ -22,11 +22,12 @@ use std::path::{Path, PathBuf};
 /// Raw bytes decoded per parallel window.
 pub const WINDOW_BYTES: u64 = 32 << 20;
 
-/// Decode `chunks` in order, handing each window's bytes to `sink`.
-pub fn stream_chunks(
+/// Decode `chunks` in order, in parallel windows of about [`WINDOW_BYTES`], handing each
+/// window's chunks to `sink`.
+pub fn stream_windows(
     store: &Store,
     chunks: &[ChunkRef],
-    mut sink: impl FnMut(&[u8]) -> Result<()>,
+    mut sink: impl FnMut(Vec<Vec<u8>>) -> Result<()>,
 ) -> Result<()> {
     let mut i = 0;
     while i < chunks.len() {
@@ -49,41 +50,73 @@ pub fn stream_chunks(
                 Ok(raw)
             })
             .collect::<Result<_>>()?;
-        for w in &window {
-            sink(w)?;
-        }
+        sink(window)?;
         i = j;
     }
     Ok(())
 }
 
-/// Write one file's bytes to `out`, verifying its size and SHA-256 at the end.
+/// Decode `chunks` in order, handing each chunk's bytes to `sink`.
+pub fn stream_chunks(
+    store: &Store,
+    chunks: &[ChunkRef],
+    mut sink: impl FnMut(&[u8]) -> Result<()>,
+) -> Result<()> {
+    stream_windows(store, chunks, |window| {
+        for w in &window {
+            sink(w)?;
+        }
+        Ok(())
+    })
+}
+
+/// Write one file's bytes to `out`, verifying its size and SHA-256 at the end. Decoding (all
+/// cores) overlaps hashing and writing (a thread of their own), one window ahead.
 pub fn write_file_to(
     store: &Store,
     path: &str,
     entry: &FileEntry,
-    out: &mut dyn Write,
+    out: &mut (dyn Write + Send),
     progress: &dyn Progress,
 ) -> Result<()> {
-    let mut sha = Sha256::new();
-    let mut n = 0u64;
     let chunks: Vec<ChunkRef> = entry.chunks().copied().collect();
-    stream_chunks(store, &chunks, |b| {
-        sha.update(b);
-        n += b.len() as u64;
-        progress.advance(b.len() as u64);
-        out.write_all(b).map_err(|e| Error::Io {
-            path: PathBuf::from(path),
-            source: e,
-        })
-    })?;
+    let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<Vec<u8>>>(1);
+    let (produced, consumed) = std::thread::scope(|s| {
+        let writer = s.spawn(move || -> Result<(u64, [u8; 32])> {
+            let mut sha = Sha256::new();
+            let mut n = 0u64;
+            for window in rx {
+                for b in &window {
+                    sha.update(b);
+                    n += b.len() as u64;
+                    progress.advance(b.len() as u64);
+                    out.write_all(b).map_err(|e| Error::Io {
+                        path: PathBuf::from(path),
+                        source: e,
+                    })?;
+                }
+            }
+            Ok((n, sha.finalize().into()))
+        });
+        let produced = stream_windows(store, &chunks, |w| {
+            tx.send(w).map_err(|_| Error::Verify {
+                path: path.to_string(),
+                what: "the writer stopped".into(),
+            })
+        });
+        drop(tx);
+        let consumed = writer.join().expect("the writer thread does not panic");
+        (produced, consumed)
+    });
+    // A write error (full disk, closed pipe) explains a stopped writer better than the send.
+    let (n, got) = consumed?;
+    produced?;
     if n != entry.size {
         return Err(Error::Verify {
             path: path.to_string(),
             what: format!("restored {n} bytes, expected {}", entry.size),
         });
     }
-    let got: [u8; 32] = sha.finalize().into();
     if got != entry.sha256 {
         return Err(Error::Verify {
             path: path.to_string(),
@@ -223,7 +256,12 @@ pub fn checkout(
 }
 
 /// Stream file `path` of `commit` to `out`.
-pub fn cat(store: &Store, commit: CommitId, path: &str, out: &mut dyn Write) -> Result<()> {
+pub fn cat(
+    store: &Store,
+    commit: CommitId,
+    path: &str,
+    out: &mut (dyn Write + Send),
+) -> Result<()> {
     let _reading = store.read_guard();
     let c = store.commit(commit)?;
     let tree = store.tree(c.tree)?;
