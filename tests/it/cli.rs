@@ -343,3 +343,40 @@ fn a_closed_stdout_ends_quietly() {
         assert_eq!(out.status.code(), Some(0), "{args:?}: {err}");
     }
 }
+
+#[test]
+fn progress_bar_on_a_terminal_only() {
+    let t = tempfile::tempdir().unwrap();
+    let store = t.path().join("store");
+    cairn(&store).arg("init").assert().success();
+    let ck = t.path().join("ck");
+    std::fs::create_dir_all(&ck).unwrap();
+    std::fs::write(ck.join("big.bin"), noise(3, 96 << 20)).unwrap();
+    // `script` (util-linux) runs the command on a pseudo-terminal.
+    let cmd = format!(
+        "{} --store {} commit {}",
+        bin().display(),
+        store.display(),
+        ck.display()
+    );
+    let out = std::process::Command::new("script")
+        .args(["-qec", &cmd, "/dev/null"])
+        .env("CAIRN_AUTHOR", "t@t")
+        .output()
+        .expect("script (util-linux) runs the command on a terminal");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let screen = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        screen.contains("commit [") && screen.contains("MiB"),
+        "{screen}"
+    );
+    // The same command piped draws nothing.
+    std::fs::write(ck.join("more.bin"), noise(4, 1 << 20)).unwrap();
+    let out = cairn(&store).arg("commit").arg(&ck).output().unwrap();
+    assert!(out.status.success());
+    assert!(out.stderr.is_empty());
+}
