@@ -638,10 +638,11 @@ pub fn plan(store: &Store, opts: &GcOptions) -> Result<Plan> {
 
     // Packs: live bytes per pack decide delete / repack / keep.
     let threshold = opts.repack_threshold.unwrap_or(0.3);
+    // Stored chunk bytes per pack, all and live, in one pass over the locations.
+    let mut chunk_bytes: HashMap<PackId, u64> = HashMap::new();
     let mut live_bytes: HashMap<PackId, u64> = HashMap::new();
-    let mut any_entry: HashSet<PackId> = HashSet::new();
     for (id, loc) in &locs {
-        any_entry.insert(loc.pack);
+        *chunk_bytes.entry(loc.pack).or_default() += loc.stored_len;
         if !dead.contains(id) {
             *live_bytes.entry(loc.pack).or_default() += loc.stored_len;
         }
@@ -653,20 +654,15 @@ pub fn plan(store: &Store, opts: &GcOptions) -> Result<Plan> {
         }
         Ok(())
     })?;
+    let packs = view.packs()?;
     let mut delete_packs = Vec::new();
     let mut repack_packs = Vec::new();
-    for (pack, info) in view.packs()? {
-        let live_b = live_bytes.get(&pack).copied().unwrap_or(0);
-        let has_objects = object_packs.contains(&pack);
-        if live_b == 0 && !has_objects {
+    for (pack, info) in &packs {
+        let live_b = live_bytes.get(pack).copied().unwrap_or(0);
+        if live_b == 0 && !object_packs.contains(pack) {
             delete_packs.push(pack.to_hex());
-        } else if any_entry.contains(&pack) {
-            let chunk_bytes: u64 = locs
-                .values()
-                .filter(|l| l.pack == pack)
-                .map(|l| l.stored_len)
-                .sum();
-            let dead_b = chunk_bytes - live_b;
+        } else if let Some(all) = chunk_bytes.get(pack) {
+            let dead_b = all - live_b;
             if info.size > 0 && dead_b as f64 > threshold * info.size as f64 {
                 repack_packs.push(pack.to_hex());
             }
@@ -674,10 +670,10 @@ pub fn plan(store: &Store, opts: &GcOptions) -> Result<Plan> {
     }
     delete_packs.sort();
     repack_packs.sort();
-    let known: HashSet<String> = view
-        .packs()?
+    let known: HashSet<String> = packs.iter().map(|(p, _)| pack_file_name(*p)).collect();
+    let doomed: HashSet<String> = doomed_packs(store)?
         .iter()
-        .map(|(p, _)| pack_file_name(*p))
+        .map(|p| pack_file_name(*p))
         .collect();
     let mut orphan_files = Vec::new();
     let d = store.packs_dir();
@@ -692,11 +688,9 @@ pub fn plan(store: &Store, opts: &GcOptions) -> Result<Plan> {
         } else if name.ends_with(".pack")
             && !known.contains(&name)
             && !pending_packs.contains(&name)
+            && !doomed.contains(&name)
         {
-            let doomed = doomed_packs(store)?;
-            if !doomed.iter().any(|p| pack_file_name(*p) == name) {
-                orphan_files.push(name);
-            }
+            orphan_files.push(name);
         }
     }
     orphan_files.sort();
