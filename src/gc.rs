@@ -427,6 +427,11 @@ fn tree_chunks_except(tree: &Tree, released: &BTreeSet<String>) -> HashSet<Chunk
 
 /// Build the plan. Reads only the index and tree objects, never chunk data.
 pub fn plan(store: &Store, opts: &GcOptions) -> Result<Plan> {
+    Ok(plan_with_dead(store, opts)?.0)
+}
+
+/// The plan and the dead chunk set it was computed from (execution deletes exactly these).
+fn plan_with_dead(store: &Store, opts: &GcOptions) -> Result<(Plan, HashSet<ChunkId>)> {
     let view = store.view();
     // Roots: every ref. Any failure here is returned: gc that cannot list roots deletes nothing.
     let branches = view.refs(crate::refs::HEADS)?;
@@ -695,7 +700,7 @@ pub fn plan(store: &Store, opts: &GcOptions) -> Result<Plan> {
     }
     orphan_files.sort();
     commits.sort_by(|a, b| b.time_ns.cmp(&a.time_ns).then(a.id.cmp(&b.id)));
-    Ok(Plan {
+    let plan = Plan {
         policy: opts.retention.to_text(),
         branches: scope,
         commits,
@@ -707,7 +712,8 @@ pub fn plan(store: &Store, opts: &GcOptions) -> Result<Plan> {
         marked_chunks: marked,
         orphan_files,
         abandoned_txns: abandoned_txns.into_iter().collect(),
-    })
+    };
+    Ok((plan, dead))
 }
 
 fn disk_bytes(store: &Store) -> u64 {
@@ -734,7 +740,7 @@ pub fn gc(store: &Store, opts: &GcOptions, dry_run: bool) -> Result<GcOutcome> {
     } else {
         lock::try_exclusive(&writers).map_err(io_at(&writers))?
     };
-    let plan = plan(store, opts)?;
+    let (plan, dead) = plan_with_dead(store, opts)?;
     let mut out = GcOutcome {
         plan: plan.clone(),
         dry_run,
@@ -755,44 +761,21 @@ pub fn gc(store: &Store, opts: &GcOptions, dry_run: bool) -> Result<GcOutcome> {
         out.mode = "dry-run".into();
         return Ok(out);
     }
-    execute(store, &plan, quiet.is_some(), &mut out)?;
+    execute(store, &plan, &dead, quiet.is_some(), &mut out)?;
     drop(quiet);
     out.disk_bytes_after = disk_bytes(store);
     Ok(out)
 }
 
-fn execute(store: &Store, plan: &Plan, immediate: bool, out: &mut GcOutcome) -> Result<()> {
+fn execute(
+    store: &Store,
+    plan: &Plan,
+    dead: &HashSet<ChunkId>,
+    immediate: bool,
+    out: &mut GcOutcome,
+) -> Result<()> {
     let view = store.view();
     let now = now_ns();
-    let dead: HashSet<ChunkId> = {
-        // Recompute the dead set exactly as the plan did, from the plan's decisions.
-        let mut live = HashSet::new();
-        for pc in &plan.commits {
-            let id: CommitId = pc
-                .id
-                .parse()
-                .map_err(|_| usage(format!("bad id {}", pc.id)))?;
-            if matches!(pc.decision, Decision::Prune | Decision::AlreadyPruned) {
-                continue;
-            }
-            let tree = store.tree(store.commit(id)?.tree)?;
-            let released: BTreeSet<String> = pc.released.iter().cloned().collect();
-            live.extend(tree_chunks_except(&tree, &released));
-        }
-        let mut locs = HashMap::new();
-        view.chunks(|id, loc| {
-            locs.insert(id, loc);
-        })?;
-        let mut todo: Vec<ChunkId> = live.iter().copied().collect();
-        while let Some(id) = todo.pop() {
-            if let Some(base) = locs.get(&id).and_then(|l: &ChunkLoc| l.base)
-                && live.insert(base)
-            {
-                todo.push(base);
-            }
-        }
-        locs.keys().filter(|c| !live.contains(c)).copied().collect()
-    };
 
     // Repack first (immediate mode only): copy live entries of each repacked pack into a new
     // pack, durable before the index points at it.
@@ -909,7 +892,7 @@ fn execute(store: &Store, plan: &Plan, immediate: bool, out: &mut GcOutcome) -> 
             crate::verify::put_state(store, &mut b, id, &st)?;
         }
         if immediate {
-            for id in &dead {
+            for id in dead {
                 b.delete_chunk(id)?;
                 b.delete_mark(id)?;
                 out.chunks_removed += 1;
@@ -931,7 +914,7 @@ fn execute(store: &Store, plan: &Plan, immediate: bool, out: &mut GcOutcome) -> 
             }
             out.packs_repacked = repack.len() as u64;
         } else {
-            for id in &dead {
+            for id in dead {
                 if index.mark(id)?.is_none() {
                     b.put_mark(id, now)?;
                 }
