@@ -937,7 +937,7 @@ fn execute(
         }
         for name in &plan.orphan_files {
             let p = d.join(name);
-            match std::fs::remove_file(&p) {
+            match crate::fsutil::remove_file(&p) {
                 Ok(()) => out.packs_deleted += 1,
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
                 Err(e) => return Err(io_at(&p)(e)),
@@ -947,7 +947,7 @@ fn execute(
     if no_readers.is_some() {
         for pid in &doomed {
             let p = d.join(pack_file_name(*pid));
-            match std::fs::remove_file(&p) {
+            match crate::fsutil::remove_file(&p) {
                 Ok(()) => out.packs_deleted += 1,
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
                 Err(e) => return Err(io_at(&p)(e)),
@@ -979,7 +979,7 @@ pub fn doomed_packs(store: &Store) -> Result<BTreeSet<PackId>> {
 fn save_doomed(store: &Store, doomed: &BTreeSet<PackId>) -> Result<()> {
     let p = doomed_path(store);
     if doomed.is_empty() {
-        return match std::fs::remove_file(&p) {
+        return match crate::fsutil::remove_file(&p) {
             Ok(()) => Ok(()),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
             Err(e) => Err(io_at(&p)(e)),
@@ -1006,7 +1006,7 @@ pub fn set_policy(store: &Store, policy: Option<&Retention>) -> Result<()> {
     match policy {
         Some(r) => crate::fsutil::write_atomic(&p, format!("{}\n", r.to_text()).as_bytes())
             .map_err(io_at(&p)),
-        None => match std::fs::remove_file(&p) {
+        None => match crate::fsutil::remove_file(&p) {
             Ok(()) => Ok(()),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
             Err(e) => Err(io_at(&p)(e)),

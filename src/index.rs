@@ -421,7 +421,11 @@ impl Index {
         let mut wo = WriteOptions::default();
         // The batch publishes data that callers will acknowledge: it must survive power loss.
         wo.set_sync(true);
-        self.db.write_opt(batch.inner, &wo).map_err(self.rocks())
+        // Failpoints just before and just after the batch.
+        crate::crashsim::failpoint(crate::crashsim::Op::DbWrite(&self.path));
+        self.db.write_opt(batch.inner, &wo).map_err(self.rocks())?;
+        crate::crashsim::failpoint(crate::crashsim::Op::DbWritten(&self.path));
+        Ok(())
     }
 
     /// Write every memtable to table files, so the write-ahead log holds nothing a reader's

@@ -34,6 +34,7 @@
 pub mod catalog;
 pub mod chunker;
 pub mod codec;
+pub mod crashsim;
 pub mod dtype;
 pub mod fsutil;
 pub mod id;

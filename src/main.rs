@@ -1482,7 +1482,9 @@ fn print_diff(d: &cairn::diff::DiffOutcome) -> Result<()> {
 
 fn main() {
     let cli = Cli::parse();
-    if let Err(e) = run(cli) {
+    let result = run(cli);
+    cairn::crashsim::finish();
+    if let Err(e) = result {
         // Scripts piping into `head` close stdout early; that is not an error worth a message.
         if e.chain().any(|c| {
             c.downcast_ref::<std::io::Error>()

@@ -15,8 +15,8 @@
 use crate::codec::{self, Encoding};
 use crate::id::{ChunkId, ObjectId, PackId};
 use crate::mmap::PackMap;
-use std::fs::{self, File, OpenOptions};
-use std::io::{self, BufWriter, Write};
+use std::fs::File;
+use std::io::{self, BufWriter};
 use std::path::{Path, PathBuf};
 
 pub const PACK_MAGIC: &[u8; 8] = b"CAIRNPK\0";
@@ -175,11 +175,7 @@ impl PackWriter {
         let id = PackId::random();
         let final_path = dir.join(pack_file_name(id));
         let tmp_path = dir.join(format!("{id}.pack.tmp"));
-        let file = OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .open(&tmp_path)
-            .map_err(io_err(&tmp_path))?;
+        let file = crate::fsutil::create_new(&tmp_path).map_err(io_err(&tmp_path))?;
         // Held until this writer is done: cleanup of crash leftovers skips locked tmp packs.
         file.try_lock().map_err(|e| PackError::Io {
             path: tmp_path.clone(),
@@ -190,7 +186,7 @@ impl PackWriter {
         header[0..8].copy_from_slice(PACK_MAGIC);
         header[8..12].copy_from_slice(&PACK_VERSION.to_le_bytes());
         header[16..32].copy_from_slice(&id.0);
-        out.write_all(&header).map_err(io_err(&tmp_path))?;
+        crate::fsutil::write_all(&mut out, &tmp_path, &header).map_err(io_err(&tmp_path))?;
         Ok(PackWriter {
             id,
             tmp_path,
@@ -215,9 +211,9 @@ impl PackWriter {
     fn append(&mut self, header: EntryHeader, payload: &[u8]) -> Result<Entry, PackError> {
         debug_assert_eq!(header.stored_len, payload.len() as u64);
         let hb = header.to_bytes();
-        self.out.write_all(&hb).map_err(io_err(&self.tmp_path))?;
-        self.out
-            .write_all(payload)
+        crate::fsutil::write_all(&mut self.out, &self.tmp_path, &hb)
+            .map_err(io_err(&self.tmp_path))?;
+        crate::fsutil::write_all(&mut self.out, &self.tmp_path, payload)
             .map_err(io_err(&self.tmp_path))?;
         let entry = Entry {
             header,
@@ -297,12 +293,12 @@ impl PackWriter {
         trailer[16..48].copy_from_slice(blake3::hash(&table).as_bytes());
         trailer[48..56].copy_from_slice(TRAILER_MAGIC);
         let path = self.tmp_path.clone();
-        self.out.write_all(&table).map_err(io_err(&path))?;
-        self.out.write_all(&trailer).map_err(io_err(&path))?;
-        self.out.flush().map_err(io_err(&path))?;
+        crate::fsutil::write_all(&mut self.out, &path, &table).map_err(io_err(&path))?;
+        crate::fsutil::write_all(&mut self.out, &path, &trailer).map_err(io_err(&path))?;
+        crate::fsutil::flush(&mut self.out, &path).map_err(io_err(&path))?;
         // fsync the pack before it gets its final name: a crash must never leave a `*.pack`
         // whose bytes are not on disk (torn or zero-filled after power loss).
-        self.out.get_ref().sync_all().map_err(io_err(&path))?;
+        crate::fsutil::sync_file(self.out.get_ref(), &path).map_err(io_err(&path))?;
         crate::fsutil::rename(&self.tmp_path, &self.final_path).map_err(io_err(&path))?;
         self.sealed = true;
         let size = self.len + table.len() as u64 + TRAILER_LEN;
@@ -318,7 +314,7 @@ impl PackWriter {
 impl Drop for PackWriter {
     fn drop(&mut self) {
         if !self.sealed {
-            let _ = fs::remove_file(&self.tmp_path);
+            let _ = crate::fsutil::remove_file(&self.tmp_path);
         }
     }
 }

@@ -156,7 +156,7 @@ pub(crate) fn stage(
     reused: &std::collections::HashSet<ChunkId>,
 ) -> Result<TxnStatus> {
     let dir = txn_dir(store, &part.id);
-    std::fs::create_dir_all(&dir).map_err(io_at(&dir))?;
+    crate::fsutil::create_dir_all(&dir).map_err(io_at(&dir))?;
     let lock_path = dir.join("lock");
     let _lock = crate::lock::exclusive(&lock_path).map_err(io_at(&lock_path))?;
     let done = dir.join("done");
@@ -178,7 +178,10 @@ pub(crate) fn stage(
             ),
         });
     }
-    if existing.iter().any(|m| m.part == part.part) {
+    // Every part staged but no `done`: a crash cut the last part's publish short. Staging any
+    // part again finishes it from the staged manifests (this run's packs become leftovers).
+    let interrupted = existing.len() as u32 == part.total;
+    if existing.iter().any(|m| m.part == part.part) && !interrupted {
         return Err(Error::Usage {
             what: format!(
                 "transaction {}: part {} is already staged",
@@ -200,11 +203,13 @@ pub(crate) fn stage(
         staged_ns: now_ns(),
     };
     let path = dir.join(format!("part-{}.bin", part.part));
-    // The part's packs were fsynced with their directory before this manifest names them.
-    crate::fsutil::write_atomic(&path, &postcard::to_stdvec(&m).expect("manifest encodes"))
-        .map_err(io_at(&path))?;
     let mut all = existing;
-    all.push(m);
+    if !interrupted {
+        // The part's packs were fsynced with their directory before this manifest names them.
+        crate::fsutil::write_atomic(&path, &postcard::to_stdvec(&m).expect("manifest encodes"))
+            .map_err(io_at(&path))?;
+        all.push(m);
+    }
     let mut status = TxnStatus {
         id: part.id.clone(),
         part: part.part,
@@ -219,14 +224,18 @@ pub(crate) fn stage(
             Ok(x) => x,
             Err(e) => {
                 // Unstage this part, so it can be fixed and staged again.
-                let _ = std::fs::remove_file(&path);
+                if !interrupted {
+                    let _ = crate::fsutil::remove_file(&path);
+                }
                 return Err(e);
             }
         };
         crate::fsutil::write_atomic(&done, commit.to_hex().as_bytes()).map_err(io_at(&done))?;
         for m in &all {
-            let _ = std::fs::remove_file(dir.join(format!("part-{}.bin", m.part)));
+            let _ = crate::fsutil::remove_file(&dir.join(format!("part-{}.bin", m.part)));
         }
+        // Staged manifests must not come back after a crash beside the `done` marker.
+        crate::fsutil::sync_dir(&dir).map_err(io_at(&dir))?;
         status.commit = Some(commit);
         status.parent = parent;
     }
@@ -261,7 +270,20 @@ fn finalize(store: &Store, id: &str, parts: &[Manifest]) -> Result<(CommitId, Op
         }
     }
     let branch_ref = refs::branch_ref(&first.branch)?;
+    let reflog_tag = format!("transaction {id} (");
     store.with_writer(|index| {
+        // A crash after the publish but before `done` was written: the reflog names the
+        // commit and the index holds it. Publish it once, never twice.
+        for e in store.reflog(Some(&branch_ref))?.iter().rev() {
+            if !e.message.starts_with(&reflog_tag) {
+                continue;
+            }
+            if let Some(c) = e.new.as_deref().and_then(|h| h.parse::<CommitId>().ok())
+                && let Some(row) = index.commit_row(&c)?
+            {
+                return Ok((c, row.parents.first().copied()));
+            }
+        }
         let head = index.get_ref(&branch_ref)?;
         let commit = Commit {
             parents: head.into_iter().collect(),
@@ -360,7 +382,7 @@ pub fn pending(store: &Store, now: i64) -> Result<Vec<Pending>> {
 /// Remove an abandoned transaction's manifests (its packs then count as leftovers).
 pub fn abandon(store: &Store, txn: &str) -> Result<()> {
     let dir = txn_dir(store, txn);
-    std::fs::remove_dir_all(&dir).map_err(io_at(&dir))
+    crate::fsutil::remove_dir_all(&dir).map_err(io_at(&dir))
 }
 
 #[cfg(test)]

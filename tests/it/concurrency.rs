@@ -179,3 +179,56 @@ fn gc_beside_committers_loses_nothing() {
         .assert()
         .success();
 }
+
+/// Two commits overlap their expensive phase: both write a pack at the same moment, so neither
+/// waits for the other until its short publish. Observed from outside (two `*.pack.tmp` files
+/// exist at once, each held by its live writer), not timed: the wall-time ratio is a benchmark
+/// (docs/benchmarks.md, `scripts/bench_concurrent.sh`).
+#[test]
+fn two_commits_write_their_packs_at_the_same_time() {
+    let t = tempfile::tempdir().unwrap();
+    let store = t.path().join("store");
+    cairn(&store).arg("init").assert().success();
+    let dirs: Vec<_> = (0..2u64)
+        .map(|i| {
+            let d = t.path().join(format!("ck{i}"));
+            std::fs::create_dir_all(&d).unwrap();
+            std::fs::write(d.join("w.bin"), noise(i + 40, 96 << 20)).unwrap();
+            d
+        })
+        .collect();
+    let packs = store.join("packs");
+    let kids: Vec<Child> = dirs
+        .iter()
+        .enumerate()
+        .map(|(i, d)| spawn_commit(&store, d, &format!("b{i}")))
+        .collect();
+    let mut most = 0;
+    let mut kids: Vec<Option<Child>> = kids.into_iter().map(Some).collect();
+    let mut outs = Vec::new();
+    while kids.iter().any(Option::is_some) {
+        let writing = std::fs::read_dir(&packs)
+            .map(|rd| {
+                rd.filter_map(|e| e.ok())
+                    .filter(|e| e.file_name().to_string_lossy().ends_with(".pack.tmp"))
+                    .count()
+            })
+            .unwrap_or(0);
+        most = most.max(writing);
+        for k in kids.iter_mut() {
+            if k.as_mut().is_some_and(|c| c.try_wait().unwrap().is_some()) {
+                outs.push(finish(k.take().unwrap()));
+            }
+        }
+        std::thread::sleep(std::time::Duration::from_millis(2));
+    }
+    assert_eq!(outs.len(), 2);
+    assert!(
+        most >= 2,
+        "the two commits never wrote packs at the same time (at most {most} at once)"
+    );
+    cairn(&store)
+        .args(["fsck", "--read-data"])
+        .assert()
+        .success();
+}

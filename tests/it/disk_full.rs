@@ -157,3 +157,124 @@ fn a_full_disk_is_a_clean_error_and_the_store_recovers() {
         .assert()
         .success();
 }
+
+/// Free bytes on the filesystem holding `p`, as df reports them.
+fn avail(p: &Path) -> u64 {
+    let out = Command::new("df")
+        .args(["--output=avail", "-B1"])
+        .arg(p)
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .nth(1)
+        .and_then(|l| l.trim().parse().ok())
+        .expect("df prints the free bytes")
+}
+
+#[test]
+fn a_disk_that_fills_during_repack_is_a_clean_error_and_gc_finishes_later() {
+    let t = tempfile::tempdir().unwrap();
+    let fs = LoopFs::new(t.path(), 64);
+    let store = fs.mnt.join("store");
+    cairn(&store).arg("init").assert().success();
+    // One pack with 8 MiB that stays live and 8 MiB that dies: gc repacks it.
+    let (ck1, ck2) = (t.path().join("ck1"), t.path().join("ck2"));
+    for d in [&ck1, &ck2] {
+        std::fs::create_dir_all(d).unwrap();
+        std::fs::write(d.join("keep.bin"), noise(1, 8 << 20)).unwrap();
+    }
+    std::fs::write(ck1.join("drop.bin"), noise(2, 8 << 20)).unwrap();
+    let c1 = json(&store, &["commit", "--json", ck1.to_str().unwrap()])["commit"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    json(&store, &["commit", "--json", ck2.to_str().unwrap()]);
+    let plan = json(&store, &["gc", "--keep-last", "1", "--dry-run", "--json"]);
+    assert!(
+        !plan["plan"]["repack_packs"].as_array().unwrap().is_empty(),
+        "{plan}"
+    );
+    // Leave less free space than the live 8 MiB the repack must copy.
+    let filler = fs.mnt.join("filler");
+    let free = avail(&fs.mnt);
+    let fill = free.saturating_sub(3 << 20);
+    let st = Command::new("fallocate")
+        .args(["-l", &fill.to_string()])
+        .arg(&filler)
+        .status()
+        .unwrap();
+    assert!(st.success(), "fallocate {fill} bytes");
+    assert!(
+        avail(&fs.mnt) < 5 << 20,
+        "{} bytes still free",
+        avail(&fs.mnt)
+    );
+    let before = store_listing(&store);
+    let out = cairn(&store)
+        .args(["gc", "--keep-last", "1", "--json"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1), "gc should fail: {}", err(&out));
+    assert!(
+        err(&out).contains("No space left on device"),
+        "{}",
+        err(&out)
+    );
+    assert!(!err(&out).contains("panicked"), "{}", err(&out));
+    // No half-written pack is left, every pack gc did not finish with is intact, and both
+    // commits read back unless gc recorded the prune.
+    let after = store_listing(&store);
+    assert!(
+        after.iter().all(|(n, _)| !n.contains(".tmp")),
+        "leftovers: {after:?}"
+    );
+    let packs = |l: &[(String, u64)]| -> Vec<(String, u64)> {
+        l.iter()
+            .filter(|(n, _)| n.starts_with("packs/"))
+            .cloned()
+            .collect()
+    };
+    assert_eq!(packs(&before), packs(&after), "the packs changed");
+    cairn(&store)
+        .args(["fsck", "--read-data"])
+        .assert()
+        .success();
+    let show = json(&store, &["show", &c1, "--json"]);
+    if show["state"]["pruned"].is_null() {
+        let dst = t.path().join("r1");
+        cairn(&store)
+            .args(["checkout", &c1])
+            .arg(&dst)
+            .assert()
+            .success();
+        assert_eq!(snapshot(&dst), snapshot(&ck1));
+    }
+    let dst = t.path().join("r2");
+    cairn(&store)
+        .args(["checkout", "HEAD"])
+        .arg(&dst)
+        .assert()
+        .success();
+    assert_eq!(snapshot(&dst), snapshot(&ck2));
+    // Space is back: the same gc finishes, with no repair.
+    std::fs::remove_file(&filler).unwrap();
+    let done = json(&store, &["gc", "--keep-last", "1", "--json"]);
+    assert!(done["packs_repacked"].as_u64().unwrap() >= 1, "{done}");
+    assert!(
+        done["disk_bytes_after"].as_u64().unwrap() + (7 << 20)
+            < done["disk_bytes_before"].as_u64().unwrap(),
+        "{done}"
+    );
+    cairn(&store)
+        .args(["fsck", "--read-data"])
+        .assert()
+        .success();
+    let dst = t.path().join("r3");
+    cairn(&store)
+        .args(["checkout", "HEAD"])
+        .arg(&dst)
+        .assert()
+        .success();
+    assert_eq!(snapshot(&dst), snapshot(&ck2));
+}

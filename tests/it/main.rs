@@ -9,6 +9,7 @@ mod concurrency;
 mod crash;
 mod dedup;
 mod disk_full;
+mod failpoints;
 mod fsync_order;
 mod gc;
 mod provenance;
