@@ -9,8 +9,8 @@
 //!   (`data.pkl`, and `constants.pkl` in TorchScript) over a small value tree, where a `REDUCE`
 //!   only records "call of global X with these arguments". It collects every persistent id
 //!   `('storage', torch.<T>Storage, key, location, numel)` and, from each
-//!   `torch._utils._rebuild_tensor_v2` (or `_v3`, `_rebuild_tensor`) call, the shape of a tensor
-//!   that covers a whole storage.
+//!   `torch._utils._rebuild_tensor_v2` (or `_v3`, `_rebuild_tensor`) call, the shape of a
+//!   row-major tensor that covers a whole storage.
 //!
 //! A storage is a zip entry `<stem>/<p>/<key>` next to a parsed `<stem>/<p>.pkl` (`data/<key>`
 //! always counts, referenced or not). [`segments`] then cuts the file into raw ranges and one
@@ -110,8 +110,9 @@ pub struct Storage {
     /// Element count of `dtype` from the persistent id; for an `UntypedStorage` whose dtype no
     /// rebuild call names, the byte count. `None` when unreferenced.
     pub numel: Option<u64>,
-    /// Shape of a tensor with storage offset 0 whose element count is the storage's (the first
-    /// such rebuild call); `None` when only partial views (or none) refer to the storage.
+    /// Shape of a row-major tensor with storage offset 0 whose element count is the storage's
+    /// (the first such rebuild call); `None` when only partial or strided views (transposes),
+    /// or none, refer to the storage.
     pub shape: Option<Vec<u64>>,
     pub data_offset: u64,
     pub size: u64,
@@ -986,6 +987,30 @@ mod pickle {
     };
     use std::collections::BTreeMap;
 
+    /// Whether `stride` is the row-major (C-contiguous) stride of `shape`. Dimensions of
+    /// length 1 may carry any stride (torch leaves them arbitrary), and a tensor with no
+    /// elements is laid out by any stride.
+    fn is_row_major(shape: &[u64], stride: &[Value]) -> bool {
+        if stride.len() != shape.len() {
+            return false;
+        }
+        if shape.contains(&0) {
+            return true;
+        }
+        let mut expected = 1u64;
+        for (&d, s) in shape.iter().zip(stride).rev() {
+            let Value::Int(s) = s else { return false };
+            if d != 1 && u64::try_from(*s).ok() != Some(expected) {
+                return false;
+            }
+            let Some(next) = expected.checked_mul(d) else {
+                return false;
+            };
+            expected = next;
+        }
+        true
+    }
+
     /// What a pickle says about one storage key.
     #[derive(Debug)]
     pub(super) struct StorageRef {
@@ -1641,7 +1666,13 @@ mod pickle {
                 .get_mut(*i)
                 .ok_or(Fail::PersistentId("internal index"))?;
             let numel = shape.iter().try_fold(1u64, |acc, &d| acc.checked_mul(d));
-            if r.shape.is_none() && offset == 0 && numel == Some(r.numel) {
+            // A transposed or otherwise strided view covers its storage too, but the storage
+            // is not laid out in the view's shape: only a row-major view says how it is.
+            let row_major = match args.get(3) {
+                Some(Value::Tuple(stride)) => is_row_major(&shape, stride),
+                _ => false,
+            };
+            if r.shape.is_none() && offset == 0 && numel == Some(r.numel) && row_major {
                 r.shape = Some(shape);
             }
             Ok(())
@@ -1700,6 +1731,14 @@ mod tests {
 
     /// `{'w': _rebuild_tensor_v2(('storage', torch.<class>, '0', 'cpu', numel), 0, shape, ...)}`
     fn state_pickle(class: &str, numel: u8, shape: &[u8]) -> Vec<u8> {
+        let stride: Vec<u32> = (0..shape.len())
+            .map(|i| shape[i + 1..].iter().map(|&d| u32::from(d)).product())
+            .collect();
+        strided_pickle(class, numel, shape, &stride)
+    }
+
+    /// [`state_pickle`] with the view's strides given.
+    fn strided_pickle(class: &str, numel: u8, shape: &[u8], stride: &[u32]) -> Vec<u8> {
         let mut p = vec![0x80, 2, b'}', b'(', 0x8c, 1, b'w'];
         p.extend_from_slice(b"ctorch._utils\n_rebuild_tensor_v2\n(");
         p.extend_from_slice(b"(X\x07\0\0\0storage");
@@ -1710,7 +1749,12 @@ mod tests {
         for &d in shape {
             p.extend_from_slice(&[b'K', d]);
         }
-        p.extend_from_slice(b"t(t\x89}tRu.");
+        p.extend_from_slice(b"t(");
+        for s in stride {
+            p.push(b'J');
+            p.extend_from_slice(&s.to_le_bytes());
+        }
+        p.extend_from_slice(b"t\x89}tRu.");
         p
     }
 
@@ -1742,6 +1786,23 @@ mod tests {
             bytes.len() as u64
         );
         assert!(matches!(segs[1], SegmentRange::Storage { index: 0, .. }));
+    }
+
+    #[test]
+    fn only_row_major_views_give_the_storage_a_shape() {
+        let shape_of = |shape: &[u8], stride: &[u32]| {
+            let pkl = strided_pickle("FloatStorage", 6, shape, stride);
+            let bytes = zip(&[("a/data.pkl", &pkl, 0), ("a/data/0", &[0; 24], 0)]);
+            parse_bytes(&bytes).unwrap().storages[0].shape.clone()
+        };
+        assert_eq!(shape_of(&[2, 3], &[3, 1]), Some(vec![2, 3]));
+        // A transpose covers the whole storage, which is laid out [2, 3], not [3, 2].
+        assert_eq!(shape_of(&[3, 2], &[1, 3]), None);
+        // Length-1 dimensions may carry any stride.
+        assert_eq!(shape_of(&[1, 6], &[99, 1]), Some(vec![1, 6]));
+        // A broadcast (stride 0) or a stride list of the wrong length says nothing.
+        assert_eq!(shape_of(&[6], &[0]), None);
+        assert_eq!(shape_of(&[6], &[1, 1]), None);
     }
 
     #[test]
