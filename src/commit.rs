@@ -54,10 +54,16 @@ pub const MAX_DELTA_DEPTH: u32 = 4;
 /// Tensors of the parent commit, by (file path, tensor name): dtype, shape, chunks.
 type ParentTensors = std::collections::HashMap<(String, String), (DType, Vec<u64>, Vec<ChunkRef>)>;
 
-fn parent_tensors(store: &Store, parent: Option<CommitId>) -> Result<ParentTensors> {
+/// The parent commit's time and tree, when there is a parent.
+fn parent_tree(store: &Store, parent: Option<CommitId>) -> Result<Option<(i64, Tree)>> {
+    let Some(p) = parent else { return Ok(None) };
+    let c = store.commit(p)?;
+    Ok(Some((c.time_ns, store.tree(c.tree)?)))
+}
+
+fn parent_tensors(tree: Option<&Tree>) -> ParentTensors {
     let mut out = ParentTensors::new();
-    let Some(p) = parent else { return Ok(out) };
-    let tree = store.tree(store.commit(p)?.tree)?;
+    let Some(tree) = tree else { return out };
     for (path, f) in &tree.files {
         for s in &f.segments {
             if let SegmentKind::Tensor { name, dtype, shape } = &s.kind {
@@ -68,7 +74,58 @@ fn parent_tensors(store: &Store, parent: Option<CommitId>) -> Result<ParentTenso
             }
         }
     }
-    Ok(out)
+    out
+}
+
+/// Whether `pf` is probably the parent's file unchanged: same path and size, and (on disk) not
+/// modified since the parent commit. Such a file's SHA-256 is taken from the parent once its
+/// chunks prove it identical, and computed in a second, verified pass otherwise.
+fn probably_unchanged(pf: &PlannedFile, parent: Option<&(i64, Tree)>) -> bool {
+    let Some((time_ns, tree)) = parent else {
+        return false;
+    };
+    let Some(f) = tree.files.get(&pf.input.rel) else {
+        return false;
+    };
+    if f.size != pf.size {
+        return false;
+    }
+    match &pf.input.data {
+        Data::Memory(_) => true,
+        Data::Disk(_) => pf
+            .mtime
+            .and_then(|m| m.duration_since(std::time::UNIX_EPOCH).ok())
+            .is_some_and(|d| (d.as_nanos() as i128) <= *time_ns as i128),
+    }
+}
+
+/// SHA-256 of a file whose chunks are already known, re-read and checked chunk by chunk: the
+/// digest is of exactly the bytes the chunks hold, or the file changed and the commit fails.
+fn sha256_verified(pf: &PlannedFile, entry: &FileEntry) -> Result<[u8; 32]> {
+    let file = match &pf.input.data {
+        Data::Disk(p) => Some(File::open(p).map_err(io_at(p))?),
+        Data::Memory(_) => None,
+    };
+    let mut sha = Sha256::new();
+    let mut off = 0u64;
+    for seg in &entry.segments {
+        for c in &seg.chunks {
+            let data = read_at(&pf.input.data, file.as_ref(), off, c.len, &pf.input.rel)?;
+            if ChunkId::of(&data) != c.id {
+                return Err(Error::ChangedWhileReading {
+                    path: pf.input.rel.clone(),
+                });
+            }
+            sha.update(&data);
+            off += c.len;
+        }
+    }
+    if off != pf.size {
+        return Err(Error::ChangedWhileReading {
+            path: pf.input.rel.clone(),
+        });
+    }
+    Ok(sha.finalize().into())
 }
 
 /// A tensor handed over from memory.
@@ -545,41 +602,94 @@ impl<'s> CommitBuilder<'s> {
             })
             .collect();
         let view = store.view();
-        let parent = parent_tensors(store, expected_parent)?;
+        let ptree = parent_tree(store, expected_parent)?;
+        let parent = parent_tensors(ptree.as_ref().map(|(_, t)| t));
+        let speculative: Vec<bool> = planned
+            .iter()
+            .map(|pf| probably_unchanged(pf, ptree.as_ref()))
+            .collect();
         let (tx, rx) = sync_channel::<std::result::Result<Vec<Item>, Error>>(1);
-        let reader_result = std::thread::scope(|s| -> Result<()> {
+        // Hashing and encoding (rayon) overlap the pack writes (a thread of their own) and the
+        // reading (another): each stage hands the next one batch at a time.
+        let (wtx, wrx) = sync_channel::<Vec<Processed>>(1);
+        let mut shas: Vec<Option<[u8; 32]>> = vec![None; planned.len()];
+        let pipeline = std::thread::scope(|s| -> Result<()> {
             let planned = &planned;
             let parent = &parent;
-            s.spawn(move || read_all(planned, parent, &tx));
-            for batch in rx {
-                let batch = batch?;
-                let processed: Vec<Processed> = batch
-                    .into_par_iter()
-                    .map(|item| process(item, store, &view))
-                    .collect::<Result<_>>()?;
-                for p in processed {
-                    match p {
-                        Processed::Chunk {
-                            file,
-                            seg,
-                            id,
-                            raw,
-                            encoded,
-                            len,
-                            base,
-                        } => {
-                            files[file].segments[seg].chunks.push(ChunkRef { id, len });
-                            w.add_chunk(id, len, raw, encoded, base)?;
-                            progress.advance(len);
+            let speculative = &speculative;
+            s.spawn(move || read_all(planned, parent, speculative, &tx));
+            let files = &mut files;
+            let shas = &mut shas;
+            let w = &mut w;
+            let writer = s.spawn(move || -> Result<()> {
+                for batch in wrx {
+                    for p in batch {
+                        match p {
+                            Processed::Chunk {
+                                file,
+                                seg,
+                                id,
+                                raw,
+                                encoded,
+                                len,
+                                base,
+                            } => {
+                                files[file].segments[seg].chunks.push(ChunkRef { id, len });
+                                w.add_chunk(id, len, raw, encoded, base)?;
+                                progress.advance(len);
+                            }
+                            Processed::FileDone { file, sha256 } => shas[file] = sha256,
                         }
-                        Processed::FileDone { file, sha256 } => files[file].sha256 = sha256,
+                    }
+                }
+                Ok(())
+            });
+            let mut result = Ok(());
+            for batch in rx {
+                let processed = batch.and_then(|batch| {
+                    batch
+                        .into_par_iter()
+                        .map(|item| process(item, store, &view))
+                        .collect::<Result<Vec<_>>>()
+                });
+                match processed {
+                    // A closed channel means the writer failed: its error is the one to report.
+                    Ok(p) => {
+                        if wtx.send(p).is_err() {
+                            break;
+                        }
+                    }
+                    Err(e) => {
+                        result = Err(e);
+                        break;
                     }
                 }
             }
-            Ok(())
+            drop(wtx);
+            let written = writer
+                .join()
+                .unwrap_or_else(|p| std::panic::resume_unwind(p));
+            result.and(written)
         });
         progress.end();
-        reader_result?;
+        pipeline?;
+        // Files read without a digest: the parent's when the chunks match it, else a checked
+        // second pass.
+        for (i, pf) in planned.iter().enumerate() {
+            files[i].sha256 = match shas[i] {
+                Some(d) => d,
+                None => {
+                    let same = ptree
+                        .as_ref()
+                        .and_then(|(_, t)| t.files.get(&pf.input.rel))
+                        .filter(|pfe| pfe.segments == files[i].segments && pfe.size == pf.size);
+                    match same {
+                        Some(pfe) => pfe.sha256,
+                        None => sha256_verified(pf, &files[i])?,
+                    }
+                }
+            };
+        }
 
         // Step 3: objects and seal.
         let mut tree = Tree {
@@ -868,7 +978,8 @@ enum Item {
     },
     FileDone {
         file: usize,
-        sha256: [u8; 32],
+        /// None for a file read without a digest (see [`probably_unchanged`]).
+        sha256: Option<[u8; 32]>,
     },
 }
 
@@ -887,7 +998,7 @@ enum Processed {
     },
     FileDone {
         file: usize,
-        sha256: [u8; 32],
+        sha256: Option<[u8; 32]>,
     },
 }
 
@@ -954,6 +1065,7 @@ fn process(item: Item, store: &Store, view: &crate::index::Index) -> Result<Proc
 fn read_all(
     planned: &[PlannedFile],
     parent: &ParentTensors,
+    speculative: &[bool],
     tx: &std::sync::mpsc::SyncSender<std::result::Result<Vec<Item>, Error>>,
 ) {
     let mut batch = Vec::new();
@@ -975,7 +1087,7 @@ fn read_all(
                 Data::Disk(p) => Some(File::open(p).map_err(io_at(p))?),
                 Data::Memory(_) => None,
             };
-            let mut sha = Sha256::new();
+            let mut sha = (!speculative.get(fi).copied().unwrap_or(false)).then(Sha256::new);
             let mut read = 0u64;
             match &pf.plan {
                 Plan::Structured(_, segs) => {
@@ -993,7 +1105,9 @@ fn read_all(
                         for (ci, (off, len)) in chunker::fixed(*start, end - start).enumerate() {
                             let data =
                                 read_at(&pf.input.data, file.as_ref(), off, len, &pf.input.rel)?;
-                            sha.update(&data);
+                            if let Some(sha) = &mut sha {
+                                sha.update(&data);
+                            }
                             read += len;
                             let base = bases
                                 .and_then(|b| b.get(ci))
@@ -1033,7 +1147,9 @@ fn read_all(
                             path: PathBuf::from(&pf.input.rel),
                             source: e,
                         })?;
-                        sha.update(&data);
+                        if let Some(sha) = &mut sha {
+                            sha.update(&data);
+                        }
                         read += data.len() as u64;
                         let item = Item::Piece {
                             file: fi,
@@ -1058,7 +1174,7 @@ fn read_all(
             }
             let item = Item::FileDone {
                 file: fi,
-                sha256: sha.finalize().into(),
+                sha256: sha.map(|s| s.finalize().into()),
             };
             Ok(push(item, &mut batch, &mut batch_bytes))
         })();
@@ -1208,7 +1324,7 @@ pub fn heal_from(store: &Store, path: &Path) -> Result<u64> {
     std::thread::scope(|s| -> Result<()> {
         let planned = &planned;
         let none = &none;
-        s.spawn(move || read_all(planned, none, &tx));
+        s.spawn(move || read_all(planned, none, &[], &tx));
         for batch in rx {
             for item in batch? {
                 if let Item::Piece { data, dtype, .. } = item {

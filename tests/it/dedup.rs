@@ -108,3 +108,62 @@ fn a_tensor_dedups_wherever_it_sits() {
     // Only the new header chunk and the pad tensor are new.
     assert_eq!(out.new_chunks, 2, "{out:?}");
 }
+
+/// A file the same size as its parent's and not modified since the parent commit is read
+/// without a SHA-256 (its chunks prove it unchanged, and the parent's digest is reused). When
+/// such a file did change (its mtime was set back), the digest is computed in a checked second
+/// pass: every recorded SHA-256 is the digest of exactly the stored bytes.
+#[test]
+fn digests_are_right_for_unchanged_files_and_for_changed_files_with_old_mtimes() {
+    use sha2::{Digest, Sha256};
+    let t = tempfile::tempdir().unwrap();
+    let store = Store::init(&t.path().join("store")).unwrap();
+    let src = t.path().join("ck");
+    checkpoint(&src, 3);
+    let sha_of = |p: &std::path::Path| hex::encode(Sha256::digest(std::fs::read(p).unwrap()));
+    let digests = |c: cairn::CommitId| -> std::collections::BTreeMap<String, String> {
+        cairn::inspect::show(&store, c)
+            .unwrap()
+            .files
+            .into_iter()
+            .map(|f| (f.path, f.sha256))
+            .collect()
+    };
+    let first = commit_dir(&store, &src);
+    // Unchanged: the same digests, taken from the parent.
+    let again = commit_dir(&store, &src);
+    assert_eq!(again.new_chunks, 0);
+    assert_eq!(digests(again.commit), digests(first.commit));
+    // Same size, new content, mtime set back before the parent commit.
+    let old = std::time::SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(1_000_000);
+    for rel in ["optimizer.pt", "model.safetensors"] {
+        let p = src.join(rel);
+        let mut bytes = std::fs::read(&p).unwrap();
+        let n = bytes.len();
+        bytes[n - 3] ^= 0x5a;
+        std::fs::write(&p, &bytes).unwrap();
+        std::fs::File::options()
+            .write(true)
+            .open(&p)
+            .unwrap()
+            .set_modified(old)
+            .unwrap();
+    }
+    let changed = commit_dir(&store, &src);
+    let d = digests(changed.commit);
+    for rel in ["optimizer.pt", "model.safetensors", "config.json"] {
+        assert_eq!(d[rel], sha_of(&src.join(rel)), "{rel}");
+    }
+    assert_ne!(d["optimizer.pt"], digests(first.commit)["optimizer.pt"]);
+    // Checkout verifies every file against its recorded digest.
+    let out = t.path().join("out");
+    cairn::read::checkout(
+        &store,
+        changed.commit,
+        &out,
+        &cairn::read::CheckoutOptions::default(),
+        &cairn::progress::NoProgress,
+    )
+    .unwrap();
+    assert_eq!(snapshot(&out), snapshot(&src));
+}
