@@ -44,6 +44,8 @@ pub mod safetensors;
 pub mod torchzip;
 
 #[cfg(feature = "store")]
+pub mod async_commit;
+#[cfg(feature = "store")]
 pub mod commit;
 #[cfg(feature = "store")]
 pub mod diff;
@@ -73,6 +75,8 @@ pub mod txn;
 #[cfg(feature = "store")]
 pub mod verify;
 
+#[cfg(feature = "store")]
+pub use async_commit::{AsyncCommitter, CommitHandle, TensorSlice};
 #[cfg(feature = "store")]
 pub use commit::{CommitBuilder, CommitOptions, CommitOutcome, TensorInput};
 pub use dtype::DType;
