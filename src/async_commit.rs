@@ -43,6 +43,10 @@ pub struct AsyncOptions {
     /// Keep each slot's buffers for the next commit (memory stays allocated between commits;
     /// the copy then costs no page faults). Off: buffers are freed after each commit.
     pub keep_buffers: bool,
+    /// Threads that hash and encode in the background. `None` shares rayon's global pool (all
+    /// cores: the fastest commit, but it competes with the training step); `Some(n)` gives the
+    /// worker a pool of its own with `n` threads, leaving the other cores to training.
+    pub threads: Option<usize>,
 }
 
 impl Default for AsyncOptions {
@@ -50,6 +54,7 @@ impl Default for AsyncOptions {
         AsyncOptions {
             max_in_flight: 1,
             keep_buffers: true,
+            threads: None,
         }
     }
 }
@@ -216,13 +221,30 @@ impl AsyncCommitter {
             }),
             changed: Condvar::new(),
         });
+        let pool = match opts.threads {
+            Some(n) => Some(
+                rayon::ThreadPoolBuilder::new()
+                    .num_threads(n.max(1))
+                    .thread_name(|i| format!("cairn-async-encode-{i}"))
+                    .build()
+                    .map_err(|e| Error::Io {
+                        path: store.root().to_path_buf(),
+                        source: std::io::Error::other(e),
+                    })?,
+            ),
+            None => None,
+        };
         let (queue, jobs) = mpsc::channel::<Job>();
         let worker = {
             let (s, slots) = (store.clone(), slots.clone());
             let keep = opts.keep_buffers;
             std::thread::Builder::new()
                 .name("cairn-async-commit".into())
-                .spawn(move || work(&s, &slots, keep, jobs))
+                .spawn(move || match pool {
+                    // The write path's parallel steps run in whichever pool they are called from.
+                    Some(p) => p.install(|| work(&s, &slots, keep, jobs)),
+                    None => work(&s, &slots, keep, jobs),
+                })
                 .map_err(|source| Error::Io {
                     path: store.root().to_path_buf(),
                     source,
@@ -580,6 +602,35 @@ mod tests {
         .expect("commit");
         let ac = c.begin(CommitOptions::default()).expect("begin");
         assert!(ac.spare.is_empty());
+    }
+
+    #[test]
+    fn a_pool_of_its_own_commits_the_same_tree() {
+        let (_t, store) = store();
+        let data: Vec<u8> = (0..3u32 << 20).map(|i| (i * 7 % 251) as u8).collect();
+        let mut trees = Vec::new();
+        for threads in [None, Some(1)] {
+            let c = AsyncCommitter::with_options(
+                store.clone(),
+                AsyncOptions {
+                    threads,
+                    ..Default::default()
+                },
+            )
+            .expect("committer");
+            let out = c
+                .commit_tensors(
+                    CommitOptions::default(),
+                    "a.safetensors",
+                    &[slice("a", &[3 << 20], &data)],
+                    None,
+                )
+                .expect("submit")
+                .wait()
+                .expect("commit");
+            trees.push(out.tree);
+        }
+        assert_eq!(trees[0], trees[1]);
     }
 
     #[test]
