@@ -6,7 +6,10 @@
 //! [`AsyncCommitter`] (time until `submit` returns: waiting for a slot, checks, header, copy,
 //! queueing). The background commit is then waited for and timed apart. A few weights change
 //! between runs, as after a training step. Medians over the runs after the first are the
-//! steady state; the first async commit (fresh buffers) is reported on its own.
+//! steady state; the first async commit (fresh buffers) is reported on its own. Then two
+//! committers with two commits in flight time the copy made while the previous commit is
+//! still running: one sharing rayon's global pool, one with an encoding thread of its own.
+//! Figures and their reading: docs/benchmarks.md.
 //!
 //! Run: `cargo run --example bench_async -- [MIB (512)] [RUNS (7)] [DIR (temp)]`
 

@@ -45,7 +45,9 @@ pub struct AsyncOptions {
     pub keep_buffers: bool,
     /// Threads that hash and encode in the background. `None` shares rayon's global pool (all
     /// cores: the fastest commit, but it competes with the training step); `Some(n)` gives the
-    /// worker a pool of its own with `n` threads, leaving the other cores to training.
+    /// worker a pool of its own with `n` threads, leaving the other cores to training. (The
+    /// write path's reader thread and the pack writes run alongside; on the 2-core development
+    /// machine this did not shorten a copy made beside a running commit, docs/benchmarks.md.)
     pub threads: Option<usize>,
 }
 
