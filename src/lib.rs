@@ -25,6 +25,10 @@
 //! # Ok(()) }
 //! ```
 //!
+//! A training loop that cannot wait for a whole commit uses [`AsyncCommitter`]: the call
+//! returns once the tensors are copied, and the commit runs in the background
+//! ([`async_commit`]).
+//!
 //! Module order follows the data: ids and dtypes → objects → chunking and codecs → packs →
 //! index and refs → the store → operations (commit, read, inspect, diff). docs/architecture.md
 //! explains the design; docs/format.md the bytes.
