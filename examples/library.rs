@@ -1,10 +1,13 @@
-//! Using cairn as a library: commit tensors from memory and a checkpoint folder, walk the log,
-//! read one tensor lazily, diff, and check out.
+//! Using cairn as a library: commit tensors from memory (also in the background, as a training
+//! loop would), walk the log, read one tensor lazily, diff, and check out.
 //!
 //! Run: `cargo run --example library`
 
 use cairn::read::{self, CheckoutOptions};
-use cairn::{CommitBuilder, CommitOptions, DType, Store, TensorInput, inspect, rev};
+use cairn::{
+    AsyncCommitter, CommitBuilder, CommitOptions, DType, Store, TensorInput, TensorSlice, inspect,
+    rev,
+};
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let dir = tempfile_dir()?;
@@ -46,6 +49,32 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         w.iter_mut().take(64).for_each(|x| *x += 0.001);
     }
 
+    // A training loop commits in the background: the call returns once the tensors are
+    // copied, and the handle reports the outcome later.
+    let store = std::sync::Arc::new(store);
+    let committer = AsyncCommitter::new(store.clone())?;
+    let mut c = committer.begin(CommitOptions {
+        message: "step 300".into(),
+        ..Default::default()
+    })?;
+    c.add_tensors(
+        "model.safetensors",
+        &[TensorSlice {
+            name: "w",
+            dtype: DType::F32,
+            shape: &[64, 64],
+            data: bytemuck::cast_slice(&w),
+        }],
+        None,
+    )?;
+    c.add_bytes("trainer_state.json", b"{\"global_step\": 300}")?;
+    let handle = c.submit();
+    w.iter_mut().for_each(|x| *x *= 0.5); // training goes on; the commit has its own copy
+    println!(
+        "committed {} in the background",
+        handle.wait()?.commit.short()
+    );
+
     // Walk history.
     let head = rev::resolve(&store, "HEAD")?;
     for (id, c) in inspect::log(&store, head, None)? {
@@ -68,7 +97,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     );
 
     // Diff the two checkpoints.
-    let parent = rev::resolve(&store, "HEAD~1")?;
+    let parent = rev::resolve(&store, "HEAD~2")?;
     for f in cairn::diff::diff(&store, parent, head)?.files {
         for t in f.tensors {
             println!(

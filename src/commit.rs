@@ -331,6 +331,29 @@ pub fn check_rel_path(rel: &str) -> Result<()> {
     Ok(())
 }
 
+/// Check that `len` bytes are exactly what tensor `name` of file `rel` takes.
+pub(crate) fn check_tensor_len(
+    rel: &str,
+    name: &str,
+    dtype: DType,
+    shape: &[u64],
+    len: usize,
+) -> Result<()> {
+    let want = dtype.byte_len(shape).map_err(|e| Error::BadInput {
+        path: format!("{rel}:{name}"),
+        what: e.to_string(),
+    })?;
+    if want != len as u64 {
+        return Err(Error::BadInput {
+            path: format!("{rel}:{name}"),
+            what: format!(
+                "{len} bytes given for dtype {dtype} and shape {shape:?}, which take {want}"
+            ),
+        });
+    }
+    Ok(())
+}
+
 impl<'s> CommitBuilder<'s> {
     pub fn new(store: &'s Store, opts: CommitOptions) -> CommitBuilder<'s> {
         CommitBuilder {
@@ -435,6 +458,19 @@ impl<'s> CommitBuilder<'s> {
         Ok(())
     }
 
+    /// Add a file from memory that the caller keeps a reference to: once the commit is done
+    /// and the builder dropped, the caller's `Arc` is the only one left (the async committer
+    /// takes its buffers back this way).
+    pub(crate) fn add_shared(&mut self, rel: &str, bytes: Arc<Vec<u8>>) -> Result<()> {
+        check_rel_path(rel)?;
+        self.inputs.push(Input {
+            rel: rel.to_string(),
+            data: Data::Memory(bytes),
+            executable: false,
+        });
+        Ok(())
+    }
+
     /// Add tensors from memory as one safetensors file at `rel` (laid out in the order given).
     pub fn add_tensors(
         &mut self,
@@ -453,21 +489,7 @@ impl<'s> CommitBuilder<'s> {
             }
         })?;
         for t in &tensors {
-            let want = t.dtype.byte_len(&t.shape).map_err(|e| Error::BadInput {
-                path: format!("{rel}:{}", t.name),
-                what: e.to_string(),
-            })?;
-            if want != t.data.len() as u64 {
-                return Err(Error::BadInput {
-                    path: format!("{rel}:{}", t.name),
-                    what: format!(
-                        "{} bytes given for dtype {} and shape {:?}, which take {want}",
-                        t.data.len(),
-                        t.dtype,
-                        t.shape
-                    ),
-                });
-            }
+            check_tensor_len(rel, &t.name, t.dtype, &t.shape, t.data.len())?;
         }
         let total: usize = tensors.iter().map(|t| t.data.len()).sum();
         file.reserve(total);

@@ -25,6 +25,10 @@
 //! # Ok(()) }
 //! ```
 //!
+//! A training loop that cannot wait for a whole commit uses [`AsyncCommitter`]: the call
+//! returns once the tensors are copied, and the commit runs in the background
+//! ([`async_commit`]).
+//!
 //! Module order follows the data: ids and dtypes → objects → chunking and codecs → packs →
 //! index and refs → the store → operations (commit, read, inspect, diff). docs/architecture.md
 //! explains the design; docs/format.md the bytes.
@@ -44,6 +48,8 @@ pub mod pack;
 pub mod safetensors;
 pub mod torchzip;
 
+#[cfg(feature = "store")]
+pub mod async_commit;
 #[cfg(feature = "store")]
 pub mod commit;
 #[cfg(feature = "store")]
@@ -74,6 +80,8 @@ pub mod txn;
 #[cfg(feature = "store")]
 pub mod verify;
 
+#[cfg(feature = "store")]
+pub use async_commit::{AsyncCommitter, CommitHandle, TensorSlice};
 #[cfg(feature = "store")]
 pub use commit::{CommitBuilder, CommitOptions, CommitOutcome, TensorInput};
 pub use dtype::DType;

@@ -113,6 +113,9 @@ pub enum Error {
     Verify { path: String, what: String },
     #[error("{what}")]
     Usage { what: String },
+    /// A background commit (see [`crate::async_commit`]) stopped without an outcome of its own.
+    #[error("background commit did not complete: {what}")]
+    Background { what: String },
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;

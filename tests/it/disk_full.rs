@@ -7,12 +7,12 @@ use crate::common::*;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-struct LoopFs {
-    mnt: PathBuf,
+pub(crate) struct LoopFs {
+    pub(crate) mnt: PathBuf,
 }
 
 impl LoopFs {
-    fn new(dir: &Path, mib: u64) -> LoopFs {
+    pub(crate) fn new(dir: &Path, mib: u64) -> LoopFs {
         let img = dir.join("fs.img");
         let mnt = dir.join("mnt");
         std::fs::create_dir_all(&mnt).unwrap();

@@ -3,6 +3,7 @@
 
 mod common;
 
+mod async_commit;
 mod bad_input;
 mod cli;
 mod concurrency;
