@@ -157,6 +157,9 @@ fn db_options() -> Options {
     opts.set_max_total_wal_size(16 << 20);
     opts.set_paranoid_checks(true);
     opts.set_log_level(rocksdb::LogLevel::Warn);
+    // Opening a handful of table files needs no thread pool (the default starts 16 threads per
+    // open, and every command opens the index at least once).
+    opts.set_max_file_opening_threads(1);
     opts
 }
 
