@@ -150,7 +150,7 @@ pub struct PackWriter {
     id: PackId,
     tmp_path: PathBuf,
     final_path: PathBuf,
-    out: BufWriter<File>,
+    out: BufWriter<crate::fsutil::WritebackFile>,
     len: u64,
     entries: Vec<Entry>,
     sealed: bool,
@@ -181,7 +181,7 @@ impl PackWriter {
             path: tmp_path.clone(),
             source: io::Error::other(e.to_string()),
         })?;
-        let mut out = BufWriter::with_capacity(1 << 20, file);
+        let mut out = BufWriter::with_capacity(1 << 20, crate::fsutil::WritebackFile::new(file));
         let mut header = [0u8; HEADER_LEN as usize];
         header[0..8].copy_from_slice(PACK_MAGIC);
         header[8..12].copy_from_slice(&PACK_VERSION.to_le_bytes());
@@ -298,7 +298,7 @@ impl PackWriter {
         crate::fsutil::flush(&mut self.out, &path).map_err(io_err(&path))?;
         // fsync the pack before it gets its final name: a crash must never leave a `*.pack`
         // whose bytes are not on disk (torn or zero-filled after power loss).
-        crate::fsutil::sync_file(self.out.get_ref(), &path).map_err(io_err(&path))?;
+        crate::fsutil::sync_file(self.out.get_ref().file(), &path).map_err(io_err(&path))?;
         crate::fsutil::rename(&self.tmp_path, &self.final_path).map_err(io_err(&path))?;
         self.sealed = true;
         let size = self.len + table.len() as u64 + TRAILER_LEN;

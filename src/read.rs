@@ -206,16 +206,17 @@ pub fn checkout(
             crate::id::PackId::random()
         ));
         let result = (|| -> Result<()> {
-            let mut f = std::fs::OpenOptions::new()
+            let f = std::fs::OpenOptions::new()
                 .write(true)
                 .create_new(true)
                 .open(&tmp)
                 .map_err(io_at(&tmp))?;
-            {
-                let mut buf = std::io::BufWriter::with_capacity(8 << 20, &mut f);
-                write_file_to(store, rel, entry, &mut buf, progress)?;
-                buf.flush().map_err(io_at(&tmp))?;
-            }
+            // Written back early as it grows, so the fsync below does not wait for all of it.
+            let mut buf =
+                std::io::BufWriter::with_capacity(8 << 20, crate::fsutil::WritebackFile::new(f));
+            write_file_to(store, rel, entry, &mut buf, progress)?;
+            let wf = buf.into_inner().map_err(|e| io_at(&tmp)(e.into_error()))?;
+            let f = wf.file();
             if entry.executable {
                 use std::os::unix::fs::PermissionsExt;
                 let mut perm = f.metadata().map_err(io_at(&tmp))?.permissions();
