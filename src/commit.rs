@@ -46,6 +46,37 @@ use std::sync::mpsc::sync_channel;
 /// Bytes read ahead per batch: bounds commit memory to a few batches.
 const BATCH_BYTES: u64 = 32 << 20;
 
+/// Chunk buffers handed back by the encoders and the pack writer for the reader to fill again:
+/// a steady stream of reads then costs neither fresh pages (faults, zeroing) nor allocator
+/// round trips. Bounded: at most [`BufPool::KEEP`] idle buffers.
+#[derive(Default)]
+struct BufPool {
+    free: std::sync::Mutex<Vec<Vec<u8>>>,
+}
+
+impl BufPool {
+    const KEEP: usize = 96;
+
+    /// A buffer of exactly `n` bytes (contents unspecified: the caller overwrites them all).
+    fn take(&self, n: usize) -> Vec<u8> {
+        let got = self.free.lock().unwrap_or_else(|e| e.into_inner()).pop();
+        match got {
+            Some(mut v) => {
+                v.resize(n, 0);
+                v
+            }
+            None => vec![0; n],
+        }
+    }
+
+    fn give(&self, v: Vec<u8>) {
+        let mut free = self.free.lock().unwrap_or_else(|e| e.into_inner());
+        if free.len() < Self::KEEP && v.capacity() > 0 {
+            free.push(v);
+        }
+    }
+}
+
 /// K, the bound on delta chains: a chunk is delta-coded only against a base whose own chain is
 /// shorter than K-1, so a read decodes a chunk plus at most K-1 bases, and every K-th version
 /// of a chunk at most is stored standalone.
@@ -635,11 +666,13 @@ impl<'s> CommitBuilder<'s> {
         // reading (another): each stage hands the next one batch at a time.
         let (wtx, wrx) = sync_channel::<Vec<Processed>>(1);
         let mut shas: Vec<Option<[u8; 32]>> = vec![None; planned.len()];
+        let pool = BufPool::default();
         let pipeline = std::thread::scope(|s| -> Result<()> {
             let planned = &planned;
             let parent = &parent;
             let speculative = &speculative;
-            s.spawn(move || read_all(planned, parent, speculative, &tx));
+            let pool = &pool;
+            s.spawn(move || read_all(planned, parent, speculative, Some(pool), &tx));
             let files = &mut files;
             let shas = &mut shas;
             let w = &mut w;
@@ -657,7 +690,10 @@ impl<'s> CommitBuilder<'s> {
                                 base,
                             } => {
                                 files[file].segments[seg].chunks.push(ChunkRef { id, len });
-                                w.add_chunk(id, len, raw, encoded, base)?;
+                                w.add_chunk(id, len, raw.as_deref(), encoded, base)?;
+                                if let Some(r) = raw {
+                                    pool.give(r);
+                                }
                                 progress.advance(len);
                             }
                             Processed::FileDone { file, sha256 } => shas[file] = sha256,
@@ -671,7 +707,7 @@ impl<'s> CommitBuilder<'s> {
                 let processed = batch.and_then(|batch| {
                     batch
                         .into_par_iter()
-                        .map(|item| process(item, store, &view))
+                        .map(|item| process(item, store, &view, Some(pool)))
                         .collect::<Result<Vec<_>>>()
                 });
                 match processed {
@@ -901,22 +937,38 @@ fn build_globs(globs: &[String]) -> Result<globset::GlobSet> {
 }
 
 fn read_at(data: &Data, file: Option<&File>, offset: u64, len: u64, rel: &str) -> Result<Vec<u8>> {
+    read_at_pooled(data, file, offset, len, rel, None)
+}
+
+/// [`read_at`] into a buffer from `pool` when there is one.
+fn read_at_pooled(
+    data: &Data,
+    file: Option<&File>,
+    offset: u64,
+    len: u64,
+    rel: &str,
+    pool: Option<&BufPool>,
+) -> Result<Vec<u8>> {
     let n = usize::try_from(len).map_err(|_| Error::BadInput {
         path: rel.to_string(),
         what: "piece too large".into(),
     })?;
+    let new_buf = |n: usize| pool.map_or_else(|| vec![0u8; n], |p| p.take(n));
     match (data, file) {
         (Data::Memory(m), _) => {
             let start = usize::try_from(offset).unwrap_or(usize::MAX);
-            m.get(start..start.saturating_add(n))
-                .map(|s| s.to_vec())
+            let src = m
+                .get(start..start.saturating_add(n))
                 .ok_or_else(|| Error::BadInput {
                     path: rel.to_string(),
                     what: "read past the end".into(),
-                })
+                })?;
+            let mut buf = new_buf(n);
+            buf.copy_from_slice(src);
+            Ok(buf)
         }
         (Data::Disk(path), Some(f)) => {
-            let mut buf = vec![0u8; n];
+            let mut buf = new_buf(n);
             f.read_exact_at(&mut buf, offset).map_err(|e| {
                 if e.kind() == std::io::ErrorKind::UnexpectedEof {
                     Error::ChangedWhileReading {
@@ -1024,7 +1076,17 @@ enum Processed {
     },
 }
 
-fn process(item: Item, store: &Store, view: &crate::index::Index) -> Result<Processed> {
+fn process(
+    item: Item,
+    store: &Store,
+    view: &crate::index::Index,
+    pool: Option<&BufPool>,
+) -> Result<Processed> {
+    let recycle = |data: Vec<u8>| {
+        if let Some(p) = pool {
+            p.give(data);
+        }
+    };
     match item {
         Item::FileDone { file, sha256 } => Ok(Processed::FileDone { file, sha256 }),
         Item::Piece {
@@ -1038,6 +1100,7 @@ fn process(item: Item, store: &Store, view: &crate::index::Index) -> Result<Proc
             let len = data.len() as u64;
             // A stored copy fsck found corrupt is not reused: this good copy replaces it.
             if view.chunk(&id)?.is_some() && !view.is_damaged(&id)? {
+                recycle(data);
                 return Ok(Processed::Chunk {
                     file,
                     seg,
@@ -1069,7 +1132,12 @@ fn process(item: Item, store: &Store, view: &crate::index::Index) -> Result<Proc
                 (Some((b, depth, _)), true) => Some((*b, *depth)),
                 _ => None,
             };
-            let raw = (encoded.encoding == Encoding::Raw).then_some(data);
+            let raw = if encoded.encoding == Encoding::Raw {
+                Some(data)
+            } else {
+                recycle(data);
+                None
+            };
             Ok(Processed::Chunk {
                 file,
                 seg,
@@ -1088,6 +1156,7 @@ fn read_all(
     planned: &[PlannedFile],
     parent: &ParentTensors,
     speculative: &[bool],
+    pool: Option<&BufPool>,
     tx: &std::sync::mpsc::SyncSender<std::result::Result<Vec<Item>, Error>>,
 ) {
     let mut batch = Vec::new();
@@ -1125,8 +1194,14 @@ fn read_all(
                             SegmentKind::Raw => (None, None),
                         };
                         for (ci, (off, len)) in chunker::fixed(*start, end - start).enumerate() {
-                            let data =
-                                read_at(&pf.input.data, file.as_ref(), off, len, &pf.input.rel)?;
+                            let data = read_at_pooled(
+                                &pf.input.data,
+                                file.as_ref(),
+                                off,
+                                len,
+                                &pf.input.rel,
+                                pool,
+                            )?;
                             if let Some(sha) = &mut sha {
                                 sha.update(&data);
                             }
@@ -1259,7 +1334,7 @@ impl<'s> Writer<'s> {
         &mut self,
         id: ChunkId,
         len: u64,
-        raw: Option<Vec<u8>>,
+        raw: Option<&[u8]>,
         encoded: Option<codec::Encoded>,
         base: Option<(ChunkId, u32)>,
     ) -> Result<()> {
@@ -1274,7 +1349,7 @@ impl<'s> Writer<'s> {
             self.reused += 1;
             return Ok(());
         }
-        let stored: &[u8] = match (enc.encoding, &raw) {
+        let stored: &[u8] = match (enc.encoding, raw) {
             (Encoding::Raw, Some(r)) => r,
             _ => &enc.bytes,
         };
@@ -1346,7 +1421,7 @@ pub fn heal_from(store: &Store, path: &Path) -> Result<u64> {
     std::thread::scope(|s| -> Result<()> {
         let planned = &planned;
         let none = &none;
-        s.spawn(move || read_all(planned, none, &[], &tx));
+        s.spawn(move || read_all(planned, none, &[], None, &tx));
         for batch in rx {
             for item in batch? {
                 if let Item::Piece { data, dtype, .. } = item {
@@ -1354,7 +1429,7 @@ pub fn heal_from(store: &Store, path: &Path) -> Result<u64> {
                     if damaged.contains(&id) && !w.written.contains(&id) {
                         let len = data.len() as u64;
                         let enc = codec::encode(&data, codec::Hint { dtype, base: None });
-                        let raw = (enc.encoding == Encoding::Raw).then_some(data);
+                        let raw = (enc.encoding == Encoding::Raw).then_some(data.as_slice());
                         w.add_chunk(id, len, raw, Some(enc), None)?;
                     }
                 }
