@@ -6,7 +6,7 @@
 //! `read::read_tensor` (chunks decoded in parallel, each verified against its id) and reports
 //! the median of `RUNS` warm reads.
 //!
-//! Run: `cargo run --example bench_read [-- MIB [RUNS]]`
+//! Run: `cargo run --example bench_read [-- MIB [RUNS [DEPTH]]]`
 
 use cairn::{CommitBuilder, CommitOptions, DType, Store, TensorInput, read};
 use std::time::Instant;
@@ -34,6 +34,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args: Vec<String> = std::env::args().collect();
     let mib: usize = args.get(1).and_then(|a| a.parse().ok()).unwrap_or(64);
     let runs: usize = args.get(2).and_then(|a| a.parse().ok()).unwrap_or(7);
+    // Only this delta depth, for profiling one of them.
+    let only: Option<usize> = args.get(3).and_then(|a| a.parse().ok());
     let n = mib << 18;
     let dir = std::env::temp_dir().join(format!("cairn-bench-read-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
@@ -68,6 +70,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         }
     );
     for (depth, id) in commits.iter().enumerate() {
+        if only.is_some_and(|d| d != depth) {
+            continue;
+        }
         let tree = store.tree(store.commit(*id)?.tree)?;
         let t = read::find_tensor(&tree, "embed.weight")?;
         let _ = read::read_tensor(&store, &t)?; // warm the page cache
