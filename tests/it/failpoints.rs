@@ -115,6 +115,43 @@ fn crash_at(t: &Path, base: &Path, args: &[String], n: usize) -> Option<PathBuf>
     Some(store)
 }
 
+/// Which state a crashed store was left in.
+enum Left {
+    Before,
+    After,
+}
+
+/// Crash `cmd` (whose clean run was `run`) on a copy of `base` at every operation in turn; each
+/// crashed store must pass `fsck --read-data` and then `check(store, what)`, which says which
+/// state it found (and runs the command again). Both states must occur.
+fn crash_everywhere(
+    t: &Path,
+    base: &Path,
+    cmd: &[String],
+    run: &Run,
+    name: &str,
+    mut check: impl FnMut(&Path, &str) -> Left,
+) {
+    let (mut before, mut after) = (0, 0);
+    for n in 1..=run.ops.len() {
+        let Some(store) = crash_at(t, base, cmd, n) else {
+            continue;
+        };
+        let what = format!("crash at {n} ({})", run.ops[n - 1]);
+        fsck_clean(&store, &what);
+        match check(&store, &what) {
+            Left::Before => before += 1,
+            Left::After => after += 1,
+        }
+        std::fs::remove_dir_all(&store).unwrap();
+    }
+    eprintln!(
+        "{name}: {} operations, {before} crashes left the state before, {after} after",
+        run.ops.len()
+    );
+    assert!(before > 0 && after > 0, "before {before}, after {after}");
+}
+
 fn fsck_clean(store: &Path, what: &str) {
     let out = cairn(store).args(["fsck", "--read-data"]).output().unwrap();
     assert!(
@@ -194,39 +231,28 @@ fn power_loss_at_every_operation_of_a_commit() {
     let cmd = args(&["commit", "--json", b.to_str().unwrap()]);
     let run = clean_run(t, &base, &cmd);
     let (want_a, want_b) = (snapshot(&a), snapshot(&b));
-    let (mut before, mut after) = (0, 0);
-    for n in 1..=run.ops.len() {
-        let Some(store) = crash_at(t, &base, &cmd, n) else {
-            continue;
-        };
-        let what = format!("crash at {n} ({})", run.ops[n - 1]);
-        fsck_clean(&store, &what);
-        let h = head(&store).unwrap();
-        if h == c1 {
-            before += 1;
-            assert_eq!(checkout(&store, "HEAD", &t.join("out")), want_a, "{what}");
+    crash_everywhere(t, &base, &cmd, &run, "commit", |store, what| {
+        let h = head(store).unwrap();
+        let left = if h == c1 {
+            assert_eq!(checkout(store, "HEAD", &t.join("out")), want_a, "{what}");
+            Left::Before
         } else {
-            after += 1;
-            let show = json(&store, &["show", &h, "--json"]);
+            let show = json(store, &["show", &h, "--json"]);
             assert_eq!(
                 show["parents"][0].as_str(),
                 Some(c1.as_str()),
                 "{what}: {show}"
             );
-            assert_eq!(checkout(&store, "HEAD", &t.join("out")), want_b, "{what}");
-        }
+            assert_eq!(checkout(store, "HEAD", &t.join("out")), want_b, "{what}");
+            Left::After
+        };
         // The same command again just works, with no manual repair.
-        let again = json(&store, &cmd.iter().map(String::as_str).collect::<Vec<_>>());
+        let again = json(store, &cmd.iter().map(String::as_str).collect::<Vec<_>>());
         assert!(again["commit"].is_string(), "{what}: {again}");
-        assert_eq!(checkout(&store, "HEAD", &t.join("out")), want_b, "{what}");
-        fsck_clean(&store, &format!("{what}, then again"));
-        std::fs::remove_dir_all(&store).unwrap();
-    }
-    eprintln!(
-        "commit: {} operations, {before} crashes left the state before, {after} after",
-        run.ops.len()
-    );
-    assert!(before > 0 && after > 0, "before {before}, after {after}");
+        assert_eq!(checkout(store, "HEAD", &t.join("out")), want_b, "{what}");
+        fsck_clean(store, &format!("{what}, then again"));
+        left
+    });
 }
 
 #[test]
@@ -271,45 +297,34 @@ fn power_loss_at_every_operation_of_gc_with_repack_and_pack_deletion() {
     let pruned = |store: &Path, id: &str| -> bool {
         !json(store, &["show", id, "--json"])["state"]["pruned"].is_null()
     };
-    let (mut before, mut after) = (0, 0);
-    for n in 1..=run.ops.len() {
-        let Some(store) = crash_at(t, &base, &cmd, n) else {
-            continue;
-        };
-        let what = format!("crash at {n} ({})", run.ops[n - 1]);
-        fsck_clean(&store, &what);
+    crash_everywhere(t, &base, &cmd, &run, "gc", |store, what| {
         // Exactly before or after: both old commits pruned, or neither.
-        let p: Vec<bool> = ids[..2].iter().map(|id| pruned(&store, id)).collect();
+        let p: Vec<bool> = ids[..2].iter().map(|id| pruned(store, id)).collect();
         assert_eq!(p[0], p[1], "{what}: half a gc is visible");
-        if p[0] {
-            after += 1;
+        let left = if p[0] {
+            Left::After
         } else {
-            before += 1;
             for (id, w) in ids[..2].iter().zip(&want) {
-                assert_eq!(&checkout(&store, id, &t.join("out")), w, "{what}");
+                assert_eq!(&checkout(store, id, &t.join("out")), w, "{what}");
             }
-        }
-        assert_eq!(checkout(&store, &ids[2], &t.join("out")), want[2], "{what}");
+            Left::Before
+        };
+        assert_eq!(checkout(store, &ids[2], &t.join("out")), want[2], "{what}");
         // gc again finishes the job.
-        json(&store, &cmd.iter().map(String::as_str).collect::<Vec<_>>());
-        fsck_clean(&store, &format!("{what}, then gc again"));
-        assert!(pruned(&store, &ids[0]) && pruned(&store, &ids[1]), "{what}");
-        assert_eq!(checkout(&store, &ids[2], &t.join("out")), want[2], "{what}");
-        let left: Vec<String> = std::fs::read_dir(store.join("packs"))
+        json(store, &cmd.iter().map(String::as_str).collect::<Vec<_>>());
+        fsck_clean(store, &format!("{what}, then gc again"));
+        assert!(pruned(store, &ids[0]) && pruned(store, &ids[1]), "{what}");
+        assert_eq!(checkout(store, &ids[2], &t.join("out")), want[2], "{what}");
+        let files: Vec<String> = std::fs::read_dir(store.join("packs"))
             .unwrap()
             .map(|e| e.unwrap().file_name().to_string_lossy().to_string())
             .collect();
         assert!(
-            left.iter().all(|n| n.ends_with(".pack")),
-            "{what}: leftovers after gc again: {left:?}"
+            files.iter().all(|n| n.ends_with(".pack")),
+            "{what}: leftovers after gc again: {files:?}"
         );
-        std::fs::remove_dir_all(&store).unwrap();
-    }
-    eprintln!(
-        "gc: {} operations, {before} crashes left the state before, {after} after",
-        run.ops.len()
-    );
-    assert!(before > 0 && after > 0, "before {before}, after {after}");
+        left
+    });
 }
 
 #[test]
@@ -351,44 +366,33 @@ fn power_loss_at_every_operation_of_the_last_part_of_a_sharded_commit() {
     let run = clean_run(t, &base, &cmd);
     let mut want = snapshot(&p1);
     want.extend(snapshot(&p2));
-    let (mut before, mut after) = (0, 0);
-    for n in 1..=run.ops.len() {
-        let Some(store) = crash_at(t, &base, &cmd, n) else {
-            continue;
-        };
-        let what = format!("crash at {n} ({})", run.ops[n - 1]);
-        fsck_clean(&store, &what);
-        let h = head(&store).unwrap();
-        if h == c1 {
-            before += 1;
+    crash_everywhere(t, &base, &cmd, &run, "txn", |store, what| {
+        let h = head(store).unwrap();
+        let left = if h == c1 {
             // Staging part 2 again completes the transaction.
-            let out = sim_cmd(&store, &cmd, &[]);
+            let out = sim_cmd(store, &cmd, &[]);
             assert!(
                 out.status.success(),
                 "{what}: part 2 again: {}",
                 String::from_utf8_lossy(&out.stderr)
             );
+            Left::Before
         } else {
-            after += 1;
-            let show: Value = json(&store, &["show", &h, "--json"]);
+            let show: Value = json(store, &["show", &h, "--json"]);
             assert_eq!(show["parents"][0].as_str(), Some(c1.as_str()), "{what}");
             // Staging part 2 again never publishes the transaction twice.
-            let out = sim_cmd(&store, &cmd, &[]);
+            let out = sim_cmd(store, &cmd, &[]);
             let err = String::from_utf8_lossy(&out.stderr);
             assert!(
                 out.status.success() || err.contains("already committed"),
                 "{what}: part 2 again: {err}"
             );
-            assert_eq!(head(&store).unwrap(), h, "{what}: published twice");
-        }
-        assert_ne!(head(&store).unwrap(), c1, "{what}");
-        assert_eq!(checkout(&store, "HEAD", &t.join("out")), want, "{what}");
-        fsck_clean(&store, &format!("{what}, then again"));
-        std::fs::remove_dir_all(&store).unwrap();
-    }
-    eprintln!(
-        "txn: {} operations, {before} crashes left the state before, {after} after",
-        run.ops.len()
-    );
-    assert!(before > 0 && after > 0, "before {before}, after {after}");
+            assert_eq!(head(store).unwrap(), h, "{what}: published twice");
+            Left::After
+        };
+        assert_ne!(head(store).unwrap(), c1, "{what}");
+        assert_eq!(checkout(store, "HEAD", &t.join("out")), want, "{what}");
+        fsck_clean(store, &format!("{what}, then again"));
+        left
+    });
 }
