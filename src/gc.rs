@@ -8,8 +8,10 @@
 //!   still see metrics, config and provenance); only chunk data is released. The pruned record
 //!   lives in the `states` column family and the `statelog`, never in the hashed commit.
 //! - Live data: every chunk referenced by a commit that is not pruned (minus the released files
-//!   of slimmed commits), and, transitively, the delta base of every live chunk. Only chunks
-//!   outside that set are removed.
+//!   of slimmed commits). Only chunks outside that set are removed. A live chunk delta-coded
+//!   against a dead one is first re-encoded on its own (verified on the way), in a new pack that
+//!   is durable before the index batch points at it, so no live chunk ever needs a removed one.
+//!   A deferred gc, which rewrites nothing, leaves such bases alive and unmarked.
 //! - Writers: a commit holds `locks/writers.lock` shared from before its dedup checks until its
 //!   publish. gc deletes only while holding it exclusively (taken without waiting, so it never
 //!   blocks training); when a writer is running, gc marks dead chunks instead, and a writer that
@@ -223,7 +225,13 @@ pub struct Plan {
     /// Chunks that become dead, with their stored bytes.
     pub dead_chunks: u64,
     pub dead_bytes: u64,
-    /// Of those, chunks a delta chain still needs are kept alive and are not counted.
+    /// Live chunks delta-coded against a chunk that dies: gc re-encodes each on its own (no
+    /// base), so their bases and the bases' dead ancestors are freed too. `reencode_bytes` is
+    /// what they store now; a full encoding is usually larger.
+    pub reencode_chunks: u64,
+    pub reencode_bytes: u64,
+    /// Dead chunks those delta chains need: counted in `dead_chunks` (an immediate gc frees
+    /// them), kept alive only by a deferred gc (commits running), which cannot re-encode.
     pub kept_as_delta_base: u64,
     /// Packs whose every entry is dead: deleted.
     pub delete_packs: Vec<String>,
@@ -250,6 +258,8 @@ pub struct GcOutcome {
     pub chunks_removed: u64,
     pub packs_deleted: u64,
     pub packs_repacked: u64,
+    /// Chunks re-encoded without their dying delta base.
+    pub chunks_reencoded: u64,
     /// Pack files left for a later run because a reader held `readers.lock`.
     pub packs_doomed: u64,
     pub disk_bytes_before: u64,
@@ -430,8 +440,20 @@ pub fn plan(store: &Store, opts: &GcOptions) -> Result<Plan> {
     Ok(plan_with_dead(store, opts)?.0)
 }
 
-/// The plan and the dead chunk set it was computed from (execution deletes exactly these).
-fn plan_with_dead(store: &Store, opts: &GcOptions) -> Result<(Plan, HashSet<ChunkId>)> {
+/// The chunk sets a plan was computed from: execution acts on exactly these.
+struct Work {
+    /// Dead chunks (an immediate gc deletes them all).
+    dead: HashSet<ChunkId>,
+    /// Live chunks whose delta base dies, with their element type when a kept tree names it:
+    /// re-encoded on their own by an immediate gc.
+    reencode: Vec<(ChunkId, Option<crate::dtype::DType>)>,
+    /// The dead bases (and their dead ancestors) those chunks need: a deferred gc, which cannot
+    /// re-encode, leaves them alive.
+    bases: HashSet<ChunkId>,
+}
+
+/// The plan and the chunk sets it was computed from.
+fn plan_with_dead(store: &Store, opts: &GcOptions) -> Result<(Plan, Work)> {
     let view = store.view();
     // Roots: every ref. Any failure here is returned: gc that cannot list roots deletes nothing.
     let branches = view.refs(crate::refs::HEADS)?;
@@ -524,6 +546,7 @@ fn plan_with_dead(store: &Store, opts: &GcOptions) -> Result<(Plan, HashSet<Chun
 
     let mut commits = Vec::new();
     let mut live: HashSet<ChunkId> = HashSet::new();
+    let mut dtypes: HashMap<ChunkId, crate::dtype::DType> = HashMap::new();
     let mut releasing: Vec<(usize, HashSet<ChunkId>)> = Vec::new();
     for (id, row) in &reachable {
         let c = store.commit(*id)?;
@@ -585,6 +608,18 @@ fn plan_with_dead(store: &Store, opts: &GcOptions) -> Result<(Plan, HashSet<Chun
             }
             pc.released = released.iter().cloned().collect();
             live.extend(tree_chunks_except(&tree, &released));
+            for (p, f) in &tree.files {
+                if released.contains(p) {
+                    continue;
+                }
+                for seg in &f.segments {
+                    if let Some((_, dtype, _)) = seg.tensor() {
+                        for c in &seg.chunks {
+                            dtypes.insert(c.id, dtype);
+                        }
+                    }
+                }
+            }
         }
         commits.push(pc);
     }
@@ -602,21 +637,38 @@ fn plan_with_dead(store: &Store, opts: &GcOptions) -> Result<(Plan, HashSet<Chun
         }
     }
 
-    // Delta bases of live chunks stay live, transitively.
-    let mut kept_as_base = 0u64;
-    let mut todo: Vec<ChunkId> = live.iter().copied().collect();
+    // Delta bases. A live chunk whose base is live needs nothing more. One whose base dies is
+    // re-encoded on its own, so the base (and its dead ancestors) can go; a deferred gc, which
+    // cannot rewrite chunks, keeps those bases alive instead.
     let mut locs: HashMap<ChunkId, ChunkLoc> = HashMap::new();
     view.chunks(|id, loc| {
         locs.insert(id, loc);
     })?;
-    while let Some(id) = todo.pop() {
-        if let Some(base) = locs.get(&id).and_then(|l| l.base)
-            && live.insert(base)
-        {
-            kept_as_base += 1;
-            todo.push(base);
+    let mut reencode: Vec<(ChunkId, Option<crate::dtype::DType>)> = live
+        .iter()
+        .filter(|id| {
+            locs.get(id)
+                .and_then(|l| l.base)
+                .is_some_and(|b| !live.contains(&b))
+        })
+        .map(|id| (*id, dtypes.get(id).copied()))
+        .collect();
+    reencode.sort_by_key(|(id, _)| *id);
+    let reencoding: HashSet<ChunkId> = reencode.iter().map(|(id, _)| *id).collect();
+    let mut bases: HashSet<ChunkId> = HashSet::new();
+    let mut todo: Vec<ChunkId> = reencode
+        .iter()
+        .filter_map(|(id, _)| locs.get(id).and_then(|l| l.base))
+        .collect();
+    while let Some(b) = todo.pop() {
+        if !live.contains(&b) && bases.insert(b) {
+            todo.extend(locs.get(&b).and_then(|l| l.base));
         }
     }
+    let reencode_bytes = reencode
+        .iter()
+        .filter_map(|(id, _)| locs.get(id).map(|l| l.stored_len))
+        .sum();
 
     let dead: HashSet<ChunkId> = locs
         .keys()
@@ -648,7 +700,8 @@ fn plan_with_dead(store: &Store, opts: &GcOptions) -> Result<(Plan, HashSet<Chun
     let mut live_bytes: HashMap<PackId, u64> = HashMap::new();
     for (id, loc) in &locs {
         *chunk_bytes.entry(loc.pack).or_default() += loc.stored_len;
-        if !dead.contains(id) {
+        // A re-encoded chunk's new copy goes to the new pack; its old copy is dead weight.
+        if !dead.contains(id) && !reencoding.contains(id) {
             *live_bytes.entry(loc.pack).or_default() += loc.stored_len;
         }
     }
@@ -706,14 +759,23 @@ fn plan_with_dead(store: &Store, opts: &GcOptions) -> Result<(Plan, HashSet<Chun
         commits,
         dead_chunks: dead.len() as u64,
         dead_bytes,
-        kept_as_delta_base: kept_as_base,
+        reencode_chunks: reencode.len() as u64,
+        reencode_bytes,
+        kept_as_delta_base: bases.len() as u64,
         delete_packs,
         repack_packs,
         marked_chunks: marked,
         orphan_files,
         abandoned_txns: abandoned_txns.into_iter().collect(),
     };
-    Ok((plan, dead))
+    Ok((
+        plan,
+        Work {
+            dead,
+            reencode,
+            bases,
+        },
+    ))
 }
 
 fn disk_bytes(store: &Store) -> u64 {
@@ -740,7 +802,7 @@ pub fn gc(store: &Store, opts: &GcOptions, dry_run: bool) -> Result<GcOutcome> {
     } else {
         lock::try_exclusive(&writers).map_err(io_at(&writers))?
     };
-    let (plan, dead) = plan_with_dead(store, opts)?;
+    let (plan, work) = plan_with_dead(store, opts)?;
     let mut out = GcOutcome {
         plan: plan.clone(),
         dry_run,
@@ -753,6 +815,7 @@ pub fn gc(store: &Store, opts: &GcOptions, dry_run: bool) -> Result<GcOutcome> {
         chunks_removed: 0,
         packs_deleted: 0,
         packs_repacked: 0,
+        chunks_reencoded: 0,
         packs_doomed: 0,
         disk_bytes_before: before,
         disk_bytes_after: before,
@@ -761,7 +824,7 @@ pub fn gc(store: &Store, opts: &GcOptions, dry_run: bool) -> Result<GcOutcome> {
         out.mode = "dry-run".into();
         return Ok(out);
     }
-    execute(store, &plan, &dead, quiet.is_some(), &mut out)?;
+    execute(store, &plan, &work, quiet.is_some(), &mut out)?;
     drop(quiet);
     out.disk_bytes_after = disk_bytes(store);
     Ok(out)
@@ -770,12 +833,25 @@ pub fn gc(store: &Store, opts: &GcOptions, dry_run: bool) -> Result<GcOutcome> {
 fn execute(
     store: &Store,
     plan: &Plan,
-    dead: &HashSet<ChunkId>,
+    work: &Work,
     immediate: bool,
     out: &mut GcOutcome,
 ) -> Result<()> {
     let view = store.view();
     let now = now_ns();
+    // A deferred gc cannot re-encode: the bases re-encoding would free stay alive.
+    let deferred_dead: HashSet<ChunkId>;
+    let dead = if immediate {
+        &work.dead
+    } else {
+        deferred_dead = work.dead.difference(&work.bases).copied().collect();
+        &deferred_dead
+    };
+    let reencoding: HashSet<ChunkId> = if immediate {
+        work.reencode.iter().map(|(id, _)| *id).collect()
+    } else {
+        HashSet::new()
+    };
 
     // Repack first (immediate mode only): copy live entries of each repacked pack into a new
     // pack, durable before the index points at it.
@@ -790,8 +866,40 @@ fn execute(
     } else {
         Vec::new()
     };
-    if !repack.is_empty() {
+    if !repack.is_empty() || !reencoding.is_empty() {
         let mut w = PackWriter::create(&store.packs_dir())?;
+        // Chunks whose base dies: decoded through their chain (verified), encoded on their own.
+        for (id, dtype) in work.reencode.iter().filter(|_| immediate) {
+            if view.chunk(id)?.is_none() {
+                continue;
+            }
+            let raw = store.read_chunk(*id)?;
+            let enc = crate::codec::encode(
+                &raw,
+                crate::codec::Hint {
+                    dtype: *dtype,
+                    base: None,
+                },
+            );
+            let stored: &[u8] = match enc.encoding {
+                crate::codec::Encoding::Raw => &raw,
+                _ => &enc.bytes,
+            };
+            let ne = w.append_chunk(*id, enc.encoding, raw.len() as u64, stored, None, 0)?;
+            moved.push((
+                *id,
+                ChunkLoc {
+                    pack: w.id(),
+                    offset: ne.offset,
+                    stored_len: stored.len() as u64,
+                    raw_len: raw.len() as u64,
+                    encoding: enc.encoding,
+                    base: None,
+                    depth: 0,
+                },
+            ));
+            out.chunks_reencoded += 1;
+        }
         for pid in &repack {
             let path = store.packs_dir().join(pack_file_name(*pid));
             let r = PackReader::open(&path, *pid)?;
@@ -802,7 +910,11 @@ fn execute(
                     let Some(loc) = view.chunk(&id)? else {
                         continue;
                     };
-                    if loc.pack != *pid || loc.offset != e.offset || dead.contains(&id) {
+                    if loc.pack != *pid
+                        || loc.offset != e.offset
+                        || dead.contains(&id)
+                        || reencoding.contains(&id)
+                    {
                         continue;
                     }
                     let stored = r.payload(e.offset, h.stored_len).map_err(|what| {

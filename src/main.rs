@@ -1285,10 +1285,12 @@ fn cmd_gc(s: &Option<PathBuf>, a: GcArgs) -> Result<()> {
         );
     }
     out!(
-        "{} dead chunks ({}); {} delta bases kept alive; {} packs to delete, {} to repack, {} leftover files",
+        "{} dead chunks ({}), {} of them delta bases freed by re-encoding {} chunks ({}) on their own; {} packs to delete, {} to repack, {} leftover files",
         p.dead_chunks,
         human(p.dead_bytes),
         p.kept_as_delta_base,
+        p.reencode_chunks,
+        human(p.reencode_bytes),
         p.delete_packs.len(),
         p.repack_packs.len(),
         p.orphan_files.len()
@@ -1297,9 +1299,10 @@ fn cmd_gc(s: &Option<PathBuf>, a: GcArgs) -> Result<()> {
         out!("dry run: nothing changed");
     } else {
         out!(
-            "{}: removed {} chunks, deleted {} files, repacked {} packs{}; packs {} -> {} (reclaimed {})",
+            "{}: removed {} chunks, re-encoded {}, deleted {} files, repacked {} packs{}; packs {} -> {} (reclaimed {})",
             out.mode,
             out.chunks_removed,
+            out.chunks_reencoded,
             out.packs_deleted,
             out.packs_repacked,
             if out.packs_doomed > 0 {

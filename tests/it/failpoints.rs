@@ -1,10 +1,10 @@
-//! Simulated power loss at every file operation (src/crashsim.rs): for commit, gc with prune,
-//! repack and pack deletion, and the last part of a sharded commit, a run crashes at operation
-//! 1, 2, ..., K in turn; everything not yet durable at that point is undone (unsynced bytes cut
-//! off, unsynced names created, renamed or removed rolled back). Each crashed store must pass
-//! `fsck --read-data`, hold exactly the state before or after the command, and accept the same
-//! command again. A clean run must leave nothing pending: what a command acknowledges is on
-//! disk.
+//! Simulated power loss at every file operation (src/crashsim.rs): for commit, gc (prune,
+//! re-encoding of delta chunks whose base dies, repack and pack deletion) and the last part of
+//! a sharded commit, a run crashes at operation 1, 2, ..., K in turn; everything not yet
+//! durable at that point is undone (unsynced bytes cut off, unsynced names created, renamed or
+//! removed rolled back). Each crashed store must pass `fsck --read-data`, hold exactly the
+//! state before or after the command, and accept the same command again. A clean run must
+//! leave nothing pending: what a command acknowledges is on disk.
 
 use crate::common::*;
 use serde_json::Value;
@@ -270,6 +270,24 @@ fn power_loss_at_every_operation_of_gc_with_repack_and_pack_deletion() {
     std::fs::write(dirs[1].join("keep.bin"), noise(11, 3 << 20)).unwrap();
     std::fs::write(dirs[1].join("drop.bin"), noise(12, 3 << 20)).unwrap();
     std::fs::write(dirs[2].join("keep.bin"), noise(11, 3 << 20)).unwrap();
+    // A tensor that moves a little per commit: the kept commit's chunks are delta-coded
+    // against pruned ones, so gc re-encodes them.
+    let mut w: Vec<f32> = weights(3, 1 << 18)
+        .chunks_exact(4)
+        .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
+        .collect();
+    for d in &dirs {
+        let bytes: Vec<u8> = w.iter().flat_map(|x| x.to_le_bytes()).collect();
+        write_st(
+            &d.join("model.safetensors"),
+            &[("w", cairn::DType::F32, vec![1 << 18], bytes)],
+        );
+        for (i, x) in w.iter_mut().enumerate() {
+            if i % 7 == 0 {
+                *x += 1e-4;
+            }
+        }
+    }
     let ids: Vec<String> = dirs
         .iter()
         .map(|d| {
@@ -284,6 +302,10 @@ fn power_loss_at_every_operation_of_gc_with_repack_and_pack_deletion() {
     let plan = json(&base, &["gc", "--keep-last", "1", "--dry-run", "--json"]);
     assert!(
         !plan["plan"]["repack_packs"].as_array().unwrap().is_empty(),
+        "{plan}"
+    );
+    assert!(
+        plan["plan"]["reencode_chunks"].as_u64().unwrap() >= 1,
         "{plan}"
     );
     let run = clean_run(t, &base, &cmd);

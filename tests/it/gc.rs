@@ -550,12 +550,10 @@ fn gc_that_cannot_list_roots_deletes_nothing() {
     assert_eq!(store_listing(&root), listing);
 }
 
-#[test]
-fn delta_bases_of_kept_commits_stay_alive_and_are_not_counted_as_freed() {
-    let t = tempfile::tempdir().unwrap();
-    let root = t.path().join("store");
-    let store = cairn::Store::init(&root).unwrap();
-    // A tensor that moves a little each step: the codec delta-codes it against the parent.
+/// A store of three commits of one slowly moving tensor: each later commit's chunks are
+/// delta-coded against the one before. Returns the commit ids and each version's bytes.
+fn delta_series(root: &std::path::Path) -> (Vec<cairn::CommitId>, Vec<Vec<u8>>) {
+    let store = cairn::Store::init(root).unwrap();
     let mut w: Vec<f32> = weights(1, 1 << 18)
         .chunks_exact(4)
         .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
@@ -590,29 +588,13 @@ fn delta_bases_of_kept_commits_stay_alive_and_are_not_counted_as_freed() {
     let chunk = tree.files["model.safetensors"].segments[1].chunks[0].id;
     let loc = store.chunk_loc(chunk).unwrap().unwrap();
     assert!(loc.base.is_some(), "expected a delta-coded chunk: {loc:?}");
-    drop(store);
-    let plan = json(&root, &["gc", "--keep-last", "1", "--dry-run", "--json"])["plan"].clone();
-    assert_eq!(
-        decisions(&plan)
-            .iter()
-            .filter(|(_, d)| d == "prune")
-            .count(),
-        2
-    );
-    let kept_bases = plan["kept_as_delta_base"].as_u64().unwrap();
-    assert!(kept_bases >= 1, "{plan}");
-    // What the plan counts as freed excludes the bases: the freed total equals the dead bytes.
-    let frees: u64 = plan["commits"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|c| c["frees_bytes"].as_u64().unwrap())
-        .sum();
-    assert!(frees <= plan["dead_bytes"].as_u64().unwrap() * 2);
-    json(&root, &["gc", "--keep-last", "1", "--json"]);
-    // The kept commit still reads back exactly, through its chain.
-    let out = cairn(&root)
-        .args(["cat", "HEAD:model.safetensors"])
+    (ids, versions)
+}
+
+/// The tensor bytes of `rev` through the CLI (`cat`, verified).
+fn tensor_bytes(root: &std::path::Path, rev: &str) -> Vec<u8> {
+    let out = cairn(root)
+        .args(["cat", &format!("{rev}:model.safetensors")])
         .output()
         .unwrap();
     assert!(
@@ -621,8 +603,87 @@ fn delta_bases_of_kept_commits_stay_alive_and_are_not_counted_as_freed() {
         String::from_utf8_lossy(&out.stderr)
     );
     let parsed = cairn::safetensors::parse(&out.stdout).unwrap();
-    let data = &out.stdout[parsed.data_start() as usize..];
-    assert_eq!(data, versions[2].as_slice());
+    out.stdout[parsed.data_start() as usize..].to_vec()
+}
+
+#[test]
+fn delta_bases_of_pruned_commits_are_freed_by_reencoding_the_kept_chunks() {
+    let t = tempfile::tempdir().unwrap();
+    let root = t.path().join("store");
+    let (ids, versions) = delta_series(&root);
+    let plan = json(&root, &["gc", "--keep-last", "1", "--dry-run", "--json"])["plan"].clone();
+    assert_eq!(
+        decisions(&plan)
+            .iter()
+            .filter(|(_, d)| d == "prune")
+            .count(),
+        2
+    );
+    let reencode = plan["reencode_chunks"].as_u64().unwrap();
+    assert!(reencode >= 1, "{plan}");
+    assert!(plan["kept_as_delta_base"].as_u64().unwrap() >= 1, "{plan}");
+    let out = json(&root, &["gc", "--keep-last", "1", "--json"]);
+    assert_eq!(out["mode"], "immediate", "{out}");
+    assert_eq!(out["chunks_reencoded"].as_u64().unwrap(), reencode, "{out}");
+    // Every chunk of the pruned commits is gone; the kept commit's chunks need no base.
+    let store = cairn::Store::open(&root).unwrap();
+    let kept = store.tree(store.commit(ids[2]).unwrap().tree).unwrap();
+    let kept_chunks: std::collections::HashSet<_> = kept
+        .files
+        .values()
+        .flat_map(|f| f.chunks().map(|c| c.id))
+        .collect();
+    for c in &kept_chunks {
+        let loc = store.chunk_loc(*c).unwrap().unwrap();
+        assert!(
+            loc.base.is_none_or(|b| kept_chunks.contains(&b)),
+            "{c} still needs a chunk of a pruned commit: {loc:?}"
+        );
+    }
+    for old in &ids[..2] {
+        let tree = store.tree(store.commit(*old).unwrap().tree).unwrap();
+        for c in tree.files.values().flat_map(|f| f.chunks()) {
+            if !kept_chunks.contains(&c.id) {
+                assert!(store.chunk_loc(c.id).unwrap().is_none(), "{c:?} survived");
+            }
+        }
+    }
+    drop(store);
+    // The kept commit reads back exactly, and everything verifies.
+    assert_eq!(tensor_bytes(&root, "HEAD"), versions[2]);
+    cairn(&root)
+        .args(["fsck", "--read-data"])
+        .assert()
+        .success();
+    assert!(
+        out["disk_bytes_after"].as_u64().unwrap() < out["disk_bytes_before"].as_u64().unwrap(),
+        "{out}"
+    );
+}
+
+#[test]
+fn a_deferred_gc_keeps_the_delta_bases_a_later_gc_reencodes_away() {
+    let t = tempfile::tempdir().unwrap();
+    let root = t.path().join("store");
+    let (_, versions) = delta_series(&root);
+    // A commit is running: gc can only mark, and must not mark a base a live chunk needs.
+    let store = cairn::Store::open(&root).unwrap();
+    let writing = cairn::lock::shared(&store.writers_lock_path()).unwrap();
+    let out = json(&root, &["gc", "--keep-last", "1", "--json"]);
+    assert_eq!(out["mode"], "deferred", "{out}");
+    assert_eq!(out["chunks_reencoded"], 0, "{out}");
+    drop(writing);
+    drop(store);
+    assert_eq!(tensor_bytes(&root, "HEAD"), versions[2]);
+    cairn(&root)
+        .args(["fsck", "--read-data"])
+        .assert()
+        .success();
+    // The next gc, with no writer, re-encodes and frees the bases.
+    let out = json(&root, &["gc", "--keep-last", "1", "--json"]);
+    assert_eq!(out["mode"], "immediate", "{out}");
+    assert!(out["chunks_reencoded"].as_u64().unwrap() >= 1, "{out}");
+    assert_eq!(tensor_bytes(&root, "HEAD"), versions[2]);
     cairn(&root)
         .args(["fsck", "--read-data"])
         .assert()
