@@ -326,7 +326,7 @@ pub fn rebuild_index(root: &std::path::Path) -> Result<RebuildOutcome> {
             let h = e.header;
             if h.kind == ENTRY_CHUNK {
                 info.chunks += 1;
-                chunks.entry(ChunkId(h.id)).or_insert(ChunkLoc {
+                let loc = ChunkLoc {
                     pack: *pid,
                     offset: e.offset,
                     stored_len: h.stored_len,
@@ -334,7 +334,20 @@ pub fn rebuild_index(root: &std::path::Path) -> Result<RebuildOutcome> {
                     encoding: h.encoding,
                     base: h.base,
                     depth: h.depth,
-                });
+                };
+                // Of several copies, the one with the shortest delta chain: gc re-encodes a
+                // chunk whose base it removes, and the older delta copy may outlive that base
+                // in a pack gc did not rewrite.
+                match chunks.entry(ChunkId(h.id)) {
+                    std::collections::btree_map::Entry::Vacant(slot) => {
+                        slot.insert(loc);
+                    }
+                    std::collections::btree_map::Entry::Occupied(mut slot) => {
+                        if loc.depth < slot.get().depth {
+                            slot.insert(loc);
+                        }
+                    }
+                }
             } else {
                 info.objects += 1;
                 let oid = ObjectId(h.id);

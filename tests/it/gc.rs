@@ -662,6 +662,44 @@ fn delta_bases_of_pruned_commits_are_freed_by_reencoding_the_kept_chunks() {
 }
 
 #[test]
+fn an_index_rebuilt_after_reencoding_picks_the_copy_that_needs_no_dead_base() {
+    let t = tempfile::tempdir().unwrap();
+    let root = t.path().join("store");
+    let (_, versions) = delta_series(&root);
+    // No repack: the old delta copies stay in their packs beside the re-encoded ones.
+    let out = json(
+        &root,
+        &[
+            "gc",
+            "--keep-last",
+            "1",
+            "--repack-threshold",
+            "1.0",
+            "--json",
+        ],
+    );
+    assert!(out["chunks_reencoded"].as_u64().unwrap() >= 1, "{out}");
+    assert_eq!(out["packs_repacked"], 0, "{out}");
+    cairn(&root)
+        .args(["repair", "--rebuild-index"])
+        .assert()
+        .success();
+    let store = cairn::Store::open(&root).unwrap();
+    let head = cairn::rev::resolve(&store, "HEAD").unwrap();
+    let tree = store.tree(store.commit(head).unwrap().tree).unwrap();
+    for c in tree.files.values().flat_map(|f| f.chunks()) {
+        let loc = store.chunk_loc(c.id).unwrap().unwrap();
+        assert_eq!(loc.depth, 0, "{c:?}: {loc:?}");
+    }
+    drop(store);
+    assert_eq!(tensor_bytes(&root, "HEAD"), versions[2]);
+    cairn(&root)
+        .args(["fsck", "--read-data"])
+        .assert()
+        .success();
+}
+
+#[test]
 fn a_deferred_gc_keeps_the_delta_bases_a_later_gc_reencodes_away() {
     let t = tempfile::tempdir().unwrap();
     let root = t.path().join("store");
