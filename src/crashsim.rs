@@ -218,7 +218,10 @@ pub fn op<T>(what: Op<'_>, f: impl FnOnce() -> io::Result<T>) -> io::Result<T> {
     let mut j = sim.journal.lock().unwrap_or_else(|e| e.into_inner());
     match what {
         Op::Create(p) | Op::CreateDir(p) => {
-            j.data.insert(p.to_path_buf(), 0);
+            if matches!(what, Op::Create(_)) {
+                // A new file holds no durable byte until it is fsynced.
+                j.data.insert(p.to_path_buf(), 0);
+            }
             j.names.push(Undo::Created {
                 dir: parent(p),
                 path: p.to_path_buf(),

@@ -546,6 +546,11 @@ fn plan_with_dead(store: &Store, opts: &GcOptions) -> Result<(Plan, Work)> {
 
     let mut commits = Vec::new();
     let mut live: HashSet<ChunkId> = HashSet::new();
+    let mut locs: HashMap<ChunkId, ChunkLoc> = HashMap::new();
+    view.chunks(|id, loc| {
+        locs.insert(id, loc);
+    })?;
+    // Element types of live delta-coded chunks, for re-encoding one whose base dies.
     let mut dtypes: HashMap<ChunkId, crate::dtype::DType> = HashMap::new();
     let mut releasing: Vec<(usize, HashSet<ChunkId>)> = Vec::new();
     for (id, row) in &reachable {
@@ -615,7 +620,9 @@ fn plan_with_dead(store: &Store, opts: &GcOptions) -> Result<(Plan, Work)> {
                 for seg in &f.segments {
                     if let Some((_, dtype, _)) = seg.tensor() {
                         for c in &seg.chunks {
-                            dtypes.insert(c.id, dtype);
+                            if locs.get(&c.id).is_some_and(|l| l.base.is_some()) {
+                                dtypes.insert(c.id, dtype);
+                            }
                         }
                     }
                 }
@@ -640,10 +647,6 @@ fn plan_with_dead(store: &Store, opts: &GcOptions) -> Result<(Plan, Work)> {
     // Delta bases. A live chunk whose base is live needs nothing more. One whose base dies is
     // re-encoded on its own, so the base (and its dead ancestors) can go; a deferred gc, which
     // cannot rewrite chunks, keeps those bases alive instead.
-    let mut locs: HashMap<ChunkId, ChunkLoc> = HashMap::new();
-    view.chunks(|id, loc| {
-        locs.insert(id, loc);
-    })?;
     let mut reencode: Vec<(ChunkId, Option<crate::dtype::DType>)> = live
         .iter()
         .filter(|id| {
@@ -869,7 +872,7 @@ fn execute(
     if !repack.is_empty() || !reencoding.is_empty() {
         let mut w = PackWriter::create(&store.packs_dir())?;
         // Chunks whose base dies: decoded through their chain (verified), encoded on their own.
-        for (id, dtype) in work.reencode.iter().filter(|_| immediate) {
+        for (id, dtype) in &work.reencode {
             if view.chunk(id)?.is_none() {
                 continue;
             }

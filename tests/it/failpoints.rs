@@ -418,3 +418,24 @@ fn power_loss_at_every_operation_of_the_last_part_of_a_sharded_commit() {
         left
     });
 }
+
+/// The first commit of a new store creates its reflog: the new name is fsynced with its
+/// directory before the commit is acknowledged.
+#[test]
+fn a_first_commit_leaves_nothing_pending() {
+    let t = tempfile::tempdir().unwrap();
+    let t = t.path();
+    let base = t.join("base");
+    cairn(&base).arg("init").assert().success();
+    assert!(!base.join("reflog").exists(), "init already wrote a reflog");
+    let a = t.join("a");
+    ckpt(&a, 1, 0);
+    let run = clean_run(t, &base, &args(&["commit", "--json", a.to_str().unwrap()]));
+    assert!(
+        run.ops
+            .iter()
+            .any(|l| l.split(' ').nth(1) == Some("create") && l.ends_with("/reflog")),
+        "the commit did not create the reflog: {:#?}",
+        run.ops
+    );
+}
