@@ -3,8 +3,9 @@
 //! Builds a store holding a series of checkpoints of one 64 MiB float32 tensor (N(0, 0.02)
 //! weights; each checkpoint moves every weight by an Adam-sized step of about 1e-4), so that
 //! commit i is delta-coded at depth i mod K, then reads the tensor of each commit with
-//! `read::read_tensor` (chunks decoded in parallel, each verified against its id) and reports
-//! the median of `RUNS` warm reads.
+//! `read::read_tensor` (chunks decoded in parallel, each verified against its id; a fresh
+//! buffer each time) and with `read::read_tensor_into` (a reused buffer), and reports the median
+//! of `RUNS` warm reads of each.
 //!
 //! Run: `cargo run --example bench_read [-- MIB [RUNS [DEPTH]]]`
 
@@ -76,19 +77,34 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         let tree = store.tree(store.commit(*id)?.tree)?;
         let t = read::find_tensor(&tree, "embed.weight")?;
         let _ = read::read_tensor(&store, &t)?; // warm the page cache
-        let mut ms: Vec<f64> = (0..runs)
-            .map(|_| {
-                let s = Instant::now();
-                let b = read::read_tensor(&store, &t).expect("read");
-                assert_eq!(b.len(), n * 4);
-                s.elapsed().as_secs_f64() * 1e3
-            })
-            .collect();
-        ms.sort_by(f64::total_cmp);
+        let median = |mut ms: Vec<f64>| {
+            ms.sort_by(f64::total_cmp);
+            (ms[ms.len() / 2], ms[0])
+        };
+        let (fresh, fresh_min) = median(
+            (0..runs)
+                .map(|_| {
+                    let s = Instant::now();
+                    let b = read::read_tensor(&store, &t).expect("read");
+                    assert_eq!(b.len(), n * 4);
+                    s.elapsed().as_secs_f64() * 1e3
+                })
+                .collect(),
+        );
+        let mut buf = vec![0u8; n * 4];
+        let (reused, reused_min) = median(
+            (0..runs)
+                .map(|_| {
+                    let s = Instant::now();
+                    read::read_tensor_into(&store, &t, &mut buf).expect("read");
+                    s.elapsed().as_secs_f64() * 1e3
+                })
+                .collect(),
+        );
         println!(
-            "commit {depth} (delta depth {depth}): median {:.1} ms, min {:.1} ms",
-            ms[ms.len() / 2],
-            ms[0]
+            "commit {depth} (delta depth {depth}): read_tensor median {fresh:.1} ms (min \
+             {fresh_min:.1}); read_tensor_into a reused buffer median {reused:.1} ms (min \
+             {reused_min:.1})"
         );
     }
     std::fs::remove_dir_all(&dir)?;

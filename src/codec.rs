@@ -434,24 +434,38 @@ fn encode_planes(
     let bound = zstd::zstd_safe::compress_bound(n);
     let mut out = Vec::with_capacity(PLANES_HEADER + 4 * zcount + body + zcount * (bound - n) + 8);
     out.extend_from_slice(&[width as u8, transform, mask]);
-    out.resize(PLANES_HEADER + 4 * zcount, 0);
-    let demoted = with_scratch(&ENCODE_SCRATCH, body, |planes| {
-        match base {
-            None => split(&raw[..body], width, transform == TRANSFORM_ROTATE, planes),
-            Some(base) => split_delta(&raw[..body], &base[..body], width, planes),
-        }
-        let plane = |k: usize| &planes[k * n..(k + 1) * n];
-        for k in (0..width).filter(|k| mask & (1 << k) == 0) {
-            out.extend_from_slice(plane(k));
+    let lens_end = PLANES_HEADER + 4 * zcount;
+    // Raw planes are split straight into their place in `out`; the others into scratch, to be
+    // compressed after them.
+    out.resize(lens_end + (width - zcount) * n, 0);
+    let demoted = with_scratch(&ENCODE_SCRATCH, zcount * n, |zplanes| {
+        {
+            let mut raw_dst = out[lens_end..].chunks_exact_mut(n.max(1));
+            let mut z_dst = zplanes.chunks_exact_mut(n.max(1));
+            let mut dst: [&mut [u8]; 8] = Default::default();
+            for (k, d) in dst.iter_mut().enumerate().take(width) {
+                let next = if mask & (1 << k) == 0 {
+                    raw_dst.next()
+                } else {
+                    z_dst.next()
+                };
+                *d = next.map_or(&mut [][..], |q| &mut q[..n]);
+            }
+            match base {
+                None => split(&raw[..body], width, transform == TRANSFORM_ROTATE, &mut dst),
+                Some(base) => split_delta(&raw[..body], &base[..body], width, &mut dst),
+            }
         }
         let mut slot = PLANES_HEADER;
         let mut demoted = 0u8;
-        for k in (0..width).filter(|k| mask & (1 << k) != 0) {
+        let zs = (0..width).filter(|k| mask & (1 << k) != 0);
+        for (z, k) in zs.enumerate() {
+            let plane = &zplanes[z * n..(z + 1) * n];
             let start = out.len();
             let frame = with_compressor(Ctx::Plane, |c| {
                 let mut cur = Cursor::new(&mut out);
                 cur.set_position(start as u64);
-                c.compress_to_buffer(plane(k), &mut cur).ok()
+                c.compress_to_buffer(plane, &mut cur).ok()
             });
             match frame {
                 Some(len) if len < n => {
@@ -502,7 +516,7 @@ pub fn decode(
         .ok()
         .filter(|&l| l <= MAX_RAW_LEN)
         .ok_or(CodecError::TooLarge(raw_len))?;
-    let base = if encoding.needs_base() {
+    let mut out = if encoding.needs_base() {
         let base = base.ok_or(CodecError::MissingBase(encoding))?;
         if base.len() != len {
             return Err(CodecError::BaseLength {
@@ -510,88 +524,151 @@ pub fn decode(
                 want: raw_len,
             });
         }
-        Some(base)
+        base.to_vec()
     } else {
-        None
+        vec![0u8; len]
     };
-    if matches!(encoding, Encoding::Planes | Encoding::DeltaPlanes) {
-        return decode_planes(stored, len, base);
-    }
-    // Zstd or XorZstd.
-    let mut out = Vec::with_capacity(len);
-    let got = with_decompressor(|d| d.decompress_to_buffer(stored, &mut out))?;
-    if got != len {
-        return Err(CodecError::Length {
-            got: got as u64,
-            want: raw_len,
-        });
-    }
-    if let Some(base) = base {
-        for (o, b) in out.iter_mut().zip(base) {
-            *o ^= b;
-        }
-    }
+    decode_into(encoding, stored, &mut out)?;
     Ok(out)
 }
 
-fn decode_planes(stored: &[u8], len: usize, base: Option<&[u8]>) -> Result<Vec<u8>, CodecError> {
-    let bad = CodecError::Malformed;
-    let [width, transform, mask] = *stored.first_chunk::<3>().ok_or(bad("short header"))?;
-    let width = usize::from(width);
-    if !matches!(width, 2 | 4 | 8) {
-        return Err(bad("plane width"));
-    }
-    let rotate = match (base.is_some(), transform) {
-        (false, TRANSFORM_NONE) => false,
-        (false, TRANSFORM_ROTATE) => true,
-        (true, TRANSFORM_ORDERED_DIFF) => false,
-        _ => return Err(bad("plane transform")),
-    };
-    if u32::from(mask) >> width != 0 {
-        return Err(bad("plane mask"));
-    }
-    let n = len / width;
-    let body = width * n;
-    let zcount = mask.count_ones() as usize;
-    let lens_end = PLANES_HEADER + 4 * zcount;
-    let lens = stored
-        .get(PLANES_HEADER..lens_end)
-        .ok_or(bad("short header"))?;
-    let raw_planes_end = (width - zcount)
-        .checked_mul(n)
-        .and_then(|b| b.checked_add(lens_end))
-        .ok_or(bad("plane lengths"))?;
-    let mut pos = raw_planes_end;
-    let mut frames: [Range<usize>; 8] = Default::default();
-    for (i, l) in lens.chunks_exact(4).enumerate() {
-        let l = u32::from_le_bytes(l.try_into().expect("chunks of 4"));
-        let l = usize::try_from(l).map_err(|_| bad("plane lengths"))?;
-        let end = pos.checked_add(l).ok_or(bad("plane lengths"))?;
-        frames[i] = pos..end;
-        pos = end;
-    }
-    let tail_end = pos.checked_add(len - body).ok_or(bad("plane lengths"))?;
-    if tail_end != stored.len() {
-        return Err(bad("plane lengths do not add up to the stored length"));
-    }
-    let tail = &stored[pos..];
-
-    let mut out = vec![0u8; len];
-    with_scratch(&DECODE_SCRATCH, zcount * n, |scratch| {
-        for (z, frame) in frames[..zcount].iter().enumerate() {
-            let dst = &mut scratch[z * n..(z + 1) * n];
-            let got = with_decompressor(|d| d.decompress_to_buffer(&stored[frame.clone()], dst))?;
-            if got != n {
-                return Err(CodecError::Length {
-                    got: got as u64,
-                    want: n as u64,
-                });
-            }
+/// Decode `stored` into `out`, whose length is the chunk's raw length.
+///
+/// For an encoding that [needs a base](Encoding::needs_base), `out` must hold the base chunk's
+/// raw bytes on entry, and the difference is applied in place: a delta chain decodes into one
+/// buffer, its root first, then each delta over it. For the other encodings `out`'s bytes on
+/// entry do not matter. On error `out` holds unspecified bytes.
+pub fn decode_into(encoding: Encoding, stored: &[u8], out: &mut [u8]) -> Result<(), CodecError> {
+    let len = out.len();
+    if encoding == Encoding::Raw {
+        if stored.len() != len {
+            return Err(CodecError::Length {
+                got: stored.len() as u64,
+                want: len as u64,
+            });
         }
+        out.copy_from_slice(stored);
+        return Ok(());
+    }
+    if len > MAX_RAW_LEN {
+        return Err(CodecError::TooLarge(len as u64));
+    }
+    match encoding {
+        Encoding::Planes => decode_planes(stored, out, false),
+        Encoding::DeltaPlanes => decode_planes(stored, out, true),
+        Encoding::Zstd => decompress_exact(stored, out),
+        Encoding::XorZstd => with_scratch(&DECODE_SCRATCH, len, |scratch| {
+            decompress_exact(stored, scratch)?;
+            for (o, d) in out.iter_mut().zip(scratch.iter()) {
+                *o ^= d;
+            }
+            Ok(())
+        }),
+        Encoding::Raw => unreachable!("handled above"),
+    }
+}
+
+/// Decompress one zstd frame into exactly `out.len()` bytes.
+fn decompress_exact(frame: &[u8], out: &mut [u8]) -> Result<(), CodecError> {
+    let got = with_decompressor(|d| d.decompress_to_buffer(frame, out))?;
+    if got != out.len() {
+        return Err(CodecError::Length {
+            got: got as u64,
+            want: out.len() as u64,
+        });
+    }
+    Ok(())
+}
+
+/// Where the parts of a plane-encoded chunk are in its stored bytes (checked against them).
+struct PlanesView {
+    width: usize,
+    rotate: bool,
+    mask: u8,
+    /// Elements: the raw length divided by the width.
+    n: usize,
+    /// Where the raw planes start (each `n` bytes, ascending plane number).
+    raw_at: usize,
+    /// The zstd frames, ascending plane number.
+    frames: [Range<usize>; 8],
+    /// The chunk's last `raw_len % width` bytes.
+    tail: Range<usize>,
+}
+
+impl PlanesView {
+    /// Check the layout of [`Encoding::Planes`] (or, with `delta`, [`Encoding::DeltaPlanes`])
+    /// stored bytes against a raw length of `len`.
+    fn parse(stored: &[u8], len: usize, delta: bool) -> Result<PlanesView, CodecError> {
+        let bad = CodecError::Malformed;
+        let [width, transform, mask] = *stored.first_chunk::<3>().ok_or(bad("short header"))?;
+        let width = usize::from(width);
+        if !matches!(width, 2 | 4 | 8) {
+            return Err(bad("plane width"));
+        }
+        let rotate = match (delta, transform) {
+            (false, TRANSFORM_NONE) => false,
+            (false, TRANSFORM_ROTATE) => true,
+            (true, TRANSFORM_ORDERED_DIFF) => false,
+            _ => return Err(bad("plane transform")),
+        };
+        if u32::from(mask) >> width != 0 {
+            return Err(bad("plane mask"));
+        }
+        let n = len / width;
+        let zcount = mask.count_ones() as usize;
+        let lens_end = PLANES_HEADER + 4 * zcount;
+        let lens = stored
+            .get(PLANES_HEADER..lens_end)
+            .ok_or(bad("short header"))?;
+        let raw_planes_end = (width - zcount)
+            .checked_mul(n)
+            .and_then(|b| b.checked_add(lens_end))
+            .ok_or(bad("plane lengths"))?;
+        let mut pos = raw_planes_end;
+        let mut frames: [Range<usize>; 8] = Default::default();
+        for (i, l) in lens.chunks_exact(4).enumerate() {
+            let l = u32::from_le_bytes(l.try_into().expect("chunks of 4"));
+            let l = usize::try_from(l).map_err(|_| bad("plane lengths"))?;
+            let end = pos.checked_add(l).ok_or(bad("plane lengths"))?;
+            frames[i] = pos..end;
+            pos = end;
+        }
+        let tail_end = pos
+            .checked_add(len - width * n)
+            .ok_or(bad("plane lengths"))?;
+        if tail_end != stored.len() {
+            return Err(bad("plane lengths do not add up to the stored length"));
+        }
+        Ok(PlanesView {
+            width,
+            rotate,
+            mask,
+            n,
+            raw_at: lens_end,
+            frames,
+            tail: pos..tail_end,
+        })
+    }
+
+    fn zcount(&self) -> usize {
+        self.mask.count_ones() as usize
+    }
+
+    /// Decompress the zstd planes into `scratch` (`zcount * n` bytes) and return every plane.
+    fn planes<'a>(
+        &self,
+        stored: &'a [u8],
+        scratch: &'a mut [u8],
+    ) -> Result<[&'a [u8]; 8], CodecError> {
+        let n = self.n;
+        for (z, frame) in self.frames[..self.zcount()].iter().enumerate() {
+            decompress_exact(&stored[frame.clone()], &mut scratch[z * n..(z + 1) * n])?;
+        }
+        let scratch = &*scratch;
         let mut planes: [&[u8]; 8] = [&[]; 8];
-        let (mut raw_at, mut z) = (lens_end, 0);
-        for (k, plane) in planes.iter_mut().enumerate().take(width) {
-            if mask & (1 << k) == 0 {
+        let (mut raw_at, mut z) = (self.raw_at, 0);
+        for (k, plane) in planes.iter_mut().enumerate().take(self.width) {
+            if self.mask & (1 << k) == 0 {
                 *plane = &stored[raw_at..raw_at + n];
                 raw_at += n;
             } else {
@@ -599,15 +676,77 @@ fn decode_planes(stored: &[u8], len: usize, base: Option<&[u8]>) -> Result<Vec<u
                 z += 1;
             }
         }
-        let planes = &planes[..width];
-        match base {
-            None => merge(planes, width, rotate, &mut out[..body]),
-            Some(base) => merge_delta(planes, &base[..body], width, &mut out[..body]),
+        Ok(planes)
+    }
+}
+
+/// Decode [`Encoding::Planes`], or with `delta` [`Encoding::DeltaPlanes`] over the base in `out`.
+fn decode_planes(stored: &[u8], out: &mut [u8], delta: bool) -> Result<(), CodecError> {
+    let v = PlanesView::parse(stored, out.len(), delta)?;
+    let body = v.width * v.n;
+    with_scratch(&DECODE_SCRATCH, v.zcount() * v.n, |scratch| {
+        let planes = v.planes(stored, scratch)?;
+        let planes = &planes[..v.width];
+        if delta {
+            merge_delta(planes, v.width, &mut out[..body]);
+        } else {
+            merge(planes, v.width, v.rotate, &mut out[..body]);
         }
         Ok(())
     })?;
-    out[body..].copy_from_slice(tail);
-    Ok(out)
+    out[body..].copy_from_slice(&stored[v.tail]);
+    Ok(())
+}
+
+/// Apply a run of deltas to the base in `out`: `deltas[0]` (an encoding that needs a base, and
+/// its stored bytes) over `out`, then `deltas[1]` over that result, and so on; the same as
+/// [`decode_into`] for each in turn. When they are all [`Encoding::DeltaPlanes`] of one element
+/// width, which is what delta chains of float tensors are, they are applied in one pass over
+/// `out`, element by element through every level.
+pub fn apply_deltas_into(deltas: &[(Encoding, &[u8])], out: &mut [u8]) -> Result<(), CodecError> {
+    if deltas.iter().any(|(e, _)| !e.needs_base()) {
+        return Err(CodecError::Malformed(
+            "a delta chain link that is not a delta",
+        ));
+    }
+    let fused = deltas.len() > 1
+        && deltas.iter().all(|(e, _)| *e == Encoding::DeltaPlanes)
+        && out.len() <= MAX_RAW_LEN;
+    let views = if fused {
+        deltas
+            .iter()
+            .map(|(_, stored)| PlanesView::parse(stored, out.len(), true))
+            .collect::<Result<Vec<_>, _>>()?
+    } else {
+        Vec::new()
+    };
+    if !fused || views.iter().any(|v| v.width != views[0].width) {
+        for (e, stored) in deltas {
+            decode_into(*e, stored, out)?;
+        }
+        return Ok(());
+    }
+    let (width, n) = (views[0].width, views[0].n);
+    let body = width * n;
+    let ztotal: usize = views.iter().map(|v| v.zcount() * n).sum();
+    with_scratch(&DECODE_SCRATCH, ztotal, |mut scratch| {
+        let mut levels = Vec::with_capacity(views.len());
+        for (v, (_, stored)) in views.iter().zip(deltas) {
+            let (mine, rest) = std::mem::take(&mut scratch).split_at_mut(v.zcount() * n);
+            scratch = rest;
+            levels.push(v.planes(stored, mine)?);
+        }
+        match width {
+            2 => chain_u16(&levels, &mut out[..body]),
+            4 => chain_u32(&levels, &mut out[..body]),
+            8 => chain_u64(&levels, &mut out[..body]),
+            _ => unreachable!("plane widths are 2, 4 or 8"),
+        }
+        Ok(())
+    })?;
+    let (last, (_, stored)) = (views.last(), deltas.last().expect("more than one delta"));
+    out[body..].copy_from_slice(&stored[last.expect("one view per delta").tail.clone()]);
+    Ok(())
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -618,14 +757,17 @@ fn decode_planes(stored: &[u8], len: usize, base: Option<&[u8]>) -> Result<Vec<u
 trait Word: Copy {
     const W: usize;
     fn load(b: &[u8]) -> Self;
-    fn store(self, b: &mut [u8]);
     fn byte(self, k: usize) -> u8;
-    fn from_plane_bytes(b: &[u8]) -> Self;
     fn rotl(self) -> Self;
     fn rotr(self) -> Self;
     /// The IEEE bit pattern as an integer in the float's order, then differences zigzagged.
     fn diff(self, base: Self) -> Self;
     fn undiff(self, base: Self) -> Self;
+    /// The bit pattern as an integer in the float's order, and back.
+    fn ord(self) -> Self;
+    fn unord(self) -> Self;
+    /// A zigzagged difference back to the difference (mod 2^B).
+    fn unzigzag(self) -> Self;
 }
 
 macro_rules! word {
@@ -637,16 +779,8 @@ macro_rules! word {
                 <$u>::from_le_bytes(b.try_into().expect("one element"))
             }
             #[inline(always)]
-            fn store(self, b: &mut [u8]) {
-                b.copy_from_slice(&self.to_le_bytes());
-            }
-            #[inline(always)]
             fn byte(self, k: usize) -> u8 {
                 (self >> (8 * k)) as u8
-            }
-            #[inline(always)]
-            fn from_plane_bytes(b: &[u8]) -> Self {
-                <$u>::from_le_bytes(b.try_into().expect("one byte per plane"))
             }
             #[inline(always)]
             fn rotl(self) -> Self {
@@ -664,6 +798,20 @@ macro_rules! word {
                 (d << 1) ^ (((d as $i) >> (<$u>::BITS - 1)) as $u)
             }
             #[inline(always)]
+            fn ord(self) -> Self {
+                const SIGN: $u = 1 << (<$u>::BITS - 1);
+                self ^ (((self as $i) >> (<$u>::BITS - 1)) as $u | SIGN)
+            }
+            #[inline(always)]
+            fn unord(self) -> Self {
+                const SIGN: $u = 1 << (<$u>::BITS - 1);
+                self ^ ((!((self as $i) >> (<$u>::BITS - 1))) as $u | SIGN)
+            }
+            #[inline(always)]
+            fn unzigzag(self) -> Self {
+                (self >> 1) ^ (self & 1).wrapping_neg()
+            }
+            #[inline(always)]
             fn undiff(self, base: Self) -> Self {
                 const SIGN: $u = 1 << (<$u>::BITS - 1);
                 let ord = |x: $u| x ^ (((x as $i) >> (<$u>::BITS - 1)) as $u | SIGN);
@@ -678,135 +826,201 @@ word!(u16, i16);
 word!(u32, i32);
 word!(u64, i64);
 
-/// Split whole elements into planes, plane `k` at `planes[k * n..(k + 1) * n]`.
-fn split(raw: &[u8], width: usize, rotate: bool, planes: &mut [u8]) {
+/// Split whole elements into planes: byte `k` of each (transformed) element goes to `planes[k]`.
+fn split(raw: &[u8], width: usize, rotate: bool, planes: &mut [&mut [u8]]) {
     match (width, rotate) {
-        (2, false) => split_w::<u16>(raw, None, planes, |x, _| x),
-        (2, true) => split_w::<u16>(raw, None, planes, |x, _| x.rotl()),
-        (4, false) => split_w::<u32>(raw, None, planes, |x, _| x),
-        (4, true) => split_w::<u32>(raw, None, planes, |x, _| x.rotl()),
-        (8, false) => split_w::<u64>(raw, None, planes, |x, _| x),
-        (8, true) => split_w::<u64>(raw, None, planes, |x, _| x.rotl()),
+        (2, false) => split_u16(raw, None, planes, |x, _| x),
+        (2, true) => split_u16(raw, None, planes, |x, _| x.rotl()),
+        (4, false) => split_u32(raw, None, planes, |x, _| x),
+        (4, true) => split_u32(raw, None, planes, |x, _| x.rotl()),
+        (8, false) => split_u64(raw, None, planes, |x, _| x),
+        (8, true) => split_u64(raw, None, planes, |x, _| x.rotl()),
         _ => unreachable!("plane widths are 2, 4 or 8"),
     }
 }
 
-fn split_delta(raw: &[u8], base: &[u8], width: usize, planes: &mut [u8]) {
+fn split_delta(raw: &[u8], base: &[u8], width: usize, planes: &mut [&mut [u8]]) {
     match width {
-        2 => split_w::<u16>(raw, Some(base), planes, Word::diff),
-        4 => split_w::<u32>(raw, Some(base), planes, Word::diff),
-        8 => split_w::<u64>(raw, Some(base), planes, Word::diff),
+        2 => split_u16(raw, Some(base), planes, Word::diff),
+        4 => split_u32(raw, Some(base), planes, Word::diff),
+        8 => split_u64(raw, Some(base), planes, Word::diff),
         _ => unreachable!("plane widths are 2, 4 or 8"),
-    }
-}
-
-#[inline(always)]
-fn split_w<T: Word>(raw: &[u8], base: Option<&[u8]>, planes: &mut [u8], f: impl Fn(T, T) -> T) {
-    let n = raw.len() / T::W;
-    let base = base.unwrap_or(raw);
-    let elems = raw.chunks_exact(T::W).zip(base.chunks_exact(T::W));
-    let mut outs = planes.chunks_exact_mut(n.max(1));
-    match T::W {
-        2 => {
-            let (p0, p1) = (
-                outs.next().unwrap_or_default(),
-                outs.next().unwrap_or_default(),
-            );
-            for (((a, b), d0), d1) in elems.zip(p0.iter_mut()).zip(p1.iter_mut()) {
-                let x = f(T::load(a), T::load(b));
-                *d0 = x.byte(0);
-                *d1 = x.byte(1);
-            }
-        }
-        4 => {
-            let mut p: [&mut [u8]; 4] = Default::default();
-            for q in p.iter_mut() {
-                *q = outs.next().unwrap_or_default();
-            }
-            let [p0, p1, p2, p3] = p;
-            let dsts = p0
-                .iter_mut()
-                .zip(p1.iter_mut())
-                .zip(p2.iter_mut().zip(p3.iter_mut()));
-            for ((a, b), ((d0, d1), (d2, d3))) in elems.zip(dsts) {
-                let x = f(T::load(a), T::load(b));
-                *d0 = x.byte(0);
-                *d1 = x.byte(1);
-                *d2 = x.byte(2);
-                *d3 = x.byte(3);
-            }
-        }
-        _ => {
-            let mut p: [&mut [u8]; 8] = Default::default();
-            for q in p.iter_mut() {
-                *q = &mut outs.next().unwrap_or_default()[..n];
-            }
-            for (i, (a, b)) in elems.enumerate() {
-                let x = f(T::load(a), T::load(b));
-                for (k, q) in p.iter_mut().enumerate() {
-                    q[i] = x.byte(k);
-                }
-            }
-        }
     }
 }
 
 /// Interleave planes back into whole elements.
 fn merge(planes: &[&[u8]], width: usize, rotate: bool, out: &mut [u8]) {
-    const ZEROS: [u8; 8] = [0; 8];
-    let zeros = |w: usize| std::iter::repeat(&ZEROS[..w]);
     match (width, rotate) {
-        (2, false) => merge_w::<u16>(planes, zeros(2), out, |x, _| x),
-        (2, true) => merge_w::<u16>(planes, zeros(2), out, |x, _| x.rotr()),
-        (4, false) => merge_w::<u32>(planes, zeros(4), out, |x, _| x),
-        (4, true) => merge_w::<u32>(planes, zeros(4), out, |x, _| x.rotr()),
-        (8, false) => merge_w::<u64>(planes, zeros(8), out, |x, _| x),
-        (8, true) => merge_w::<u64>(planes, zeros(8), out, |x, _| x.rotr()),
+        (2, false) => merge_u16(planes, out, |x, _| x),
+        (2, true) => merge_u16(planes, out, |x, _| x.rotr()),
+        (4, false) => merge_u32(planes, out, |x, _| x),
+        (4, true) => merge_u32(planes, out, |x, _| x.rotr()),
+        (8, false) => merge_u64(planes, out, |x, _| x),
+        (8, true) => merge_u64(planes, out, |x, _| x.rotr()),
         _ => unreachable!("plane widths are 2, 4 or 8"),
     }
 }
 
-fn merge_delta(planes: &[&[u8]], base: &[u8], width: usize, out: &mut [u8]) {
+/// Apply difference planes to the base elements in `out`, in place.
+fn merge_delta(planes: &[&[u8]], width: usize, out: &mut [u8]) {
     match width {
-        2 => merge_w::<u16>(planes, base.chunks_exact(2), out, Word::undiff),
-        4 => merge_w::<u32>(planes, base.chunks_exact(4), out, Word::undiff),
-        8 => merge_w::<u64>(planes, base.chunks_exact(8), out, Word::undiff),
+        2 => merge_u16(planes, out, Word::undiff),
+        4 => merge_u32(planes, out, Word::undiff),
+        8 => merge_u64(planes, out, Word::undiff),
         _ => unreachable!("plane widths are 2, 4 or 8"),
     }
 }
 
-#[inline(always)]
-fn merge_w<'b, T: Word>(
-    planes: &[&[u8]],
-    base: impl Iterator<Item = &'b [u8]>,
-    out: &mut [u8],
-    f: impl Fn(T, T) -> T,
-) {
-    let n = out.len() / T::W;
-    let outs = out.chunks_exact_mut(T::W).zip(base);
-    match T::W {
-        2 => {
-            let (p0, p1) = (&planes[0][..n], &planes[1][..n]);
-            for ((o, b), (&b0, &b1)) in outs.zip(p0.iter().zip(p1)) {
-                f(T::from_plane_bytes(&[b0, b1]), T::load(b)).store(o);
+/// Elements per block in the plane kernels. Whole blocks are fixed-size arrays, and the loops
+/// over them are plain index loops, which the compiler turns into vector code (the byte
+/// transposes are most of a float chunk's encode and decode time); the last partial block runs
+/// element by element.
+const BLOCK: usize = 64;
+
+/// The split and merge kernels for one element width.
+macro_rules! plane_kernels {
+    ($split:ident, $merge:ident, $chain:ident, $u:ty) => {
+        /// Plane `k` (`planes[k]`, `n` bytes) gets byte `k` of `f(x, b)` for each element `x`
+        /// of `raw` and `b` of `base` (`raw` itself when there is none).
+        #[inline(always)]
+        #[allow(clippy::needless_range_loop)] // index loops over arrays are what vectorize
+        fn $split(
+            raw: &[u8],
+            base: Option<&[u8]>,
+            planes: &mut [&mut [u8]],
+            f: impl Fn($u, $u) -> $u,
+        ) {
+            const W: usize = std::mem::size_of::<$u>();
+            let n = raw.len() / W;
+            let base = base.unwrap_or(raw);
+            let p = &mut planes[..W];
+            let blocks = n / BLOCK;
+            for b in 0..blocks {
+                let at = b * BLOCK;
+                let r: &[u8; BLOCK * W] = raw[at * W..(at + BLOCK) * W]
+                    .try_into()
+                    .expect("a whole block");
+                let s: &[u8; BLOCK * W] = base[at * W..(at + BLOCK) * W]
+                    .try_into()
+                    .expect("a whole block");
+                let mut x = [0 as $u; BLOCK];
+                let (r, _) = r.as_chunks::<W>();
+                let (s, _) = s.as_chunks::<W>();
+                for (x, (a, c)) in x.iter_mut().zip(r.iter().zip(s)) {
+                    *x = f(<$u>::from_le_bytes(*a), <$u>::from_le_bytes(*c));
+                }
+                for k in 0..W {
+                    let dst: &mut [u8; BLOCK] = (&mut p[k][at..at + BLOCK])
+                        .try_into()
+                        .expect("a whole block");
+                    for i in 0..BLOCK {
+                        dst[i] = (x[i] >> (8 * k)) as u8;
+                    }
+                }
+            }
+            for i in blocks * BLOCK..n {
+                let a = <$u>::from_le_bytes(raw[i * W..(i + 1) * W].try_into().expect("W"));
+                let c = <$u>::from_le_bytes(base[i * W..(i + 1) * W].try_into().expect("W"));
+                let x = f(a, c);
+                for k in 0..W {
+                    p[k][i] = (x >> (8 * k)) as u8;
+                }
             }
         }
-        4 => {
-            let p: [&[u8]; 4] = std::array::from_fn(|k| &planes[k][..n]);
-            let srcs = p[0].iter().zip(p[1]).zip(p[2].iter().zip(p[3]));
-            for ((o, b), ((&b0, &b1), (&b2, &b3))) in outs.zip(srcs) {
-                f(T::from_plane_bytes(&[b0, b1, b2, b3]), T::load(b)).store(o);
+
+        /// Element `i` of `out` becomes `f(x, o)`: `x` made of byte `i` of each plane, `o`
+        /// element `i` of `out` as it was (merges that ignore it compile without the load).
+        #[inline(always)]
+        #[allow(clippy::needless_range_loop)] // index loops over arrays are what vectorize
+        fn $merge(planes: &[&[u8]], out: &mut [u8], f: impl Fn($u, $u) -> $u) {
+            const W: usize = std::mem::size_of::<$u>();
+            let n = out.len() / W;
+            let p: [&[u8]; W] = std::array::from_fn(|k| &planes[k][..n]);
+            let blocks = n / BLOCK;
+            for b in 0..blocks {
+                let at = b * BLOCK;
+                let o: &mut [u8; BLOCK * W] = (&mut out[at * W..(at + BLOCK) * W])
+                    .try_into()
+                    .expect("a whole block");
+                let mut x = [0 as $u; BLOCK];
+                for k in 0..W {
+                    let src: &[u8; BLOCK] = p[k][at..at + BLOCK].try_into().expect("a whole block");
+                    for i in 0..BLOCK {
+                        x[i] |= (src[i] as $u) << (8 * k);
+                    }
+                }
+                let (was, _) = o.as_chunks::<W>();
+                for (x, e) in x.iter_mut().zip(was) {
+                    *x = f(*x, <$u>::from_le_bytes(*e));
+                }
+                o.copy_from_slice(x.map(<$u>::to_le_bytes).as_flattened());
+            }
+            for i in blocks * BLOCK..n {
+                let mut x: $u = 0;
+                for k in 0..W {
+                    x |= (p[k][i] as $u) << (8 * k);
+                }
+                let o = &mut out[i * W..(i + 1) * W];
+                let e = <$u>::from_le_bytes((&*o).try_into().expect("W"));
+                o.copy_from_slice(&f(x, e).to_le_bytes());
             }
         }
-        _ => {
-            let p: [&[u8]; 8] = std::array::from_fn(|k| &planes[k][..n]);
-            for (i, (o, b)) in outs.enumerate() {
-                let bytes: [u8; 8] = std::array::from_fn(|k| p[k][i]);
-                f(T::from_plane_bytes(&bytes), T::load(b)).store(o);
+
+        /// [`Word::undiff`] of each level's difference planes over `out`, in order, in one
+        /// pass: element `i` goes through every level while it is in registers.
+        #[allow(clippy::needless_range_loop)] // index loops over arrays are what vectorize
+        fn $chain(levels: &[[&[u8]; 8]], out: &mut [u8]) {
+            const W: usize = std::mem::size_of::<$u>();
+            let n = out.len() / W;
+            let levels: Vec<[&[u8]; W]> = levels
+                .iter()
+                .map(|l| std::array::from_fn(|k| &l[k][..n]))
+                .collect();
+            let blocks = n / BLOCK;
+            for b in 0..blocks {
+                let at = b * BLOCK;
+                let o: &mut [u8; BLOCK * W] = (&mut out[at * W..(at + BLOCK) * W])
+                    .try_into()
+                    .expect("a whole block");
+                let mut x = [0 as $u; BLOCK];
+                let (was, _) = o.as_chunks::<W>();
+                // In the float's integer order every level's difference is a plain addition.
+                for (x, e) in x.iter_mut().zip(was) {
+                    *x = <$u>::from_le_bytes(*e).ord();
+                }
+                for p in &levels {
+                    let mut z = [0 as $u; BLOCK];
+                    for k in 0..W {
+                        let src: &[u8; BLOCK] =
+                            p[k][at..at + BLOCK].try_into().expect("a whole block");
+                        for i in 0..BLOCK {
+                            z[i] |= (src[i] as $u) << (8 * k);
+                        }
+                    }
+                    for i in 0..BLOCK {
+                        x[i] = x[i].wrapping_add(z[i].unzigzag());
+                    }
+                }
+                o.copy_from_slice(x.map(|x| x.unord().to_le_bytes()).as_flattened());
+            }
+            for i in blocks * BLOCK..n {
+                let o = &mut out[i * W..(i + 1) * W];
+                let mut x = <$u>::from_le_bytes((&*o).try_into().expect("W"));
+                for p in &levels {
+                    let mut z: $u = 0;
+                    for k in 0..W {
+                        z |= (p[k][i] as $u) << (8 * k);
+                    }
+                    x = z.undiff(x);
+                }
+                o.copy_from_slice(&x.to_le_bytes());
             }
         }
-    }
+    };
 }
+plane_kernels!(split_u16, merge_u16, chain_u16, u16);
+plane_kernels!(split_u32, merge_u32, chain_u32, u32);
+plane_kernels!(split_u64, merge_u64, chain_u64, u64);
 
 /// Add the sampled elements' plane bytes to `hist` (one histogram per plane).
 fn histogram(raw: &[u8], base: Option<&[u8]>, layout: Layout, hist: &mut [[u32; 256]]) {
@@ -1119,6 +1333,68 @@ mod tests {
                 }
             }
         }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(120))]
+
+        /// A delta chain applied in one go (fused when every link is byte planes) gives what
+        /// decoding link by link gives, whatever the lengths, widths and masks; corrupt links
+        /// are errors, never panics.
+        #[test]
+        fn delta_chains_decode_like_link_by_link(
+            dtype in dtypes(), len in 0usize..5000, seed: u64,
+            links in proptest::collection::vec((any::<u8>(), 0u8..8), 1..5),
+            corrupt in proptest::option::of((any::<usize>(), 1u8..=255)),
+        ) {
+            let mut versions = vec![data(dtype, len, 1, seed)];
+            let mut deltas = Vec::new();
+            for (i, &(mask, pick)) in links.iter().enumerate() {
+                let prev = versions.last().unwrap().clone();
+                let next = data(dtype, len, 1, seed ^ (i as u64 + 1));
+                let forced = forced(&next, dtype, &prev, mask);
+                // Mostly byte planes (the fused path), sometimes an XOR link (the fallback).
+                let want = if pick == 0 { Encoding::XorZstd } else { Encoding::DeltaPlanes };
+                let (enc, bytes) = forced
+                    .into_iter()
+                    .find(|(e, _)| *e == want)
+                    .unwrap_or((Encoding::XorZstd, Vec::new()));
+                let bytes = if bytes.is_empty() && enc == Encoding::XorZstd {
+                    let xor: Vec<u8> = next.iter().zip(&prev).map(|(a, b)| a ^ b).collect();
+                    zstd::bulk::compress(&xor, 3).unwrap()
+                } else {
+                    bytes
+                };
+                deltas.push((enc, bytes));
+                versions.push(next);
+            }
+            let mut out = versions[0].clone();
+            let links: Vec<(Encoding, &[u8])> =
+                deltas.iter().map(|(e, b)| (*e, b.as_slice())).collect();
+            apply_deltas_into(&links, &mut out).unwrap();
+            prop_assert_eq!(&out, versions.last().unwrap());
+
+            if let Some((at, flip)) = corrupt {
+                let mut bad = deltas.clone();
+                let which = at % bad.len();
+                if !bad[which].1.is_empty() {
+                    let i = at % bad[which].1.len();
+                    bad[which].1[i] ^= flip;
+                }
+                let links: Vec<(Encoding, &[u8])> =
+                    bad.iter().map(|(e, b)| (*e, b.as_slice())).collect();
+                let mut out = versions[0].clone();
+                let _ = apply_deltas_into(&links, &mut out);
+                prop_assert_eq!(out.len(), len);
+            }
+        }
+    }
+
+    #[test]
+    fn a_chain_link_that_is_not_a_delta_is_an_error() {
+        let mut out = vec![0u8; 8];
+        let err = apply_deltas_into(&[(Encoding::Raw, &[1u8; 8][..])], &mut out).unwrap_err();
+        assert!(err.to_string().contains("not a delta"), "{err}");
     }
 
     #[test]

@@ -419,6 +419,35 @@ impl PackReader {
         Ok(raw)
     }
 
+    /// The encoding and stored bytes of the chunk at `offset`, whose raw length must be
+    /// `raw_len`, after checking its entry header. Not decoded, not verified.
+    pub fn chunk_payload(
+        &self,
+        id: ChunkId,
+        offset: u64,
+        raw_len: usize,
+    ) -> Result<(Encoding, &[u8]), PackError> {
+        let bad = |what: String| PackError::BadChunk {
+            chunk: id,
+            pack: self.id,
+            what,
+        };
+        let h = self.header_at(offset).map_err(bad)?;
+        if h.kind != ENTRY_CHUNK || h.id != id.0 {
+            return Err(bad(
+                "the entry at the indexed offset is a different chunk".into()
+            ));
+        }
+        if h.raw_len != raw_len as u64 {
+            return Err(bad(format!(
+                "entry records {} raw bytes where {raw_len} are expected",
+                h.raw_len
+            )));
+        }
+        let stored = self.payload(offset, h.stored_len).map_err(bad)?;
+        Ok((h.encoding, stored))
+    }
+
     /// Decode and verify an object at `offset`.
     pub fn read_object(&self, id: ObjectId, offset: u64) -> Result<(u8, Vec<u8>), PackError> {
         let bad = |what: String| PackError::BadObject {

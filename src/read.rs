@@ -20,14 +20,16 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 
 /// Raw bytes decoded per parallel window.
-pub const WINDOW_BYTES: u64 = 32 << 20;
+pub const WINDOW_BYTES: u64 = 16 << 20;
 
-/// Decode `chunks` in order, in parallel windows of about [`WINDOW_BYTES`], handing each
-/// window's chunks to `sink`.
+/// Decode `chunks` in order, in parallel windows of about [`WINDOW_BYTES`]. Each window's
+/// chunks are decoded, back to back, into one buffer taken from `next_buf` (its bytes on entry do
+/// not matter; reusing buffers saves faulting fresh memory in), which is then handed to `sink`.
 pub fn stream_windows(
     store: &Store,
     chunks: &[ChunkRef],
-    mut sink: impl FnMut(Vec<Vec<u8>>) -> Result<()>,
+    mut next_buf: impl FnMut() -> Vec<u8>,
+    mut sink: impl FnMut(Vec<u8>) -> Result<()>,
 ) -> Result<()> {
     let mut i = 0;
     while i < chunks.len() {
@@ -37,41 +39,67 @@ pub fn stream_windows(
             bytes += chunks[j].len;
             j += 1;
         }
-        let window: Vec<Vec<u8>> = chunks[i..j]
-            .par_iter()
-            .map(|c| {
-                let raw = store.read_chunk(c.id)?;
-                if raw.len() as u64 != c.len {
-                    return Err(Error::Verify {
-                        path: format!("chunk {}", c.id),
-                        what: format!("{} bytes where the tree records {}", raw.len(), c.len),
-                    });
-                }
-                Ok(raw)
-            })
-            .collect::<Result<_>>()?;
-        sink(window)?;
+        let mut buf = next_buf();
+        let len = usize::try_from(bytes).map_err(|_| Error::Verify {
+            path: format!("chunk {}", chunks[i].id),
+            what: format!("{bytes} bytes do not fit in memory"),
+        })?;
+        if buf.len() < len {
+            buf.resize(len, 0);
+        } else {
+            buf.truncate(len);
+        }
+        read_chunks_into(store, &chunks[i..j], &mut buf)?;
+        sink(buf)?;
         i = j;
     }
     Ok(())
 }
 
-/// Decode `chunks` in order, handing each chunk's bytes to `sink`.
+/// Decode `chunks`, in parallel, into `out`, which is exactly their total length.
+fn read_chunks_into(store: &Store, chunks: &[ChunkRef], out: &mut [u8]) -> Result<()> {
+    let mut slices = Vec::with_capacity(chunks.len());
+    let mut rest = out;
+    for c in chunks {
+        let len = usize::try_from(c.len)
+            .ok()
+            .filter(|&l| l <= rest.len())
+            .ok_or_else(|| Error::Verify {
+                path: format!("chunk {}", c.id),
+                what: format!("{} bytes run past the end of the file", c.len),
+            })?;
+        let (a, b) = rest.split_at_mut(len);
+        slices.push((c.id, a));
+        rest = b;
+    }
+    slices
+        .into_par_iter()
+        .try_for_each(|(id, dst)| store.read_chunk_into(id, dst))
+}
+
+/// Decode `chunks` in order, handing each window of decoded bytes to `sink`.
 pub fn stream_chunks(
     store: &Store,
     chunks: &[ChunkRef],
     mut sink: impl FnMut(&[u8]) -> Result<()>,
 ) -> Result<()> {
-    stream_windows(store, chunks, |window| {
-        for w in &window {
-            sink(w)?;
-        }
-        Ok(())
-    })
+    let spare = std::cell::Cell::new(Vec::new());
+    stream_windows(
+        store,
+        chunks,
+        || spare.take(),
+        |window| {
+            sink(&window)?;
+            spare.set(window);
+            Ok(())
+        },
+    )
 }
 
-/// Write one file's bytes to `out`, verifying its size and SHA-256 at the end. Decoding (all
-/// cores) overlaps hashing and writing (a thread of their own), one window ahead.
+/// Write one file's bytes to `out`, verifying its size and SHA-256 at the end. Three stages
+/// overlap, one window apart: decoding (all cores), the SHA-256 (a thread of its own: it is
+/// sequential over the file and costs about as much as the write) and writing (another thread).
+/// Written windows go back to the decoder, so at most four are alive.
 pub fn write_file_to(
     store: &Store,
     path: &str,
@@ -80,37 +108,54 @@ pub fn write_file_to(
     progress: &dyn Progress,
 ) -> Result<()> {
     let chunks: Vec<ChunkRef> = entry.chunks().copied().collect();
-    let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<Vec<u8>>>(1);
-    let (produced, consumed) = std::thread::scope(|s| {
-        let writer = s.spawn(move || -> Result<(u64, [u8; 32])> {
+    let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<u8>>(1);
+    let (hashed_tx, hashed_rx) = std::sync::mpsc::sync_channel::<Vec<u8>>(1);
+    // Written windows come back to be decoded into again.
+    let (back_tx, back_rx) = std::sync::mpsc::channel::<Vec<u8>>();
+    let (produced, hashed, written) = std::thread::scope(|s| {
+        let hasher = s.spawn(move || -> (u64, [u8; 32]) {
             let mut sha = Sha256::new();
             let mut n = 0u64;
             for window in rx {
-                for b in &window {
-                    sha.update(b);
-                    n += b.len() as u64;
-                    progress.advance(b.len() as u64);
-                    out.write_all(b).map_err(|e| Error::Io {
-                        path: PathBuf::from(path),
-                        source: e,
-                    })?;
+                sha.update(&window);
+                n += window.len() as u64;
+                if hashed_tx.send(window).is_err() {
+                    break; // the writer failed; its error is the one to report
                 }
             }
-            Ok((n, sha.finalize().into()))
+            (n, sha.finalize().into())
         });
-        let produced = stream_windows(store, &chunks, |w| {
-            tx.send(w).map_err(|_| Error::Verify {
-                path: path.to_string(),
-                what: "the writer stopped".into(),
-            })
+        let writer = s.spawn(move || -> Result<()> {
+            for window in hashed_rx {
+                out.write_all(&window).map_err(|e| Error::Io {
+                    path: PathBuf::from(path),
+                    source: e,
+                })?;
+                progress.advance(window.len() as u64);
+                let _ = back_tx.send(window);
+            }
+            Ok(())
         });
+        let produced = stream_windows(
+            store,
+            &chunks,
+            || back_rx.try_recv().unwrap_or_default(),
+            |w| {
+                tx.send(w).map_err(|_| Error::Verify {
+                    path: path.to_string(),
+                    what: "the writer stopped".into(),
+                })
+            },
+        );
         drop(tx);
-        let consumed = writer.join().expect("the writer thread does not panic");
-        (produced, consumed)
+        let written = writer.join().expect("the writer thread does not panic");
+        let hashed = hasher.join().expect("the hashing thread does not panic");
+        (produced, hashed, written)
     });
     // A write error (full disk, closed pipe) explains a stopped writer better than the send.
-    let (n, got) = consumed?;
+    written?;
     produced?;
+    let (n, got) = hashed;
     if n != entry.size {
         return Err(Error::Verify {
             path: path.to_string(),
@@ -327,13 +372,32 @@ pub fn find_tensor(tree: &Tree, spec: &str) -> Result<TensorRef> {
 
 /// Read one tensor's bytes, touching only its own chunks.
 pub fn read_tensor(store: &Store, t: &TensorRef) -> Result<Vec<u8>> {
-    let _reading = store.read_guard();
-    let mut out = Vec::with_capacity(t.segment.len() as usize);
-    stream_chunks(store, &t.segment.chunks, |b| {
-        out.extend_from_slice(b);
-        Ok(())
+    let len = usize::try_from(t.segment.len()).map_err(|_| Error::Verify {
+        path: t.file.clone(),
+        what: format!("{} bytes do not fit in memory", t.segment.len()),
     })?;
+    let mut out = vec![0u8; len];
+    read_tensor_into(store, t, &mut out)?;
     Ok(out)
+}
+
+/// Read one tensor's bytes into `out`, which must be exactly its length: for a training loop
+/// that loads into memory it already has (no fresh pages to fault in). All cores decode its
+/// chunks straight into `out`; each is verified against its id.
+pub fn read_tensor_into(store: &Store, t: &TensorRef, out: &mut [u8]) -> Result<()> {
+    if out.len() as u64 != t.segment.len() {
+        return Err(Error::Usage {
+            what: format!(
+                "tensor {} of {} has {} bytes; the buffer has {}",
+                t.segment.tensor().map_or("?", |(name, _, _)| name),
+                t.file,
+                t.segment.len(),
+                out.len()
+            ),
+        });
+    }
+    let _reading = store.read_guard();
+    read_chunks_into(store, &t.segment.chunks, out)
 }
 
 /// The distinct chunks of a tree.

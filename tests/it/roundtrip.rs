@@ -141,3 +141,96 @@ fn corrupt_pack_byte_is_an_error_never_wrong_bytes() {
         "no file appears with wrong bytes"
     );
 }
+
+/// A tensor at the end of a delta chain reads back through one buffer (root decoded, each
+/// delta applied over it, only the end result hashed); a damaged link is still named.
+#[test]
+fn a_delta_chain_reads_back_and_a_damaged_base_is_named() {
+    let t = tempfile::tempdir().unwrap();
+    let root = t.path().join("store");
+    let store = Store::init(&root).unwrap();
+    let n = 3 << 18; // 3 MiB of f32: several chunks, the last one short
+    let mut w: Vec<f32> = weights(5, n)
+        .chunks_exact(4)
+        .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
+        .collect();
+    let mut versions = Vec::new();
+    let mut heads = Vec::new();
+    for step in 0..4u32 {
+        if step > 0 {
+            for (i, x) in w.iter_mut().enumerate() {
+                *x += 1e-4 * (((i as u32).wrapping_mul(2654435761) >> 16) as f32 / 65536.0 - 0.5);
+            }
+        }
+        let data: Vec<u8> = w.iter().flat_map(|x| x.to_le_bytes()).collect();
+        let mut b = CommitBuilder::new(&store, CommitOptions::default());
+        b.add_tensors(
+            "model.safetensors",
+            vec![TensorInput {
+                name: "w".into(),
+                dtype: DType::F32,
+                shape: vec![n as u64],
+                data: data.clone(),
+            }],
+            None,
+        )
+        .unwrap();
+        heads.push(b.commit().unwrap().commit);
+        versions.push(data);
+    }
+    let tree = store.tree(store.commit(heads[3]).unwrap().tree).unwrap();
+    let tensor = read::find_tensor(&tree, "w").unwrap();
+    assert!(tensor.segment.chunks.len() > 1);
+    // Every chunk of the last commit is three deltas deep, all byte planes.
+    let first = tensor.segment.chunks[0].id;
+    let mut chain = vec![first];
+    while let Some(b) = store
+        .chunk_loc(*chain.last().unwrap())
+        .unwrap()
+        .unwrap()
+        .base
+    {
+        chain.push(b);
+    }
+    assert_eq!(chain.len(), 4, "{chain:?}");
+    for c in &chain[..3] {
+        let loc = store.chunk_loc(*c).unwrap().unwrap();
+        assert_eq!(loc.encoding, cairn::codec::Encoding::DeltaPlanes, "{loc:?}");
+    }
+
+    for (head, want) in heads.iter().zip(&versions) {
+        let tree = store.tree(store.commit(*head).unwrap().tree).unwrap();
+        let tensor = read::find_tensor(&tree, "w").unwrap();
+        assert!(read::read_tensor(&store, &tensor).unwrap() == *want);
+        let mut buf = vec![0xEEu8; want.len()];
+        read::read_tensor_into(&store, &tensor, &mut buf).unwrap();
+        assert!(buf == *want);
+    }
+    let mut short = vec![0u8; versions[3].len() - 4];
+    let err = read::read_tensor_into(&store, &tensor, &mut short).unwrap_err();
+    assert!(err.to_string().contains("the buffer has"), "{err}");
+    drop(store);
+
+    // Damage the chain's root (the first commit's chunk): reading the newest commit fails and
+    // names the root, not the chunk asked for.
+    let store = Store::open(&root).unwrap();
+    let victim = *chain.last().unwrap();
+    let loc = store.chunk_loc(victim).unwrap().unwrap();
+    let pack = store
+        .packs_dir()
+        .join(cairn::pack::pack_file_name(loc.pack));
+    drop(store);
+    let mut bytes = std::fs::read(&pack).unwrap();
+    bytes[(loc.offset + loc.stored_len / 2) as usize] ^= 0x40;
+    std::fs::write(&pack, &bytes).unwrap();
+    let store = Store::open(&root).unwrap();
+    let err = read::read_tensor(&store, &tensor).unwrap_err().to_string();
+    assert!(err.contains(&victim.to_string()), "{err}");
+    assert!(!err.contains(&first.to_string()), "{err}");
+    // Chunks whose chains do not run through the damaged one still read.
+    let other = tensor.segment.chunks[1].id;
+    assert_eq!(
+        store.read_chunk(other).unwrap().len() as u64,
+        tensor.segment.chunks[1].len
+    );
+}
