@@ -3,6 +3,7 @@
 # checkpoint series (docs/benchmarks.md, "Side-by-side series").
 #
 #   scripts/bench.sh [--scale small|default] [--out DIR] [--tools 'cairn,cp+sync,...'] [--keep]
+#                    [--series 'finetune-fp32,...'] [--delta-depth K]
 #
 # The cairn binary is $CAIRN_BIN, else $CARGO_TARGET_DIR/debug/cairn (built if missing), else
 # `cairn` on PATH. Installs the peers (restic, borgbackup, zstd, GNU time) and numpy when missing.

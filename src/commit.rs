@@ -77,10 +77,14 @@ impl BufPool {
     }
 }
 
-/// K, the bound on delta chains: a chunk is delta-coded only against a base whose own chain is
-/// shorter than K-1, so a read decodes a chunk plus at most K-1 bases, and every K-th version
-/// of a chunk at most is stored standalone.
+/// K, the default bound on delta chains: a chunk is delta-coded only against a base whose own
+/// chain is shorter than K-1, so a read decodes a chunk plus at most K-1 bases, and every K-th
+/// version of a chunk at most is stored standalone. [`CommitOptions::delta_depth`] overrides it
+/// per commit.
 pub const MAX_DELTA_DEPTH: u32 = 4;
+
+/// The largest K a commit accepts (reads refuse chains longer than 64).
+pub const DELTA_DEPTH_LIMIT: u32 = 32;
 
 /// Tensors of the parent commit, by (file path, tensor name): dtype, shape, chunks.
 type ParentTensors = std::collections::HashMap<(String, String), (DType, Vec<u64>, Vec<ChunkRef>)>;
@@ -185,6 +189,11 @@ pub struct CommitOptions {
     /// Stage this commit as part `part` of `total` of sharded transaction `id`: the commit
     /// becomes visible, atomically, when all parts are staged (see [`crate::txn`]).
     pub txn: Option<crate::txn::TxnPart>,
+    /// K for this commit's chunks, 1 to [`DELTA_DEPTH_LIMIT`]: a chunk is delta-coded against
+    /// the parent's only when that leaves a chain of at most K chunks to decode. 1 stores every
+    /// chunk standalone (fastest reads); larger K stores less but reads decode more.
+    /// `None` is [`MAX_DELTA_DEPTH`].
+    pub delta_depth: Option<u32>,
 }
 
 /// What a commit did.
@@ -596,6 +605,15 @@ impl<'s> CommitBuilder<'s> {
             }
         }
         let mut opts = opts;
+        let delta_depth = opts.delta_depth.unwrap_or(MAX_DELTA_DEPTH);
+        if !(1..=DELTA_DEPTH_LIMIT).contains(&delta_depth) {
+            return Err(Error::Usage {
+                what: format!(
+                    "delta depth {delta_depth} is out of range: K is 1 (no delta coding) to \
+                     {DELTA_DEPTH_LIMIT}"
+                ),
+            });
+        }
         if !opts.ignore_trainer_state
             && let Some(ts) = inputs.iter().find(|i| i.rel == "trainer_state.json")
         {
@@ -707,7 +725,7 @@ impl<'s> CommitBuilder<'s> {
                 let processed = batch.and_then(|batch| {
                     batch
                         .into_par_iter()
-                        .map(|item| process(item, store, &view, Some(pool)))
+                        .map(|item| process(item, store, &view, Some(pool), delta_depth))
                         .collect::<Result<Vec<_>>>()
                 });
                 match processed {
@@ -1081,6 +1099,7 @@ fn process(
     store: &Store,
     view: &crate::index::Index,
     pool: Option<&BufPool>,
+    delta_depth: u32,
 ) -> Result<Processed> {
     let recycle = |data: Vec<u8>| {
         if let Some(p) = pool {
@@ -1114,7 +1133,7 @@ fn process(
             // Delta against the parent's chunk, when its chain leaves room and it reads back.
             let base_raw = match base {
                 Some(b) if b != id => match view.chunk(&b)? {
-                    Some(loc) if loc.depth + 1 < MAX_DELTA_DEPTH && !view.is_damaged(&b)? => {
+                    Some(loc) if loc.depth + 1 < delta_depth && !view.is_damaged(&b)? => {
                         store.read_chunk(b).ok().map(|raw| (b, loc.depth + 1, raw))
                     }
                     _ => None,

@@ -284,6 +284,10 @@ struct CommitArgs {
     /// parts are staged.
     #[arg(long, value_name = "I/N", requires = "txn")]
     part: Option<String>,
+    /// K, the longest delta chain a read of this commit's chunks decodes (1 to 32; default
+    /// 4). 1 stores every chunk standalone: fastest reads, more disk.
+    #[arg(long, value_name = "K")]
+    delta_depth: Option<u32>,
     /// After publishing, re-read every file in a fresh process and record the result.
     #[arg(long)]
     verify: bool,
@@ -423,6 +427,7 @@ fn cmd_commit(cli_store: &Option<PathBuf>, a: CommitArgs) -> Result<()> {
         branch: a.branch,
         opaque: a.opaque,
         ignore_trainer_state: a.no_trainer_state,
+        delta_depth: a.delta_depth,
         txn: match (&a.txn, &a.part) {
             (Some(id), Some(p)) => Some(cairn::txn::TxnPart::parse(id, p)?),
             _ => None,

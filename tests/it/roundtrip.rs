@@ -234,3 +234,84 @@ fn a_delta_chain_reads_back_and_a_damaged_base_is_named() {
         tensor.segment.chunks[1].len
     );
 }
+
+/// `delta_depth` bounds the chains a commit writes: K = 1 never delta-codes, K = 2 alternates
+/// standalone and one-delta versions; every version reads back. The CLI refuses K = 0.
+#[test]
+fn delta_depth_bounds_the_chains_a_commit_writes() {
+    let t = tempfile::tempdir().unwrap();
+    let n = 1 << 18; // 1 MiB of f32
+    for (k, want_depths) in [(1u32, [0u32, 0, 0, 0, 0]), (2, [0, 1, 0, 1, 0])] {
+        let store = Store::init(&t.path().join(format!("k{k}"))).unwrap();
+        let mut w: Vec<f32> = weights(9, n)
+            .chunks_exact(4)
+            .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
+            .collect();
+        for (step, want) in want_depths.iter().enumerate() {
+            for (i, x) in w.iter_mut().enumerate() {
+                *x += 1e-4 * ((i + step) % 5) as f32;
+            }
+            let data: Vec<u8> = w.iter().flat_map(|x| x.to_le_bytes()).collect();
+            let opts = CommitOptions {
+                delta_depth: Some(k),
+                ..Default::default()
+            };
+            let mut b = CommitBuilder::new(&store, opts);
+            b.add_tensors(
+                "model.safetensors",
+                vec![TensorInput {
+                    name: "w".into(),
+                    dtype: DType::F32,
+                    shape: vec![n as u64],
+                    data: data.clone(),
+                }],
+                None,
+            )
+            .unwrap();
+            let id = b.commit().unwrap().commit;
+            let tree = store.tree(store.commit(id).unwrap().tree).unwrap();
+            let tensor = read::find_tensor(&tree, "w").unwrap();
+            for c in &tensor.segment.chunks {
+                let loc = store.chunk_loc(c.id).unwrap().unwrap();
+                assert_eq!(loc.depth, *want, "K = {k}, step {step}: {loc:?}");
+                assert_eq!(loc.base.is_some(), *want > 0, "K = {k}, step {step}");
+            }
+            assert!(read::read_tensor(&store, &tensor).unwrap() == data);
+        }
+    }
+    let store = Store::init(&t.path().join("bad")).unwrap();
+    for k in [0, 33] {
+        let opts = CommitOptions {
+            delta_depth: Some(k),
+            ..Default::default()
+        };
+        let mut b = CommitBuilder::new(&store, opts);
+        b.add_bytes("x.bin", b"x".to_vec()).unwrap();
+        let err = b.commit().unwrap_err().to_string();
+        assert!(
+            err.contains("delta depth") && err.contains("out of range"),
+            "{err}"
+        );
+    }
+    assert_eq!(
+        store.head().unwrap(),
+        None,
+        "a refused commit publishes nothing"
+    );
+
+    // The same through the binary: exit status 1, the reason on stderr, nothing committed.
+    let src = t.path().join("ckpt");
+    std::fs::create_dir_all(&src).unwrap();
+    std::fs::write(src.join("a.bin"), b"abc").unwrap();
+    let root = t.path().join("cli");
+    assert!(cairn(&root).arg("init").output().unwrap().status.success());
+    let out = cairn(&root)
+        .args(["commit", "--delta-depth", "0"])
+        .arg(&src)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("delta depth 0 is out of range"), "{err}");
+    assert_eq!(Store::open(&root).unwrap().head().unwrap(), None);
+}
