@@ -8,6 +8,10 @@
 //! of `RUNS` warm reads of each.
 //!
 //! Run: `cargo run --example bench_read [-- MIB [RUNS [DEPTH]]]`
+//!
+//! Or on an existing store: `bench_read --store DIR REV [FILE:]TENSOR [RUNS]` reads that tensor
+//! of that commit the same two ways and prints one JSON line (`fresh_ms`, `reused_ms`: medians;
+//! `depth`: the longest delta chain among its chunks), for `scripts/bench_sidebyside.py`.
 
 use cairn::{CommitBuilder, CommitOptions, DType, Store, TensorInput, read};
 use std::time::Instant;
@@ -31,8 +35,54 @@ fn normalish(next: &mut impl FnMut() -> u64, sd: f32) -> f32 {
     s * sd * 1.73
 }
 
+/// Median and minimum of `runs` timings of `f`, in ms.
+fn time_ms(runs: usize, mut f: impl FnMut()) -> (f64, f64) {
+    let mut ms: Vec<f64> = (0..runs)
+        .map(|_| {
+            let s = Instant::now();
+            f();
+            s.elapsed().as_secs_f64() * 1e3
+        })
+        .collect();
+    ms.sort_by(f64::total_cmp);
+    (ms[ms.len() / 2], ms[0])
+}
+
+/// `--store DIR REV TENSOR [RUNS]`: one tensor of an existing store.
+fn existing(args: &[String]) -> Result<(), Box<dyn std::error::Error>> {
+    let [dir, rev, spec, rest @ ..] = args else {
+        return Err("usage: bench_read --store DIR REV [FILE:]TENSOR [RUNS]".into());
+    };
+    let runs: usize = rest.first().and_then(|a| a.parse().ok()).unwrap_or(7);
+    let store = Store::open(std::path::Path::new(dir))?;
+    let id = cairn::rev::resolve(&store, rev)?;
+    let tree = store.tree(store.commit(id)?.tree)?;
+    let t = read::find_tensor(&tree, spec)?;
+    let mut depth = 0;
+    for c in &t.segment.chunks {
+        depth = depth.max(store.chunk_loc(c.id)?.map_or(0, |l| l.depth));
+    }
+    let len = read::read_tensor(&store, &t)?.len(); // warm the page cache
+    let (fresh, fresh_min) = time_ms(runs, || {
+        read::read_tensor(&store, &t).expect("read");
+    });
+    let mut buf = vec![0u8; len];
+    let (reused, reused_min) = time_ms(runs, || {
+        read::read_tensor_into(&store, &t, &mut buf).expect("read");
+    });
+    println!(
+        "{{\"tensor\": {spec:?}, \"bytes\": {len}, \"depth\": {depth}, \"runs\": {runs}, \
+         \"fresh_ms\": {fresh:.2}, \"fresh_min_ms\": {fresh_min:.2}, \"reused_ms\": {reused:.2}, \
+         \"reused_min_ms\": {reused_min:.2}}}"
+    );
+    Ok(())
+}
+
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args: Vec<String> = std::env::args().collect();
+    if args.get(1).is_some_and(|a| a == "--store") {
+        return existing(&args[2..]);
+    }
     let mib: usize = args.get(1).and_then(|a| a.parse().ok()).unwrap_or(64);
     let runs: usize = args.get(2).and_then(|a| a.parse().ok()).unwrap_or(7);
     // Only this delta depth, for profiling one of them.
@@ -77,30 +127,14 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         let tree = store.tree(store.commit(*id)?.tree)?;
         let t = read::find_tensor(&tree, "embed.weight")?;
         let _ = read::read_tensor(&store, &t)?; // warm the page cache
-        let median = |mut ms: Vec<f64>| {
-            ms.sort_by(f64::total_cmp);
-            (ms[ms.len() / 2], ms[0])
-        };
-        let (fresh, fresh_min) = median(
-            (0..runs)
-                .map(|_| {
-                    let s = Instant::now();
-                    let b = read::read_tensor(&store, &t).expect("read");
-                    assert_eq!(b.len(), n * 4);
-                    s.elapsed().as_secs_f64() * 1e3
-                })
-                .collect(),
-        );
+        let (fresh, fresh_min) = time_ms(runs, || {
+            let b = read::read_tensor(&store, &t).expect("read");
+            assert_eq!(b.len(), n * 4);
+        });
         let mut buf = vec![0u8; n * 4];
-        let (reused, reused_min) = median(
-            (0..runs)
-                .map(|_| {
-                    let s = Instant::now();
-                    read::read_tensor_into(&store, &t, &mut buf).expect("read");
-                    s.elapsed().as_secs_f64() * 1e3
-                })
-                .collect(),
-        );
+        let (reused, reused_min) = time_ms(runs, || {
+            read::read_tensor_into(&store, &t, &mut buf).expect("read");
+        });
         println!(
             "commit {depth} (delta depth {depth}): read_tensor median {fresh:.1} ms (min \
              {fresh_min:.1}); read_tensor_into a reused buffer median {reused:.1} ms (min \

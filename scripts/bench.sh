@@ -37,6 +37,11 @@ if [[ -z "${CAIRN_BIN:-}" ]]; then
   fi
 fi
 
+# The library-level tensor read (examples/bench_read), next to the CLI's.
+if [[ -z "${CAIRN_BENCH_READ:-}" ]] && command -v cargo >/dev/null; then
+  cargo build --quiet --example bench_read && export CAIRN_BENCH_READ="$CARGO_TARGET_DIR/debug/examples/bench_read"
+fi
+
 args=("$@")
 has_out=0
 for a in "${args[@]}"; do [[ "$a" == --out || "$a" == --out=* ]] && has_out=1; done
