@@ -23,8 +23,11 @@
 //! - Buffers are reused: a slot keeps the buffers of its last commit, and the next commit
 //!   through that slot copies its i-th file into the i-th buffer, so a steady-state training
 //!   loop copies into memory that is already mapped (no page faults of a fresh allocation).
+//! - With [`AsyncOptions::pause_for_copies`] (the default), a commit running in the background
+//!   waits before its next chunk while `add_tensors` or `add_bytes` copies, so the copy is not
+//!   slowed by it; the pause holds no lock and publishes nothing.
 
-use crate::commit::{CommitBuilder, CommitOptions, CommitOutcome, check_tensor_len};
+use crate::commit::{CommitBuilder, CommitOptions, CommitOutcome, Gate, check_tensor_len};
 use crate::dtype::DType;
 use crate::safetensors;
 use crate::store::{Error, Result, Store};
@@ -49,6 +52,11 @@ pub struct AsyncOptions {
     /// write path's reader thread and the pack writes run alongside; on the 2-core development
     /// machine this did not shorten a copy made beside a running commit, docs/benchmarks.md.)
     pub threads: Option<usize>,
+    /// While the caller copies a checkpoint in (`add_tensors`, `add_bytes`), a commit running in
+    /// the background pauses before its next chunk, so the copy (the training loop's stall)
+    /// gets the cores and the memory bus; the background commit takes that much longer. Only
+    /// matters with `max_in_flight` above 1. Off: both run at once.
+    pub pause_for_copies: bool,
 }
 
 impl Default for AsyncOptions {
@@ -57,6 +65,7 @@ impl Default for AsyncOptions {
             max_in_flight: 1,
             keep_buffers: true,
             threads: None,
+            pause_for_copies: true,
         }
     }
 }
@@ -199,6 +208,8 @@ pub struct AsyncCommitter {
     store: Arc<Store>,
     slots: Arc<Slots>,
     keep_buffers: bool,
+    /// Closed while the caller copies, when [`AsyncOptions::pause_for_copies`] is on.
+    gate: Option<Arc<Gate>>,
     queue: Option<mpsc::Sender<Job>>,
     worker: Option<JoinHandle<()>>,
 }
@@ -236,16 +247,17 @@ impl AsyncCommitter {
             ),
             None => None,
         };
+        let gate = opts.pause_for_copies.then(|| Arc::new(Gate::default()));
         let (queue, jobs) = mpsc::channel::<Job>();
         let worker = {
-            let (s, slots) = (store.clone(), slots.clone());
+            let (s, slots, g) = (store.clone(), slots.clone(), gate.clone());
             let keep = opts.keep_buffers;
             std::thread::Builder::new()
                 .name("cairn-async-commit".into())
                 .spawn(move || match pool {
                     // The write path's parallel steps run in whichever pool they are called from.
-                    Some(p) => p.install(|| work(&s, &slots, keep, jobs)),
-                    None => work(&s, &slots, keep, jobs),
+                    Some(p) => p.install(|| work(&s, &slots, keep, g, jobs)),
+                    None => work(&s, &slots, keep, g, jobs),
                 })
                 .map_err(|source| Error::Io {
                     path: store.root().to_path_buf(),
@@ -256,6 +268,7 @@ impl AsyncCommitter {
             store,
             slots,
             keep_buffers: opts.keep_buffers,
+            gate,
             queue: Some(queue),
             worker: Some(worker),
         })
@@ -341,7 +354,13 @@ impl Drop for AsyncCommitter {
 }
 
 /// The worker thread: run each job, give its buffers back to a slot, then complete its handle.
-fn work(store: &Store, slots: &Slots, keep_buffers: bool, jobs: mpsc::Receiver<Job>) {
+fn work(
+    store: &Store,
+    slots: &Slots,
+    keep_buffers: bool,
+    gate: Option<Arc<Gate>>,
+    jobs: mpsc::Receiver<Job>,
+) {
     struct Gone<'a>(&'a Slots);
     impl Drop for Gone<'_> {
         fn drop(&mut self) {
@@ -359,6 +378,9 @@ fn work(store: &Store, slots: &Slots, keep_buffers: bool, jobs: mpsc::Receiver<J
         } = job;
         let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
             let mut b = CommitBuilder::new(store, opts);
+            if let Some(g) = &gate {
+                b = b.gate(g.clone());
+            }
             for (rel, bytes) in &files {
                 b.add_shared(rel, bytes.clone())?;
             }
@@ -433,6 +455,7 @@ impl AsyncCommit<'_> {
             }
         })?;
         let len = header.len() + tensors.iter().map(|t| t.data.len()).sum::<usize>();
+        let _paused = self.committer.gate.as_deref().map(Gate::close);
         let mut buf = self.buffer(len);
         buf.extend_from_slice(&header);
         for t in tensors {
@@ -445,6 +468,7 @@ impl AsyncCommit<'_> {
     /// Copy `bytes` into a buffer of the committer as the file at `rel`.
     pub fn add_bytes(&mut self, rel: &str, bytes: &[u8]) -> Result<()> {
         crate::commit::check_rel_path(rel)?;
+        let _paused = self.committer.gate.as_deref().map(Gate::close);
         let mut buf = self.buffer(bytes.len());
         buf.extend_from_slice(bytes);
         self.files.push((rel.to_string(), Arc::new(buf)));
@@ -559,6 +583,44 @@ mod tests {
             shape,
             data,
         }
+    }
+
+    /// A background commit waits at the gate while a copy holds it closed, and finishes once
+    /// the copy is done; with `pause_for_copies` off there is no gate.
+    #[test]
+    fn a_background_commit_pauses_while_a_copy_runs() {
+        let (_t, store) = store();
+        let opts = AsyncOptions {
+            max_in_flight: 2,
+            ..Default::default()
+        };
+        let c = AsyncCommitter::with_options(store.clone(), opts).expect("committer");
+        let gate = c.gate.clone().expect("pausing is the default");
+        let data = vec![7u8; 3 << 20];
+        let mut ac = c.begin(CommitOptions::default()).expect("begin");
+        ac.add_tensors("a.safetensors", &[slice("a", &[3 << 20], &data)], None)
+            .expect("add");
+        // As `add_tensors` of the next commit would, while this one runs.
+        let copying = gate.close();
+        let handle = ac.submit();
+        std::thread::sleep(std::time::Duration::from_millis(500));
+        assert!(
+            !handle.is_finished(),
+            "the commit went on while the gate was closed"
+        );
+        assert_eq!(store.head().expect("head"), None);
+        drop(copying);
+        let out = handle
+            .wait()
+            .expect("the commit finishes once the gate opens");
+        assert_eq!(store.head().expect("head"), Some(out.commit));
+
+        let off = AsyncOptions {
+            pause_for_copies: false,
+            ..Default::default()
+        };
+        let c = AsyncCommitter::with_options(store, off).expect("committer");
+        assert!(c.gate.is_none());
     }
 
     #[test]

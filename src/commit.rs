@@ -40,8 +40,8 @@ use std::collections::{BTreeSet, HashSet};
 use std::fs::File;
 use std::os::unix::fs::{FileExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::sync::mpsc::sync_channel;
+use std::sync::{Arc, Mutex};
 
 /// Bytes read ahead per batch: bounds commit memory to a few batches.
 const BATCH_BYTES: u64 = 32 << 20;
@@ -343,6 +343,67 @@ pub struct CommitBuilder<'s> {
     empty_dirs: BTreeSet<String>,
     opts: CommitOptions,
     progress: &'s dyn Progress,
+    gate: Option<Arc<Gate>>,
+}
+
+/// Lets a commit running in the background step aside: while any [`GateClosed`] guard lives,
+/// the commit's reader, encoders and pack writer wait before their next chunk. The async
+/// committer closes it while the training loop copies its next checkpoint, so that copy gets
+/// the cores and the memory bus to itself (docs/architecture.md, "Async commit").
+#[derive(Debug, Default)]
+pub(crate) struct Gate {
+    closed: Mutex<usize>,
+    opened: std::sync::Condvar,
+    /// The same count, read without the lock on every chunk.
+    any: std::sync::atomic::AtomicUsize,
+}
+
+/// Keeps a [`Gate`] closed until dropped.
+pub(crate) struct GateClosed<'g>(&'g Gate);
+
+impl Gate {
+    fn lock(&self) -> std::sync::MutexGuard<'_, usize> {
+        self.closed
+            .lock()
+            .expect("the gate lock is never poisoned: no panics while held")
+    }
+
+    pub(crate) fn close(&self) -> GateClosed<'_> {
+        *self.lock() += 1;
+        self.any.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        GateClosed(self)
+    }
+
+    /// Wait while the gate is closed.
+    pub(crate) fn pass(&self) {
+        if self.any.load(std::sync::atomic::Ordering::SeqCst) == 0 {
+            return;
+        }
+        let mut closed = self.lock();
+        while *closed > 0 {
+            closed = self
+                .opened
+                .wait(closed)
+                .expect("the gate lock is never poisoned: no panics while held");
+        }
+    }
+}
+
+impl Drop for GateClosed<'_> {
+    fn drop(&mut self) {
+        let mut closed = self.0.lock();
+        *closed -= 1;
+        self.0.any.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+        if *closed == 0 {
+            self.0.opened.notify_all();
+        }
+    }
+}
+
+fn pass(gate: Option<&Gate>) {
+    if let Some(g) = gate {
+        g.pass();
+    }
 }
 
 /// Check a path inside a commit: relative, `/`-separated, no empty, `.` or `..` components.
@@ -402,11 +463,18 @@ impl<'s> CommitBuilder<'s> {
             empty_dirs: BTreeSet::new(),
             opts,
             progress: &NoProgress,
+            gate: None,
         }
     }
 
     pub fn progress(mut self, p: &'s dyn Progress) -> Self {
         self.progress = p;
+        self
+    }
+
+    /// Wait at `gate` before each chunk (see [`Gate`]).
+    pub(crate) fn gate(mut self, gate: Arc<Gate>) -> Self {
+        self.gate = Some(gate);
         self
     }
 
@@ -581,7 +649,9 @@ impl<'s> CommitBuilder<'s> {
             empty_dirs,
             opts,
             progress,
+            gate,
         } = self;
+        let gate = gate.as_deref();
         inputs.sort_by(|a, b| a.rel.cmp(&b.rel));
         for w in inputs.windows(2) {
             if w[0].rel == w[1].rel {
@@ -690,13 +760,14 @@ impl<'s> CommitBuilder<'s> {
             let parent = &parent;
             let speculative = &speculative;
             let pool = &pool;
-            s.spawn(move || read_all(planned, parent, speculative, Some(pool), &tx));
+            s.spawn(move || read_all(planned, parent, speculative, Some(pool), gate, &tx));
             let files = &mut files;
             let shas = &mut shas;
             let w = &mut w;
             let writer = s.spawn(move || -> Result<()> {
                 for batch in wrx {
                     for p in batch {
+                        pass(gate);
                         match p {
                             Processed::Chunk {
                                 file,
@@ -725,7 +796,10 @@ impl<'s> CommitBuilder<'s> {
                 let processed = batch.and_then(|batch| {
                     batch
                         .into_par_iter()
-                        .map(|item| process(item, store, &view, Some(pool), delta_depth))
+                        .map(|item| {
+                            pass(gate);
+                            process(item, store, &view, Some(pool), delta_depth)
+                        })
                         .collect::<Result<Vec<_>>>()
                 });
                 match processed {
@@ -1176,6 +1250,7 @@ fn read_all(
     parent: &ParentTensors,
     speculative: &[bool],
     pool: Option<&BufPool>,
+    gate: Option<&Gate>,
     tx: &std::sync::mpsc::SyncSender<std::result::Result<Vec<Item>, Error>>,
 ) {
     let mut batch = Vec::new();
@@ -1213,6 +1288,7 @@ fn read_all(
                             SegmentKind::Raw => (None, None),
                         };
                         for (ci, (off, len)) in chunker::fixed(*start, end - start).enumerate() {
+                            pass(gate);
                             let data = read_at_pooled(
                                 &pf.input.data,
                                 file.as_ref(),
@@ -1259,6 +1335,7 @@ fn read_all(
                             }
                         };
                     for r in iter {
+                        pass(gate);
                         let (_, data) = r.map_err(|e| Error::Io {
                             path: PathBuf::from(&pf.input.rel),
                             source: e,
@@ -1440,7 +1517,7 @@ pub fn heal_from(store: &Store, path: &Path) -> Result<u64> {
     std::thread::scope(|s| -> Result<()> {
         let planned = &planned;
         let none = &none;
-        s.spawn(move || read_all(planned, none, &[], None, &tx));
+        s.spawn(move || read_all(planned, none, &[], None, None, &tx));
         for batch in rx {
             for item in batch? {
                 if let Item::Piece { data, dtype, .. } = item {
