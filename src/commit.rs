@@ -44,7 +44,7 @@ use std::sync::mpsc::sync_channel;
 use std::sync::{Arc, Mutex};
 
 /// Bytes read ahead per batch: bounds commit memory to a few batches.
-const BATCH_BYTES: u64 = 32 << 20;
+const BATCH_BYTES: u64 = 16 << 20;
 
 /// Chunk buffers handed back by the encoders and the pack writer for the reader to fill again:
 /// a steady stream of reads then costs neither fresh pages (faults, zeroing) nor allocator
