@@ -95,6 +95,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         bytes.len(),
         f32::from_le_bytes(bytes[..4].try_into()?)
     );
+    // Or into memory the program already has (a model's parameter buffer): no fresh pages.
+    let mut param = vec![0u8; bytes.len()];
+    read::read_tensor_into(&store, &t, &mut param)?;
+    assert_eq!(param, bytes);
 
     // Diff the two checkpoints.
     let parent = rev::resolve(&store, "HEAD~2")?;
