@@ -127,11 +127,46 @@ fn probably_unchanged(pf: &PlannedFile, parent: Option<&(i64, Tree)>) -> bool {
     }
     match &pf.input.data {
         Data::Memory(_) => true,
-        Data::Disk(_) => pf
-            .mtime
-            .and_then(|m| m.duration_since(std::time::UNIX_EPOCH).ok())
-            .is_some_and(|d| (d.as_nanos() as i128) <= *time_ns as i128),
+        Data::Disk(p) => {
+            pf.mtime
+                .and_then(|m| m.duration_since(std::time::UNIX_EPOCH).ok())
+                .is_some_and(|d| (d.as_nanos() as i128) <= *time_ns as i128)
+                || probe_unchanged(p, f)
+        }
     }
+}
+
+/// For a file written again since the parent commit (a newer mtime, as when a training loop
+/// saves every file of each checkpoint) but the same size: whether three of the parent's
+/// chunks, the first, the middle and the last, read back from it at the parent's offsets,
+/// still hash to the parent's ids. Costs three chunk reads. A file that passes is read without
+/// a SHA-256; should it differ elsewhere, its chunks will not match the parent's and the
+/// checked second pass ([`sha256_verified`]) computes its digest.
+fn probe_unchanged(path: &Path, parent: &FileEntry) -> bool {
+    let mut at = 0u64;
+    let chunks: Vec<(u64, ChunkRef)> = parent
+        .chunks()
+        .map(|c| {
+            let here = at;
+            at += c.len;
+            (here, *c)
+        })
+        .collect();
+    let Ok(file) = File::open(path) else {
+        return false;
+    };
+    let n = chunks.len();
+    let mut picks = vec![0, n / 2, n.saturating_sub(1)];
+    picks.dedup();
+    let mut buf = Vec::new();
+    picks.into_iter().filter(|&i| i < n).all(|i| {
+        let (off, c) = chunks[i];
+        let Ok(len) = usize::try_from(c.len) else {
+            return false;
+        };
+        buf.resize(len, 0);
+        file.read_exact_at(&mut buf, off).is_ok() && ChunkId::of(&buf) == c.id
+    })
 }
 
 /// SHA-256 of a file whose chunks are already known, re-read and checked chunk by chunk: the
@@ -211,6 +246,9 @@ pub struct CommitOutcome {
     pub new_chunk_bytes: u64,
     /// Chunk references satisfied by chunks already stored (or repeated within the commit).
     pub reused_chunks: u64,
+    /// Files read without computing their SHA-256: the parent's digest was reused, because
+    /// the file's chunks are exactly the parent file's.
+    pub sha256_from_parent: u64,
     /// Bytes added on disk (all pack files written).
     pub stored_bytes_added: u64,
     pub packs: Vec<PackId>,
@@ -825,6 +863,7 @@ impl<'s> CommitBuilder<'s> {
         pipeline?;
         // Files read without a digest: the parent's when the chunks match it, else a checked
         // second pass.
+        let mut sha256_from_parent = 0u64;
         for (i, pf) in planned.iter().enumerate() {
             files[i].sha256 = match shas[i] {
                 Some(d) => d,
@@ -834,7 +873,10 @@ impl<'s> CommitBuilder<'s> {
                         .and_then(|(_, t)| t.files.get(&pf.input.rel))
                         .filter(|pfe| pfe.segments == files[i].segments && pfe.size == pf.size);
                     match same {
-                        Some(pfe) => pfe.sha256,
+                        Some(pfe) => {
+                            sha256_from_parent += 1;
+                            pfe.sha256
+                        }
                         None => sha256_verified(pf, &files[i])?,
                     }
                 }
@@ -866,6 +908,7 @@ impl<'s> CommitBuilder<'s> {
                 new_chunks: w.new_chunks,
                 new_chunk_bytes: w.new_chunk_bytes,
                 reused_chunks: w.reused,
+                sha256_from_parent,
                 stored_bytes_added: sealed.iter().map(|p| p.size).sum(),
                 packs: sealed.iter().map(|p| p.id).collect(),
                 reparented: false,
@@ -952,6 +995,7 @@ impl<'s> CommitBuilder<'s> {
             new_chunks,
             new_chunk_bytes,
             reused_chunks: reused,
+            sha256_from_parent,
             stored_bytes_added: sealed.iter().map(|p| p.size).sum(),
             packs: sealed.iter().map(|p| p.id).collect(),
             reparented,

@@ -156,14 +156,80 @@ fn digests_are_right_for_unchanged_files_and_for_changed_files_with_old_mtimes()
     }
     assert_ne!(d["optimizer.pt"], digests(first.commit)["optimizer.pt"]);
     // Checkout verifies every file against its recorded digest.
-    let out = t.path().join("out");
+    checks_out_as(&store, changed.commit, &t.path().join("out"), &src);
+}
+
+/// Check `commit` out into `out` (every file verified against its recorded size and SHA-256)
+/// and compare the result with `src`, byte for byte.
+fn checks_out_as(
+    store: &Store,
+    commit: cairn::CommitId,
+    out: &std::path::Path,
+    src: &std::path::Path,
+) {
     cairn::read::checkout(
-        &store,
-        changed.commit,
-        &out,
+        store,
+        commit,
+        out,
         &cairn::read::CheckoutOptions::default(),
         &cairn::progress::NoProgress,
     )
     .unwrap();
-    assert_eq!(snapshot(&out), snapshot(&src));
+    assert_eq!(snapshot(out), snapshot(src));
+}
+
+/// A file saved again since the parent commit (newer mtime, same size, as a training loop
+/// rewrites every file of each checkpoint) whose first, middle and last chunks still match the
+/// parent's is read without a SHA-256, and the parent's digest is reused when all its chunks
+/// match. When it differs only elsewhere, the checked second pass computes the right digest.
+#[test]
+fn rewritten_files_reuse_the_parent_digest_only_when_every_chunk_matches() {
+    use sha2::{Digest, Sha256};
+    let t = tempfile::tempdir().unwrap();
+    let store = Store::init(&t.path().join("store")).unwrap();
+    let src = t.path().join("ck");
+    std::fs::create_dir_all(&src).unwrap();
+    // Five 1 MiB chunks of f32 weights, and a small file.
+    write_st(
+        &src.join("model.safetensors"),
+        &[("w", DType::F32, vec![5 << 18], weights(11, 5 << 18))],
+    );
+    std::fs::write(src.join("config.json"), b"{\"lr\": 0.001}").unwrap();
+    let first = commit_dir(&store, &src);
+    assert_eq!(first.sha256_from_parent, 0);
+
+    // Rewritten with the same bytes: new mtimes, digests from the parent, nothing new.
+    std::thread::sleep(std::time::Duration::from_millis(20));
+    for rel in ["model.safetensors", "config.json"] {
+        let p = src.join(rel);
+        let bytes = std::fs::read(&p).unwrap();
+        std::fs::remove_file(&p).unwrap();
+        std::fs::write(&p, &bytes).unwrap();
+    }
+    let again = commit_dir(&store, &src);
+    assert_eq!(again.sha256_from_parent, 2, "{again:?}");
+    assert_eq!(again.new_chunks, 0);
+
+    // Rewritten with one byte changed in the second chunk (not one the probe reads).
+    std::thread::sleep(std::time::Duration::from_millis(20));
+    let p = src.join("model.safetensors");
+    let mut bytes = std::fs::read(&p).unwrap();
+    let at = bytes.len() - (5 << 20) + (1 << 20) + 12345;
+    bytes[at] ^= 0x01;
+    std::fs::remove_file(&p).unwrap();
+    std::fs::write(&p, &bytes).unwrap();
+    let changed = commit_dir(&store, &src);
+    assert_eq!(
+        changed.sha256_from_parent, 1,
+        "only config.json: {changed:?}"
+    );
+    assert!(changed.new_chunks >= 1);
+    let shown = cairn::inspect::show(&store, changed.commit).unwrap();
+    let model = shown
+        .files
+        .iter()
+        .find(|f| f.path == "model.safetensors")
+        .unwrap();
+    assert_eq!(model.sha256, hex::encode(Sha256::digest(&bytes)));
+    checks_out_as(&store, changed.commit, &t.path().join("out"), &src);
 }
