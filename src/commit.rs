@@ -1251,8 +1251,21 @@ fn process(
             // Delta against the parent's chunk, when its chain leaves room and it reads back.
             let base_raw = match base {
                 Some(b) if b != id => match view.chunk(&b)? {
-                    Some(loc) if loc.depth + 1 < delta_depth && !view.is_damaged(&b)? => {
-                        store.read_chunk(b).ok().map(|raw| (b, loc.depth + 1, raw))
+                    Some(loc)
+                        if loc.depth + 1 < delta_depth
+                            && loc.raw_len == len
+                            && !view.is_damaged(&b)? =>
+                    {
+                        // Decoded into a recycled buffer: no fresh pages, no zeroing.
+                        let mut raw =
+                            pool.map_or_else(|| vec![0u8; data.len()], |p| p.take(data.len()));
+                        match store.read_chunk_into(b, &mut raw) {
+                            Ok(()) => Some((b, loc.depth + 1, raw)),
+                            Err(_) => {
+                                recycle(raw);
+                                None
+                            }
+                        }
                     }
                     _ => None,
                 },
@@ -1269,6 +1282,9 @@ fn process(
                 (Some((b, depth, _)), true) => Some((*b, *depth)),
                 _ => None,
             };
+            if let Some((_, _, raw)) = base_raw {
+                recycle(raw);
+            }
             let raw = if encoded.encoding == Encoding::Raw {
                 Some(data)
             } else {
