@@ -242,6 +242,18 @@ fn bench(c: &mut Criterion) {
             g.bench_function("delta-decode", |b| {
                 b.iter(|| codec::decode(e.encoding, black_box(s), len, hint.base).expect("decodes"))
             });
+            // The work of a read at depth 3: three delta links over the base, in one buffer
+            // (the same link three times; the bytes differ from a real chain, the work does not).
+            if let (true, Some(base)) = (e.encoding.needs_base(), hint.base) {
+                let links = [(e.encoding, s), (e.encoding, s), (e.encoding, s)];
+                let mut out = base.to_vec();
+                g.bench_function("delta-chain3-decode", |b| {
+                    b.iter(|| {
+                        out.copy_from_slice(base);
+                        codec::apply_deltas_into(black_box(&links), &mut out).expect("decodes")
+                    })
+                });
+            }
         }
         g.finish();
     }

@@ -874,101 +874,101 @@ fn merge_delta(planes: &[&[u8]], width: usize, out: &mut [u8]) {
     }
 }
 
-/// Elements per block in the plane kernels. Whole blocks are fixed-size arrays, and the loops
-/// over them are plain index loops, which the compiler turns into vector code (the byte
-/// transposes are most of a float chunk's encode and decode time); the last partial block runs
-/// element by element.
+// Which loop shape is fastest was measured kernel by kernel at opt-level 3 (what every build of
+// cairn uses, Cargo.toml), one thread, 1 MiB chunks (benches/codec.rs, docs/benchmarks.md):
+// element-by-element zips of the planes, which the compiler vectorizes, for the split of 2- and
+// 4-byte elements and every merge; fixed-size blocks of BLOCK elements for the split of 8-byte
+// elements and for the one-pass delta chain, where a zip does not vectorize.
+
+#[inline(always)]
+fn split_u16(
+    raw: &[u8],
+    base: Option<&[u8]>,
+    planes: &mut [&mut [u8]],
+    f: impl Fn(u16, u16) -> u16,
+) {
+    let n = raw.len() / 2;
+    let base = base.unwrap_or(raw);
+    let (r, _) = raw[..2 * n].as_chunks::<2>();
+    let (s, _) = base[..2 * n].as_chunks::<2>();
+    let [p0, p1, ..] = planes else {
+        unreachable!("two planes")
+    };
+    let dsts = p0[..n].iter_mut().zip(p1[..n].iter_mut());
+    for ((a, c), (d0, d1)) in r.iter().zip(s).zip(dsts) {
+        let x = f(u16::from_le_bytes(*a), u16::from_le_bytes(*c));
+        *d0 = x as u8;
+        *d1 = (x >> 8) as u8;
+    }
+}
+
+#[inline(always)]
+fn split_u32(
+    raw: &[u8],
+    base: Option<&[u8]>,
+    planes: &mut [&mut [u8]],
+    f: impl Fn(u32, u32) -> u32,
+) {
+    let n = raw.len() / 4;
+    let base = base.unwrap_or(raw);
+    let (r, _) = raw[..4 * n].as_chunks::<4>();
+    let (s, _) = base[..4 * n].as_chunks::<4>();
+    let [p0, p1, p2, p3, ..] = planes else {
+        unreachable!("four planes")
+    };
+    let dsts = p0[..n]
+        .iter_mut()
+        .zip(p1[..n].iter_mut())
+        .zip(p2[..n].iter_mut().zip(p3[..n].iter_mut()));
+    for ((a, c), ((d0, d1), (d2, d3))) in r.iter().zip(s).zip(dsts) {
+        let x = f(u32::from_le_bytes(*a), u32::from_le_bytes(*c));
+        *d0 = x as u8;
+        *d1 = (x >> 8) as u8;
+        *d2 = (x >> 16) as u8;
+        *d3 = (x >> 24) as u8;
+    }
+}
+
+#[inline(always)]
+fn merge_u16(planes: &[&[u8]], out: &mut [u8], f: impl Fn(u16, u16) -> u16) {
+    let n = out.len() / 2;
+    let (o, _) = out.as_chunks_mut::<2>();
+    let srcs = planes[0][..n].iter().zip(&planes[1][..n]);
+    for (o, (&b0, &b1)) in o.iter_mut().zip(srcs) {
+        *o = f(u16::from_le_bytes([b0, b1]), u16::from_le_bytes(*o)).to_le_bytes();
+    }
+}
+
+#[inline(always)]
+fn merge_u32(planes: &[&[u8]], out: &mut [u8], f: impl Fn(u32, u32) -> u32) {
+    let n = out.len() / 4;
+    let (o, _) = out.as_chunks_mut::<4>();
+    let p: [&[u8]; 4] = std::array::from_fn(|k| &planes[k][..n]);
+    let srcs = p[0].iter().zip(p[1]).zip(p[2].iter().zip(p[3]));
+    for (o, ((&b0, &b1), (&b2, &b3))) in o.iter_mut().zip(srcs) {
+        *o = f(u32::from_le_bytes([b0, b1, b2, b3]), u32::from_le_bytes(*o)).to_le_bytes();
+    }
+}
+
+#[inline(always)]
+fn merge_u64(planes: &[&[u8]], out: &mut [u8], f: impl Fn(u64, u64) -> u64) {
+    let n = out.len() / 8;
+    let (o, _) = out.as_chunks_mut::<8>();
+    let p: [&[u8]; 8] = std::array::from_fn(|k| &planes[k][..n]);
+    for (i, o) in o.iter_mut().enumerate() {
+        let bytes: [u8; 8] = std::array::from_fn(|k| p[k][i]);
+        *o = f(u64::from_le_bytes(bytes), u64::from_le_bytes(*o)).to_le_bytes();
+    }
+}
+
+/// Elements per block in the blocked kernels. Whole blocks are fixed-size arrays, and the loops
+/// over them are plain index loops, which the compiler turns into vector code; the last partial
+/// block runs element by element.
 const BLOCK: usize = 64;
 
-/// The split and merge kernels for one element width.
-macro_rules! plane_kernels {
-    ($split:ident, $merge:ident, $chain:ident, $u:ty) => {
-        /// Plane `k` (`planes[k]`, `n` bytes) gets byte `k` of `f(x, b)` for each element `x`
-        /// of `raw` and `b` of `base` (`raw` itself when there is none).
-        #[inline(always)]
-        #[allow(clippy::needless_range_loop)] // index loops over arrays are what vectorize
-        fn $split(
-            raw: &[u8],
-            base: Option<&[u8]>,
-            planes: &mut [&mut [u8]],
-            f: impl Fn($u, $u) -> $u,
-        ) {
-            const W: usize = std::mem::size_of::<$u>();
-            let n = raw.len() / W;
-            let base = base.unwrap_or(raw);
-            let p = &mut planes[..W];
-            let blocks = n / BLOCK;
-            for b in 0..blocks {
-                let at = b * BLOCK;
-                let r: &[u8; BLOCK * W] = raw[at * W..(at + BLOCK) * W]
-                    .try_into()
-                    .expect("a whole block");
-                let s: &[u8; BLOCK * W] = base[at * W..(at + BLOCK) * W]
-                    .try_into()
-                    .expect("a whole block");
-                let mut x = [0 as $u; BLOCK];
-                let (r, _) = r.as_chunks::<W>();
-                let (s, _) = s.as_chunks::<W>();
-                for (x, (a, c)) in x.iter_mut().zip(r.iter().zip(s)) {
-                    *x = f(<$u>::from_le_bytes(*a), <$u>::from_le_bytes(*c));
-                }
-                for k in 0..W {
-                    let dst: &mut [u8; BLOCK] = (&mut p[k][at..at + BLOCK])
-                        .try_into()
-                        .expect("a whole block");
-                    for i in 0..BLOCK {
-                        dst[i] = (x[i] >> (8 * k)) as u8;
-                    }
-                }
-            }
-            for i in blocks * BLOCK..n {
-                let a = <$u>::from_le_bytes(raw[i * W..(i + 1) * W].try_into().expect("W"));
-                let c = <$u>::from_le_bytes(base[i * W..(i + 1) * W].try_into().expect("W"));
-                let x = f(a, c);
-                for k in 0..W {
-                    p[k][i] = (x >> (8 * k)) as u8;
-                }
-            }
-        }
-
-        /// Element `i` of `out` becomes `f(x, o)`: `x` made of byte `i` of each plane, `o`
-        /// element `i` of `out` as it was (merges that ignore it compile without the load).
-        #[inline(always)]
-        #[allow(clippy::needless_range_loop)] // index loops over arrays are what vectorize
-        fn $merge(planes: &[&[u8]], out: &mut [u8], f: impl Fn($u, $u) -> $u) {
-            const W: usize = std::mem::size_of::<$u>();
-            let n = out.len() / W;
-            let p: [&[u8]; W] = std::array::from_fn(|k| &planes[k][..n]);
-            let blocks = n / BLOCK;
-            for b in 0..blocks {
-                let at = b * BLOCK;
-                let o: &mut [u8; BLOCK * W] = (&mut out[at * W..(at + BLOCK) * W])
-                    .try_into()
-                    .expect("a whole block");
-                let mut x = [0 as $u; BLOCK];
-                for k in 0..W {
-                    let src: &[u8; BLOCK] = p[k][at..at + BLOCK].try_into().expect("a whole block");
-                    for i in 0..BLOCK {
-                        x[i] |= (src[i] as $u) << (8 * k);
-                    }
-                }
-                let (was, _) = o.as_chunks::<W>();
-                for (x, e) in x.iter_mut().zip(was) {
-                    *x = f(*x, <$u>::from_le_bytes(*e));
-                }
-                o.copy_from_slice(x.map(<$u>::to_le_bytes).as_flattened());
-            }
-            for i in blocks * BLOCK..n {
-                let mut x: $u = 0;
-                for k in 0..W {
-                    x |= (p[k][i] as $u) << (8 * k);
-                }
-                let o = &mut out[i * W..(i + 1) * W];
-                let e = <$u>::from_le_bytes((&*o).try_into().expect("W"));
-                o.copy_from_slice(&f(x, e).to_le_bytes());
-            }
-        }
-
+/// The one-pass delta chain kernel for one element width.
+macro_rules! chain_kernel {
+    ($chain:ident, $u:ty) => {
         /// [`Word::undiff`] of each level's difference planes over `out`, in order, in one
         /// pass: element `i` goes through every level while it is in registers.
         #[allow(clippy::needless_range_loop)] // index loops over arrays are what vectorize
@@ -1021,9 +1021,63 @@ macro_rules! plane_kernels {
         }
     };
 }
-plane_kernels!(split_u16, merge_u16, chain_u16, u16);
-plane_kernels!(split_u32, merge_u32, chain_u32, u32);
-plane_kernels!(split_u64, merge_u64, chain_u64, u64);
+chain_kernel!(chain_u16, u16);
+chain_kernel!(chain_u32, u32);
+chain_kernel!(chain_u64, u64);
+
+/// The blocked split for 8-byte elements, where it beats the element-by-element loop.
+macro_rules! blocked_split {
+    ($split:ident, $u:ty) => {
+        /// Plane `k` (`planes[k]`, `n` bytes) gets byte `k` of `f(x, b)` for each element `x`
+        /// of `raw` and `b` of `base` (`raw` itself when there is none).
+        #[inline(always)]
+        #[allow(clippy::needless_range_loop)] // index loops over arrays are what vectorize
+        fn $split(
+            raw: &[u8],
+            base: Option<&[u8]>,
+            planes: &mut [&mut [u8]],
+            f: impl Fn($u, $u) -> $u,
+        ) {
+            const W: usize = std::mem::size_of::<$u>();
+            let n = raw.len() / W;
+            let base = base.unwrap_or(raw);
+            let p = &mut planes[..W];
+            let blocks = n / BLOCK;
+            for b in 0..blocks {
+                let at = b * BLOCK;
+                let r: &[u8; BLOCK * W] = raw[at * W..(at + BLOCK) * W]
+                    .try_into()
+                    .expect("a whole block");
+                let s: &[u8; BLOCK * W] = base[at * W..(at + BLOCK) * W]
+                    .try_into()
+                    .expect("a whole block");
+                let mut x = [0 as $u; BLOCK];
+                let (r, _) = r.as_chunks::<W>();
+                let (s, _) = s.as_chunks::<W>();
+                for (x, (a, c)) in x.iter_mut().zip(r.iter().zip(s)) {
+                    *x = f(<$u>::from_le_bytes(*a), <$u>::from_le_bytes(*c));
+                }
+                for k in 0..W {
+                    let dst: &mut [u8; BLOCK] = (&mut p[k][at..at + BLOCK])
+                        .try_into()
+                        .expect("a whole block");
+                    for i in 0..BLOCK {
+                        dst[i] = (x[i] >> (8 * k)) as u8;
+                    }
+                }
+            }
+            for i in blocks * BLOCK..n {
+                let a = <$u>::from_le_bytes(raw[i * W..(i + 1) * W].try_into().expect("W"));
+                let c = <$u>::from_le_bytes(base[i * W..(i + 1) * W].try_into().expect("W"));
+                let x = f(a, c);
+                for k in 0..W {
+                    p[k][i] = (x >> (8 * k)) as u8;
+                }
+            }
+        }
+    };
+}
+blocked_split!(split_u64, u64);
 
 /// Add the sampled elements' plane bytes to `hist` (one histogram per plane).
 fn histogram(raw: &[u8], base: Option<&[u8]>, layout: Layout, hist: &mut [[u32; 256]]) {
