@@ -209,8 +209,25 @@ enum Candidate {
 
 /// Encode `raw`, choosing the smallest encoding that pays.
 pub fn encode(raw: &[u8], hint: Hint<'_>) -> Encoded {
+    encode_into(raw, hint, Vec::new())
+}
+
+/// [`encode`], writing the stored bytes into `buf`'s memory (its contents do not matter) when
+/// its capacity suffices: a caller that hands spent buffers back saves a fresh allocation, and
+/// its page faults, per chunk. The buffer comes back as [`Encoded::bytes`], empty for
+/// [`Encoding::Raw`].
+pub fn encode_into(raw: &[u8], hint: Hint<'_>, buf: Vec<u8>) -> Encoded {
+    let mut spare = Some(buf);
+    let raw_with = |spare: &mut Option<Vec<u8>>| {
+        let mut e = raw_encoded();
+        if let Some(mut b) = spare.take() {
+            b.clear();
+            e.bytes = b;
+        }
+        e
+    };
     if raw.is_empty() || raw.len() > MAX_RAW_LEN {
-        return raw_encoded();
+        return raw_with(&mut spare);
     }
     let base = hint.base.filter(|b| b.len() == raw.len());
     let mut candidates: Vec<(f64, Candidate)> = Vec::with_capacity(3);
@@ -261,14 +278,17 @@ pub fn encode(raw: &[u8], hint: Hint<'_>) -> Encoded {
         if i > 1 {
             break;
         }
-        if let Some(e) = run_candidate(raw, base, cand)
+        if let Some(e) = run_candidate(raw, base, cand, spare.take().unwrap_or_default())
             && best.as_ref().is_none_or(|b| e.bytes.len() < b.bytes.len())
         {
             best = Some(e);
         }
     }
-    best.filter(|e| e.bytes.len() < raw.len())
-        .unwrap_or_else(raw_encoded)
+    match best {
+        Some(e) if e.bytes.len() < raw.len() => e,
+        Some(e) => raw_with(&mut Some(e.bytes)),
+        None => raw_with(&mut spare),
+    }
 }
 
 /// Small chunks: every applicable encoding runs in full, since a sample would be the whole chunk.
@@ -283,7 +303,7 @@ fn encode_small(raw: &[u8], base: Option<&[u8]>, planes: Vec<(f64, Candidate)>) 
         all.push(Candidate::XorZstd);
     }
     all.into_iter()
-        .filter_map(|c| run_candidate(raw, base, c))
+        .filter_map(|c| run_candidate(raw, base, c, Vec::new()))
         .filter(|e| e.bytes.len() < raw.len())
         .min_by_key(|e| e.bytes.len())
         .unwrap_or_else(raw_encoded)
@@ -297,20 +317,26 @@ fn raw_encoded() -> Encoded {
     }
 }
 
-fn run_candidate(raw: &[u8], base: Option<&[u8]>, cand: Candidate) -> Option<Encoded> {
+/// Run one candidate in full, its stored bytes written into `out`'s memory.
+fn run_candidate(
+    raw: &[u8],
+    base: Option<&[u8]>,
+    cand: Candidate,
+    out: Vec<u8>,
+) -> Option<Encoded> {
     let (encoding, bytes, used_base) = match cand {
         Candidate::Planes { layout, mask } => (
             Encoding::Planes,
-            encode_planes(raw, None, layout.width, layout.transform, mask),
+            encode_planes(raw, None, layout.width, layout.transform, mask, out),
             false,
         ),
         Candidate::DeltaPlanes { width, mask } => (
             Encoding::DeltaPlanes,
-            encode_planes(raw, base, width, TRANSFORM_ORDERED_DIFF, mask),
+            encode_planes(raw, base, width, TRANSFORM_ORDERED_DIFF, mask, out),
             true,
         ),
-        Candidate::Zstd => (Encoding::Zstd, compress_whole(raw, None)?, false),
-        Candidate::XorZstd => (Encoding::XorZstd, compress_whole(raw, base)?, true),
+        Candidate::Zstd => (Encoding::Zstd, compress_whole(raw, None, out)?, false),
+        Candidate::XorZstd => (Encoding::XorZstd, compress_whole(raw, base, out)?, true),
     };
     Some(Encoded {
         encoding,
@@ -408,8 +434,9 @@ fn estimate_zstd(raw: &[u8], base: Option<&[u8]>) -> Option<f64> {
 }
 
 /// One zstd frame of `raw` (or of `raw ^ base`), if it is smaller than `raw`.
-fn compress_whole(raw: &[u8], base: Option<&[u8]>) -> Option<Vec<u8>> {
-    let mut out = Vec::with_capacity(zstd::zstd_safe::compress_bound(raw.len()));
+fn compress_whole(raw: &[u8], base: Option<&[u8]>, mut out: Vec<u8>) -> Option<Vec<u8>> {
+    out.clear();
+    out.reserve(zstd::zstd_safe::compress_bound(raw.len()));
     let n = match base {
         None => with_compressor(Ctx::Whole, |c| c.compress_to_buffer(raw, &mut out).ok())?,
         Some(base) => with_scratch(&ENCODE_SCRATCH, raw.len(), |x| {
@@ -430,12 +457,14 @@ fn encode_planes(
     width: usize,
     transform: u8,
     mask: u8,
+    mut out: Vec<u8>,
 ) -> Vec<u8> {
     let n = raw.len() / width;
     let body = width * n;
     let zcount = mask.count_ones() as usize;
     let bound = zstd::zstd_safe::compress_bound(n);
-    let mut out = Vec::with_capacity(PLANES_HEADER + 4 * zcount + body + zcount * (bound - n) + 8);
+    out.clear();
+    out.reserve(PLANES_HEADER + 4 * zcount + body + zcount * (bound - n) + 8);
     out.extend_from_slice(&[width as u8, transform, mask]);
     let lens_end = PLANES_HEADER + 4 * zcount;
     // Raw planes are split straight into their place in `out`; the others into scratch, to be
@@ -486,12 +515,9 @@ fn encode_planes(
     });
     if demoted != 0 {
         // Rare (the sample misjudged a plane): lay the chunk out again with that plane raw.
-        return encode_planes(raw, base, width, transform, mask & !demoted);
+        return encode_planes(raw, base, width, transform, mask & !demoted, out);
     }
     out.extend_from_slice(&raw[body..]);
-    if out.capacity() > out.len() + out.len() / 4 + 4096 {
-        out.shrink_to_fit();
-    }
     out
 }
 
@@ -1298,9 +1324,10 @@ mod tests {
             if raw.len() >= w {
                 all.push((
                     Encoding::Planes,
-                    encode_planes(raw, None, w, transform, mask),
+                    encode_planes(raw, None, w, transform, mask, Vec::new()),
                 ));
-                let delta = encode_planes(raw, Some(base), w, TRANSFORM_ORDERED_DIFF, mask);
+                let delta =
+                    encode_planes(raw, Some(base), w, TRANSFORM_ORDERED_DIFF, mask, Vec::new());
                 all.push((Encoding::DeltaPlanes, delta));
             }
         }

@@ -55,7 +55,16 @@ struct BufPool {
 }
 
 impl BufPool {
-    const KEEP: usize = 96;
+    /// Free buffers kept: raw chunk buffers and encoded-chunk buffers share the pool.
+    const KEEP: usize = 128;
+
+    /// An empty buffer, keeping the capacity of a spent one: for the encoder's output.
+    fn take_empty(&self) -> Vec<u8> {
+        let got = self.free.lock().unwrap_or_else(|e| e.into_inner()).pop();
+        let mut v = got.unwrap_or_default();
+        v.clear();
+        v
+    }
 
     /// A buffer of exactly `n` bytes (contents unspecified: the caller overwrites them all).
     fn take(&self, n: usize) -> Vec<u8> {
@@ -817,9 +826,9 @@ impl<'s> CommitBuilder<'s> {
                                 base,
                             } => {
                                 files[file].segments[seg].chunks.push(ChunkRef { id, len });
-                                w.add_chunk(id, len, raw.as_deref(), encoded, base)?;
-                                if let Some(r) = raw {
-                                    pool.give(r);
+                                let spent = w.add_chunk(id, len, raw.as_deref(), encoded, base)?;
+                                for b in raw.into_iter().chain(spent) {
+                                    pool.give(b);
                                 }
                                 progress.advance(len);
                             }
@@ -1271,12 +1280,13 @@ fn process(
                 },
                 _ => None,
             };
-            let encoded = codec::encode(
+            let encoded = codec::encode_into(
                 &data,
                 codec::Hint {
                     dtype,
                     base: base_raw.as_ref().map(|(_, _, r)| r.as_slice()),
                 },
+                pool.map_or_else(Vec::new, BufPool::take_empty),
             );
             let base = match (&base_raw, encoded.used_base) {
                 (Some((b, depth, _)), true) => Some((*b, *depth)),
@@ -1486,6 +1496,8 @@ impl<'s> Writer<'s> {
         Ok(self.current.as_mut().expect("set above"))
     }
 
+    /// Append a chunk (or count a reused one). Returns the encoded bytes' buffer, spent, for
+    /// reuse.
     fn add_chunk(
         &mut self,
         id: ChunkId,
@@ -1493,17 +1505,17 @@ impl<'s> Writer<'s> {
         raw: Option<&[u8]>,
         encoded: Option<codec::Encoded>,
         base: Option<(ChunkId, u32)>,
-    ) -> Result<()> {
+    ) -> Result<Option<Vec<u8>>> {
         let Some(enc) = encoded else {
             self.reused += 1;
             if !self.written.contains(&id) {
                 self.reused_ids.insert(id);
             }
-            return Ok(());
+            return Ok(None);
         };
         if self.written.contains(&id) {
             self.reused += 1;
-            return Ok(());
+            return Ok(Some(enc.bytes));
         }
         let stored: &[u8] = match (enc.encoding, raw) {
             (Encoding::Raw, Some(r)) => r,
@@ -1522,7 +1534,7 @@ impl<'s> Writer<'s> {
         self.written.insert(id);
         self.new_chunks += 1;
         self.new_chunk_bytes += len;
-        Ok(())
+        Ok(Some(enc.bytes))
     }
 
     fn add_object(&mut self, id: ObjectId, kind: u8, bytes: &[u8]) -> Result<()> {
