@@ -1474,6 +1474,46 @@ mod tests {
         }
     }
 
+    /// A spent buffer handed to `encode_into`, whatever it holds, changes nothing but where
+    /// the bytes live: the same encoding and bytes as `encode`, and empty bytes for Raw.
+    #[test]
+    fn encode_into_a_dirty_buffer_equals_encode() {
+        for (i, dtype) in [DType::F32, DType::BF16, DType::F64, DType::U8, DType::I64]
+            .into_iter()
+            .enumerate()
+        {
+            for kind in 0u8..4 {
+                let raw = data(dtype, 70_000, kind, i as u64);
+                let base = data(dtype, 70_000, kind, i as u64 + 100);
+                for base in [None, Some(&base[..])] {
+                    let hint = Hint {
+                        dtype: Some(dtype),
+                        base,
+                    };
+                    let want = encode(&raw, hint);
+                    let got = encode_into(&raw, hint, vec![0xAB; 1 << 20]);
+                    assert_eq!(got.encoding, want.encoding, "{dtype:?} {kind}");
+                    assert_eq!(got.bytes, want.bytes, "{dtype:?} {kind}");
+                    assert_eq!(got.used_base, want.used_base);
+                    if got.encoding == Encoding::Raw {
+                        assert!(got.bytes.is_empty());
+                    }
+                }
+            }
+        }
+        let mut x = 0x9E37_79B9_7F4A_7C15u64;
+        let random: Vec<u8> = (0..50_000)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                (x >> 24) as u8
+            })
+            .collect();
+        let e = encode_into(&random, Hint::default(), vec![1; 4096]);
+        assert_eq!((e.encoding, e.bytes.len()), (Encoding::Raw, 0));
+    }
+
     #[test]
     fn a_chain_link_that_is_not_a_delta_is_an_error() {
         let mut out = vec![0u8; 8];

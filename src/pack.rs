@@ -384,6 +384,29 @@ impl PackReader {
         Ok(&b[offset as usize..end as usize])
     }
 
+    fn bad_chunk(&self, id: ChunkId, what: String) -> PackError {
+        PackError::BadChunk {
+            chunk: id,
+            pack: self.id,
+            what,
+        }
+    }
+
+    /// The checked entry header of chunk `id` at `offset`, and its stored bytes.
+    fn chunk_entry(&self, id: ChunkId, offset: u64) -> Result<(EntryHeader, &[u8]), PackError> {
+        let h = self.header_at(offset).map_err(|w| self.bad_chunk(id, w))?;
+        if h.kind != ENTRY_CHUNK || h.id != id.0 {
+            return Err(self.bad_chunk(
+                id,
+                "the entry at the indexed offset is a different chunk".into(),
+            ));
+        }
+        let stored = self
+            .payload(offset, h.stored_len)
+            .map_err(|w| self.bad_chunk(id, w))?;
+        Ok((h, stored))
+    }
+
     /// Decode and verify a chunk at `offset`. `base` is the raw bytes of its delta base, when its
     /// encoding needs one.
     pub fn read_chunk(
@@ -393,27 +416,16 @@ impl PackReader {
         expect: Option<&EntryHeader>,
         base: Option<&[u8]>,
     ) -> Result<Vec<u8>, PackError> {
-        let bad = |what: String| PackError::BadChunk {
-            chunk: id,
-            pack: self.id,
-            what,
-        };
-        let h = self.header_at(offset).map_err(bad)?;
-        if h.kind != ENTRY_CHUNK || h.id != id.0 {
-            return Err(bad(
-                "the entry at the indexed offset is a different chunk".into()
-            ));
-        }
+        let (h, stored) = self.chunk_entry(id, offset)?;
         if let Some(e) = expect
             && (e.raw_len != h.raw_len || e.stored_len != h.stored_len)
         {
-            return Err(bad("entry lengths differ from the index".into()));
+            return Err(self.bad_chunk(id, "entry lengths differ from the index".into()));
         }
-        let stored = self.payload(offset, h.stored_len).map_err(bad)?;
         let raw = codec::decode(h.encoding, stored, h.raw_len, base)
-            .map_err(|e| bad(format!("does not decode: {e}")))?;
+            .map_err(|e| self.bad_chunk(id, format!("does not decode: {e}")))?;
         if ChunkId::of(&raw) != id {
-            return Err(bad("its bytes do not hash to its id".into()));
+            return Err(self.bad_chunk(id, "its bytes do not hash to its id".into()));
         }
         self.map.release(offset as usize, h.stored_len as usize);
         Ok(raw)
@@ -427,24 +439,16 @@ impl PackReader {
         offset: u64,
         raw_len: usize,
     ) -> Result<(Encoding, &[u8]), PackError> {
-        let bad = |what: String| PackError::BadChunk {
-            chunk: id,
-            pack: self.id,
-            what,
-        };
-        let h = self.header_at(offset).map_err(bad)?;
-        if h.kind != ENTRY_CHUNK || h.id != id.0 {
-            return Err(bad(
-                "the entry at the indexed offset is a different chunk".into()
+        let (h, stored) = self.chunk_entry(id, offset)?;
+        if h.raw_len != raw_len as u64 {
+            return Err(self.bad_chunk(
+                id,
+                format!(
+                    "entry records {} raw bytes where {raw_len} are expected",
+                    h.raw_len
+                ),
             ));
         }
-        if h.raw_len != raw_len as u64 {
-            return Err(bad(format!(
-                "entry records {} raw bytes where {raw_len} are expected",
-                h.raw_len
-            )));
-        }
-        let stored = self.payload(offset, h.stored_len).map_err(bad)?;
         Ok((h.encoding, stored))
     }
 

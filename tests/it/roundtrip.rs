@@ -142,6 +142,23 @@ fn corrupt_pack_byte_is_an_error_never_wrong_bytes() {
     );
 }
 
+/// Commit `data` as the one f32 tensor `w` of `model.safetensors`.
+fn commit_w(store: &Store, opts: CommitOptions, data: &[u8]) -> cairn::CommitId {
+    let mut b = CommitBuilder::new(store, opts);
+    b.add_tensors(
+        "model.safetensors",
+        vec![TensorInput {
+            name: "w".into(),
+            dtype: DType::F32,
+            shape: vec![data.len() as u64 / 4],
+            data: data.to_vec(),
+        }],
+        None,
+    )
+    .unwrap();
+    b.commit().unwrap().commit
+}
+
 /// A tensor at the end of a delta chain reads back through one buffer (root decoded, each
 /// delta applied over it, only the end result hashed); a damaged link is still named.
 #[test]
@@ -163,19 +180,7 @@ fn a_delta_chain_reads_back_and_a_damaged_base_is_named() {
             }
         }
         let data: Vec<u8> = w.iter().flat_map(|x| x.to_le_bytes()).collect();
-        let mut b = CommitBuilder::new(&store, CommitOptions::default());
-        b.add_tensors(
-            "model.safetensors",
-            vec![TensorInput {
-                name: "w".into(),
-                dtype: DType::F32,
-                shape: vec![n as u64],
-                data: data.clone(),
-            }],
-            None,
-        )
-        .unwrap();
-        heads.push(b.commit().unwrap().commit);
+        heads.push(commit_w(&store, CommitOptions::default(), &data));
         versions.push(data);
     }
     let tree = store.tree(store.commit(heads[3]).unwrap().tree).unwrap();
@@ -256,19 +261,7 @@ fn delta_depth_bounds_the_chains_a_commit_writes() {
                 delta_depth: Some(k),
                 ..Default::default()
             };
-            let mut b = CommitBuilder::new(&store, opts);
-            b.add_tensors(
-                "model.safetensors",
-                vec![TensorInput {
-                    name: "w".into(),
-                    dtype: DType::F32,
-                    shape: vec![n as u64],
-                    data: data.clone(),
-                }],
-                None,
-            )
-            .unwrap();
-            let id = b.commit().unwrap().commit;
+            let id = commit_w(&store, opts, &data);
             let tree = store.tree(store.commit(id).unwrap().tree).unwrap();
             let tensor = read::find_tensor(&tree, "w").unwrap();
             for c in &tensor.segment.chunks {
