@@ -26,6 +26,28 @@ fn opts(step: u64) -> CommitOptions {
     o
 }
 
+/// A committer with `slots` commits in flight.
+fn with_slots(store: &Arc<Store>, slots: usize) -> AsyncCommitter {
+    AsyncCommitter::with_options(
+        store.clone(),
+        AsyncOptions {
+            max_in_flight: slots,
+            ..Default::default()
+        },
+    )
+    .unwrap()
+}
+
+/// The one tensor `w` these tests commit.
+fn w_slice<'a>(dtype: DType, shape: &'a [u64], data: &'a [u8]) -> TensorSlice<'a> {
+    TensorSlice {
+        name: "w",
+        dtype,
+        shape,
+        data,
+    }
+}
+
 fn fsck_ok(store: &Store) {
     let r = fsck(
         store,
@@ -155,12 +177,7 @@ fn the_caller_may_overwrite_its_buffer_as_soon_as_the_call_returns() {
     let mut c = committer.begin(opts(1)).unwrap();
     c.add_tensors(
         "model.safetensors",
-        &[TensorSlice {
-            name: "w",
-            dtype: DType::F32,
-            shape: &[4 << 20],
-            data: &live,
-        }],
+        &[w_slice(DType::F32, &[4 << 20], &live)],
         None,
     )
     .unwrap();
@@ -182,14 +199,7 @@ fn the_caller_may_overwrite_its_buffer_as_soon_as_the_call_returns() {
 fn commits_in_flight_publish_in_submission_order_and_chain_parents() {
     let t = tempfile::tempdir().unwrap();
     let store = new_store(t.path());
-    let committer = AsyncCommitter::with_options(
-        store.clone(),
-        AsyncOptions {
-            max_in_flight: 3,
-            ..Default::default()
-        },
-    )
-    .unwrap();
+    let committer = with_slots(&store, 3);
     let mut w = weights(11, 256 << 10);
     let mut handles = Vec::new();
     let mut inputs = Vec::new();
@@ -200,12 +210,7 @@ fn commits_in_flight_publish_in_submission_order_and_chain_parents() {
                 .commit_tensors(
                     opts(step),
                     "model.safetensors",
-                    &[TensorSlice {
-                        name: "w",
-                        dtype: DType::F32,
-                        shape: &[256 << 10],
-                        data: &w,
-                    }],
+                    &[w_slice(DType::F32, &[256 << 10], &w)],
                     None,
                 )
                 .unwrap(),
@@ -268,12 +273,7 @@ fn a_failed_background_commit_leaves_the_branch_and_the_store_as_they_were() {
     let store = new_store(t.path());
     let committer = AsyncCommitter::new(store.clone()).unwrap();
     let w = weights(5, 1 << 16);
-    let tensors = [TensorSlice {
-        name: "w",
-        dtype: DType::F32,
-        shape: &[1 << 16],
-        data: &w,
-    }];
+    let tensors = [w_slice(DType::F32, &[1 << 16], &w)];
     let first = committer
         .commit_tensors(opts(1), "model.safetensors", &tensors, None)
         .unwrap()
@@ -324,12 +324,7 @@ fn bad_tensors_are_refused_before_the_copy_and_free_the_slot() {
     let e = c
         .add_tensors(
             "model.safetensors",
-            &[TensorSlice {
-                name: "w",
-                dtype: DType::F32,
-                shape: &[10],
-                data: &[0u8; 39],
-            }],
+            &[w_slice(DType::F32, &[10], &[0u8; 39])],
             None,
         )
         .unwrap_err();
@@ -342,12 +337,7 @@ fn bad_tensors_are_refused_before_the_copy_and_free_the_slot() {
         .commit_tensors(
             opts(2),
             "model.safetensors",
-            &[TensorSlice {
-                name: "w",
-                dtype: DType::F32,
-                shape: &[10],
-                data: &[0u8; 40],
-            }],
+            &[w_slice(DType::F32, &[10], &[0u8; 40])],
             None,
         )
         .unwrap()
@@ -360,26 +350,14 @@ fn bad_tensors_are_refused_before_the_copy_and_free_the_slot() {
 fn a_dropped_handle_still_commits_and_dropping_the_committer_waits() {
     let t = tempfile::tempdir().unwrap();
     let store = new_store(t.path());
-    let committer = AsyncCommitter::with_options(
-        store.clone(),
-        AsyncOptions {
-            max_in_flight: 2,
-            ..Default::default()
-        },
-    )
-    .unwrap();
+    let committer = with_slots(&store, 2);
     let w = weights(9, 1 << 20);
     for step in 1..=2 {
         let h = committer
             .commit_tensors(
                 opts(step),
                 "model.safetensors",
-                &[TensorSlice {
-                    name: "w",
-                    dtype: DType::F32,
-                    shape: &[1 << 20],
-                    data: &w,
-                }],
+                &[w_slice(DType::F32, &[1 << 20], &w)],
                 None,
             )
             .unwrap();
@@ -396,14 +374,7 @@ fn a_dropped_handle_still_commits_and_dropping_the_committer_waits() {
 fn flush_waits_for_every_submitted_commit() {
     let t = tempfile::tempdir().unwrap();
     let store = new_store(t.path());
-    let committer = AsyncCommitter::with_options(
-        store.clone(),
-        AsyncOptions {
-            max_in_flight: 2,
-            ..Default::default()
-        },
-    )
-    .unwrap();
+    let committer = with_slots(&store, 2);
     let w = weights(10, 1 << 20);
     let handles: Vec<_> = (1..=2)
         .map(|step| {
@@ -411,12 +382,7 @@ fn flush_waits_for_every_submitted_commit() {
                 .commit_tensors(
                     opts(step),
                     "m.safetensors",
-                    &[TensorSlice {
-                        name: "w",
-                        dtype: DType::F32,
-                        shape: &[1 << 20],
-                        data: &w,
-                    }],
+                    &[w_slice(DType::F32, &[1 << 20], &w)],
                     None,
                 )
                 .unwrap()
@@ -444,12 +410,7 @@ fn a_full_disk_fails_the_handle_and_publishes_nothing() {
             .commit_tensors(
                 opts(i),
                 "model.safetensors",
-                &[TensorSlice {
-                    name: "w",
-                    dtype: DType::U8,
-                    shape: &[6 << 20],
-                    data: &data,
-                }],
+                &[w_slice(DType::U8, &[6 << 20], &data)],
                 None,
             )
             .unwrap();
