@@ -163,3 +163,12 @@ pub fn json(store: &Path, args: &[&str]) -> serde_json::Value {
         )
     })
 }
+
+/// `cairn fsck --read-data` on `store` succeeds: every structure checks and every chunk decodes
+/// to its id.
+pub fn fsck_read_data_clean(store: &Path) {
+    cairn(store)
+        .args(["fsck", "--read-data"])
+        .assert()
+        .success();
+}

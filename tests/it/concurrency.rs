@@ -108,10 +108,7 @@ fn concurrent_commits_all_land() {
             .success();
         assert_eq!(snapshot(&dst), snapshot(&dirs[i]));
     }
-    cairn(&store)
-        .args(["fsck", "--read-data"])
-        .assert()
-        .success();
+    fsck_read_data_clean(&store);
 }
 
 #[test]
@@ -174,10 +171,7 @@ fn gc_beside_committers_loses_nothing() {
     for (id, _) in &acked {
         assert!(ids.contains(&id.as_str()));
     }
-    cairn(&store)
-        .args(["fsck", "--read-data"])
-        .assert()
-        .success();
+    fsck_read_data_clean(&store);
 }
 
 /// Two commits overlap their expensive phase: both write a pack at the same moment, so neither
@@ -227,8 +221,5 @@ fn two_commits_write_their_packs_at_the_same_time() {
         most >= 2,
         "the two commits never wrote packs at the same time (at most {most} at once)"
     );
-    cairn(&store)
-        .args(["fsck", "--read-data"])
-        .assert()
-        .success();
+    fsck_read_data_clean(&store);
 }

@@ -104,10 +104,7 @@ fn kill_9_during_commit_and_gc_never_loses_an_acknowledged_commit() {
         .filter(|n| n.ends_with(".tmp"))
         .collect();
     assert!(leftovers.is_empty(), "{leftovers:?}");
-    cairn(&store)
-        .args(["fsck", "--read-data"])
-        .assert()
-        .success();
+    fsck_read_data_clean(&store);
 }
 
 /// gc in a loop beside several committers, with random kill -9s of any of them: after every
@@ -229,10 +226,7 @@ fn kill_9_among_concurrent_committers_and_gc_loses_nothing() {
     );
     let restored = restore_unpruned(&store, &acked, &t.path().join("out"));
     eprintln!("{restored} of them not pruned, each restored exactly");
-    cairn(&store)
-        .args(["fsck", "--read-data"])
-        .assert()
-        .success();
+    fsck_read_data_clean(&store);
 }
 
 /// Every acknowledged commit exists; each one gc did not prune checks out byte for byte into

@@ -108,10 +108,7 @@ fn a_full_disk_is_a_clean_error_and_the_store_recovers() {
             .assert()
             .success();
     }
-    cairn(&store)
-        .args(["fsck", "--read-data"])
-        .assert()
-        .success();
+    fsck_read_data_clean(&store);
     // Space is back: committing works again without any repair.
     let ck = t.path().join("after");
     std::fs::create_dir_all(&ck).unwrap();
@@ -152,10 +149,7 @@ fn a_full_disk_is_a_clean_error_and_the_store_recovers() {
     cairn(&store).arg("gc").assert().success();
     let ok = commit_with(&handle).expect("the same handle commits once space is back");
     assert_eq!(cairn::rev::resolve(&handle, "HEAD").unwrap(), ok.commit);
-    cairn(&store)
-        .args(["fsck", "--read-data"])
-        .assert()
-        .success();
+    fsck_read_data_clean(&store);
 }
 
 /// Free bytes on the filesystem holding `p`, as df reports them.
@@ -236,10 +230,7 @@ fn a_disk_that_fills_during_repack_is_a_clean_error_and_gc_finishes_later() {
             .collect()
     };
     assert_eq!(packs(&before), packs(&after), "the packs changed");
-    cairn(&store)
-        .args(["fsck", "--read-data"])
-        .assert()
-        .success();
+    fsck_read_data_clean(&store);
     let show = json(&store, &["show", &c1, "--json"]);
     if show["state"]["pruned"].is_null() {
         let dst = t.path().join("r1");
@@ -266,10 +257,7 @@ fn a_disk_that_fills_during_repack_is_a_clean_error_and_gc_finishes_later() {
             < done["disk_bytes_before"].as_u64().unwrap(),
         "{done}"
     );
-    cairn(&store)
-        .args(["fsck", "--read-data"])
-        .assert()
-        .success();
+    fsck_read_data_clean(&store);
     let dst = t.path().join("r3");
     cairn(&store)
         .args(["checkout", "HEAD"])

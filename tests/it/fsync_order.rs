@@ -158,8 +158,5 @@ fn commit_and_gc_follow_the_documented_fsync_order() {
             && unlink < dir2,
         "{g:#?}"
     );
-    cairn(&store)
-        .args(["fsck", "--read-data"])
-        .assert()
-        .success();
+    fsck_read_data_clean(&store);
 }

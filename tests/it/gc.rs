@@ -173,10 +173,7 @@ fn rules_union_dry_run_equals_execution_and_lineage_survives() {
         snapshot(&t.path().join("k3")),
         snapshot(&t.path().join("ck3"))
     );
-    cairn(&store)
-        .args(["fsck", "--read-data"])
-        .assert()
-        .success();
+    fsck_read_data_clean(&store);
     // A second run finds nothing new to prune.
     let again = json(&store, &args);
     assert_eq!(again["plan"]["dead_chunks"], 0);
@@ -324,10 +321,7 @@ fn slim_releases_part_of_older_commits() {
         .find(|f| f["path"] == "optimizer.pt")
         .unwrap();
     assert_eq!(f["status"], "unknown");
-    cairn(&store)
-        .args(["fsck", "--read-data"])
-        .assert()
-        .success();
+    fsck_read_data_clean(&store);
 }
 
 #[test]
@@ -361,10 +355,7 @@ fn repack_moves_live_data_and_readers_stay_correct() {
     let head = cairn::rev::resolve(&store, "HEAD").unwrap();
     cairn::read::cat(&store, head, "keep.bin", &mut buf).unwrap();
     assert_eq!(buf, noise(1, 3 << 20));
-    cairn(&root)
-        .args(["fsck", "--read-data"])
-        .assert()
-        .success();
+    fsck_read_data_clean(&root);
     let _ = first;
 }
 
@@ -377,10 +368,7 @@ fn fsck_finds_every_kind_of_damage_and_repair_heals() {
     std::fs::create_dir_all(&ck).unwrap();
     std::fs::write(ck.join("a.bin"), noise(1, 1 << 20)).unwrap();
     cairn(&root).arg("commit").arg(&ck).assert().success();
-    cairn(&root)
-        .args(["fsck", "--read-data"])
-        .assert()
-        .success();
+    fsck_read_data_clean(&root);
     // Subsets cover everything.
     for i in 1..=3 {
         cairn(&root)
@@ -423,10 +411,7 @@ fn fsck_finds_every_kind_of_damage_and_repair_heals() {
     // Healing: committing the same content again writes a good copy (no dedup poisoning).
     std::fs::write(ck.join("b.txt"), b"more").unwrap();
     cairn(&root).arg("commit").arg(&ck).assert().success();
-    cairn(&root)
-        .args(["fsck", "--read-data"])
-        .assert()
-        .success();
+    fsck_read_data_clean(&root);
     // repair --from heals too.
     std::fs::write(&pack, &clean).unwrap();
     let idx_pack = std::fs::read_dir(root.join("packs"))
@@ -459,10 +444,7 @@ fn fsck_finds_every_kind_of_damage_and_repair_heals() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(String::from_utf8_lossy(&out.stdout).contains("healed 1"));
-    cairn(&root)
-        .args(["fsck", "--read-data"])
-        .assert()
-        .success();
+    fsck_read_data_clean(&root);
     // A missing pack is structural damage.
     std::fs::remove_file(&pack).unwrap();
     let out = cairn(&root).args(["fsck", "--json"]).output().unwrap();
@@ -517,10 +499,7 @@ fn rebuilt_index_equals_the_original() {
         .assert()
         .success();
     assert_eq!(dump(&root), before);
-    cairn(&root)
-        .args(["fsck", "--read-data"])
-        .assert()
-        .success();
+    fsck_read_data_clean(&root);
 }
 
 #[test]
@@ -651,10 +630,7 @@ fn delta_bases_of_pruned_commits_are_freed_by_reencoding_the_kept_chunks() {
     drop(store);
     // The kept commit reads back exactly, and everything verifies.
     assert_eq!(tensor_bytes(&root, "HEAD"), versions[2]);
-    cairn(&root)
-        .args(["fsck", "--read-data"])
-        .assert()
-        .success();
+    fsck_read_data_clean(&root);
     assert!(
         out["disk_bytes_after"].as_u64().unwrap() < out["disk_bytes_before"].as_u64().unwrap(),
         "{out}"
@@ -693,10 +669,7 @@ fn an_index_rebuilt_after_reencoding_picks_the_copy_that_needs_no_dead_base() {
     }
     drop(store);
     assert_eq!(tensor_bytes(&root, "HEAD"), versions[2]);
-    cairn(&root)
-        .args(["fsck", "--read-data"])
-        .assert()
-        .success();
+    fsck_read_data_clean(&root);
 }
 
 #[test]
@@ -713,19 +686,13 @@ fn a_deferred_gc_keeps_the_delta_bases_a_later_gc_reencodes_away() {
     drop(writing);
     drop(store);
     assert_eq!(tensor_bytes(&root, "HEAD"), versions[2]);
-    cairn(&root)
-        .args(["fsck", "--read-data"])
-        .assert()
-        .success();
+    fsck_read_data_clean(&root);
     // The next gc, with no writer, re-encodes and frees the bases.
     let out = json(&root, &["gc", "--keep-last", "1", "--json"]);
     assert_eq!(out["mode"], "immediate", "{out}");
     assert!(out["chunks_reencoded"].as_u64().unwrap() >= 1, "{out}");
     assert_eq!(tensor_bytes(&root, "HEAD"), versions[2]);
-    cairn(&root)
-        .args(["fsck", "--read-data"])
-        .assert()
-        .success();
+    fsck_read_data_clean(&root);
 }
 
 #[test]
@@ -753,10 +720,7 @@ fn gc_beside_a_running_writer_marks_then_a_later_run_deletes() {
     assert!(out["chunks_removed"].as_u64().unwrap() > 0);
     let after = json(&root, &["stats", "--json"]);
     assert!(after["pack_bytes"].as_u64().unwrap() < before["pack_bytes"].as_u64().unwrap());
-    cairn(&root)
-        .args(["fsck", "--read-data"])
-        .assert()
-        .success();
+    fsck_read_data_clean(&root);
 }
 
 #[test]
@@ -787,10 +751,7 @@ fn a_marked_chunk_reused_by_a_commit_comes_back_to_life() {
         .assert()
         .success();
     assert_eq!(snapshot(&dst), snapshot(&t.path().join("ck0")));
-    cairn(&root)
-        .args(["fsck", "--read-data"])
-        .assert()
-        .success();
+    fsck_read_data_clean(&root);
     let _ = ids;
 }
 
@@ -912,16 +873,10 @@ fn packs_wait_while_a_reader_is_active() {
     for line in doomed.lines() {
         assert!(root.join("packs").join(format!("{line}.pack")).exists());
     }
-    cairn(&root)
-        .args(["fsck", "--read-data"])
-        .assert()
-        .success();
+    fsck_read_data_clean(&root);
     drop(reader);
     let out = json(&root, &["gc", "--json"]);
     assert!(out["packs_deleted"].as_u64().unwrap() > 0, "{out}");
     assert!(!root.join("doomed-packs").exists());
-    cairn(&root)
-        .args(["fsck", "--read-data"])
-        .assert()
-        .success();
+    fsck_read_data_clean(&root);
 }

@@ -124,10 +124,7 @@ fn parts_become_one_commit_atomically() {
         .output()
         .unwrap();
     assert!(String::from_utf8_lossy(&out.stderr).contains("already committed"));
-    cairn(&store)
-        .args(["fsck", "--read-data"])
-        .assert()
-        .success();
+    fsck_read_data_clean(&store);
 }
 
 #[test]
@@ -237,10 +234,7 @@ fn concurrent_ranks_and_per_rank_delta() {
             "rank {r} matched its own part"
         );
     }
-    cairn(&store)
-        .args(["fsck", "--read-data"])
-        .assert()
-        .success();
+    fsck_read_data_clean(&store);
 }
 
 #[test]
@@ -316,8 +310,5 @@ fn conflicting_parts_fail_and_abandoned_transactions_are_cleaned_up() {
         .assert()
         .success();
     assert_eq!(snapshot(&dst), snapshot(&keep));
-    cairn(&root)
-        .args(["fsck", "--read-data"])
-        .assert()
-        .success();
+    fsck_read_data_clean(&root);
 }
