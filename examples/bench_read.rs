@@ -7,13 +7,15 @@
 //! buffer each time) and with `read::read_tensor_into` (a reused buffer), and reports the median
 //! of `RUNS` warm reads of each.
 //!
-//! Run: `cargo run --example bench_read [-- MIB [RUNS [DEPTH]]]`
+//! Run: `cargo run --example bench_read [-- MIB [RUNS [DEPTH]]]`; `CAIRN_DELTA_BASE=parent`
+//! commits with `DeltaBase::Parent` (chains as deep as the depth) instead of the default root.
 //!
 //! Or on an existing store: `bench_read --store DIR REV [FILE:]TENSOR [RUNS]` reads that tensor
 //! of that commit the same two ways and prints one JSON line (`fresh_ms`, `reused_ms`: medians;
-//! `depth`: the longest delta chain among its chunks), for `scripts/bench_sidebyside.py`.
+//! `depth`: the largest delta depth among its chunks; `chain`: the most chunks one of them
+//! decodes), for `scripts/bench_sidebyside.py`.
 
-use cairn::{CommitBuilder, CommitOptions, DType, Store, TensorInput, read};
+use cairn::{CommitBuilder, CommitOptions, DType, DeltaBase, Store, TensorInput, read};
 use std::time::Instant;
 
 fn xorshift(seed: u64) -> impl FnMut() -> u64 {
@@ -48,6 +50,24 @@ fn time_ms(runs: usize, mut f: impl FnMut()) -> (f64, f64) {
     (ms[ms.len() / 2], ms[0])
 }
 
+/// The largest delta depth among a tensor's chunks, and the longest chain one of them decodes.
+fn depth_and_chain(store: &Store, t: &read::TensorRef) -> Result<(u32, u32), cairn::Error> {
+    let (mut depth, mut chain) = (0, 0);
+    for c in &t.segment.chunks {
+        let mut links = 0;
+        let mut next = Some(c.id);
+        while let Some(loc) = next.map(|id| store.chunk_loc(id)).transpose()?.flatten() {
+            if links == 0 {
+                depth = depth.max(loc.depth);
+            }
+            links += 1;
+            next = loc.base.filter(|_| loc.encoding.needs_base());
+        }
+        chain = chain.max(links);
+    }
+    Ok((depth, chain))
+}
+
 /// `--store DIR REV TENSOR [RUNS]`: one tensor of an existing store.
 fn existing(args: &[String]) -> Result<(), Box<dyn std::error::Error>> {
     let [dir, rev, spec, rest @ ..] = args else {
@@ -58,10 +78,7 @@ fn existing(args: &[String]) -> Result<(), Box<dyn std::error::Error>> {
     let id = cairn::rev::resolve(&store, rev)?;
     let tree = store.tree(store.commit(id)?.tree)?;
     let t = read::find_tensor(&tree, spec)?;
-    let mut depth = 0;
-    for c in &t.segment.chunks {
-        depth = depth.max(store.chunk_loc(c.id)?.map_or(0, |l| l.depth));
-    }
+    let (depth, chain) = depth_and_chain(&store, &t)?;
     let len = read::read_tensor(&store, &t)?.len(); // warm the page cache
     let (fresh, fresh_min) = time_ms(runs, || {
         read::read_tensor(&store, &t).expect("read");
@@ -71,7 +88,8 @@ fn existing(args: &[String]) -> Result<(), Box<dyn std::error::Error>> {
         read::read_tensor_into(&store, &t, &mut buf).expect("read");
     });
     println!(
-        "{{\"tensor\": {spec:?}, \"bytes\": {len}, \"depth\": {depth}, \"runs\": {runs}, \
+        "{{\"tensor\": {spec:?}, \"bytes\": {len}, \"depth\": {depth}, \"chain\": {chain}, \
+         \"runs\": {runs}, \
          \"fresh_ms\": {fresh:.2}, \"fresh_min_ms\": {fresh_min:.2}, \"reused_ms\": {reused:.2}, \
          \"reused_min_ms\": {reused_min:.2}}}"
     );
@@ -93,6 +111,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let store = Store::init(&dir)?;
     let mut next = xorshift(7);
     let mut w: Vec<f32> = (0..n).map(|_| normalish(&mut next, 0.02)).collect();
+    let delta_base = match std::env::var("CAIRN_DELTA_BASE") {
+        Ok(v) => v.parse::<DeltaBase>()?,
+        Err(_) => DeltaBase::default(),
+    };
     let mut commits = Vec::new();
     for step in 0..4u64 {
         if step > 0 {
@@ -100,7 +122,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 *x += normalish(&mut next, 1e-4);
             }
         }
-        let mut c = CommitBuilder::new(&store, CommitOptions::default());
+        let opts = CommitOptions {
+            delta_base,
+            ..Default::default()
+        };
+        let mut c = CommitBuilder::new(&store, opts);
         c.add_tensors(
             "model.safetensors",
             vec![TensorInput {
@@ -114,7 +140,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         commits.push(c.commit()?.commit);
     }
     println!(
-        "{mib} MiB float32 tensor, {runs} warm reads per commit (median, min), {}",
+        "{mib} MiB float32 tensor, delta base {delta_base:?}, {runs} warm reads per commit \
+         (median, min), {}",
         {
             let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
             format!("{cpus} threads")
@@ -126,6 +153,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         }
         let tree = store.tree(store.commit(*id)?.tree)?;
         let t = read::find_tensor(&tree, "embed.weight")?;
+        let (_, chain) = depth_and_chain(&store, &t)?;
         let _ = read::read_tensor(&store, &t)?; // warm the page cache
         let (fresh, fresh_min) = time_ms(runs, || {
             let b = read::read_tensor(&store, &t).expect("read");
@@ -136,7 +164,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             read::read_tensor_into(&store, &t, &mut buf).expect("read");
         });
         println!(
-            "commit {depth} (delta depth {depth}): read_tensor median {fresh:.1} ms (min \
+            "commit {depth} (delta depth {depth}, chains of {chain}): read_tensor median {fresh:.1} ms (min \
              {fresh_min:.1}); read_tensor_into a reused buffer median {reused:.1} ms (min \
              {reused_min:.1})"
         );

@@ -4,6 +4,7 @@
 #
 #   scripts/bench.sh [--scale small|default] [--out DIR] [--tools 'cairn,cp+sync,...'] [--keep]
 #                    [--series 'finetune-fp32,...'] [--delta-depth K]
+#                    [--delta-base root|parent]
 #
 # The cairn binary is $CAIRN_BIN, else $CARGO_TARGET_DIR/debug/cairn (built if missing), else
 # `cairn` on PATH. Installs the peers (restic, borgbackup, zstd, GNU time) and numpy when missing.

@@ -477,10 +477,11 @@ class Borg:
 class Cairn:
     name = "cairn"
 
-    def __init__(self, work, binary, delta_depth=None):
+    def __init__(self, work, binary, delta_depth=None, delta_base=None):
         self.repo = os.path.join(work, "cairn-store")
         self.bin = binary
         self.depth_args = ["--delta-depth", str(delta_depth)] if delta_depth else []
+        self.depth_args += ["--delta-base", delta_base] if delta_base else []
         self.env = dict(os.environ, CAIRN_STORE=self.repo, CAIRN_AUTHOR="bench@cairn")
         self.commits = {}
 
@@ -708,6 +709,8 @@ def main():
     ap.add_argument("--keep", action="store_true", help="keep generated series and repositories (about 39 GB at default scale)")
     ap.add_argument("--delta-depth", type=int, default=None, metavar="K",
                     help="pass `--delta-depth K` to every cairn commit (default: cairn's own, 4)")
+    ap.add_argument("--delta-base", choices=["root", "parent"], default=None,
+                    help="pass `--delta-base` to every cairn commit (default: cairn's own, root)")
     ap.add_argument("--series", default=None,
                     help="comma-separated subset of series to store (all are generated)")
     args = ap.parse_args()
@@ -735,6 +738,7 @@ def main():
     results, report = {}, []
     only = [x.strip() for x in args.series.split(",")] if args.series else None
     meta["delta_depth"] = args.delta_depth or 4
+    meta["delta_base"] = args.delta_base or "root"
     for sname, sinfo in series.items():
         dirs = sinfo["dirs"]
         if only and sname not in only:
@@ -748,7 +752,7 @@ def main():
             unchanged = os.path.join(args.out, "unchanged-copy")
             subprocess.run(["cp", "-r", dirs[-1], unchanged], check=True)
         work = os.path.join(args.out, "work-" + sname)
-        tools = [Cairn(work, args.cairn, args.delta_depth), CpSync(work), ZstdPerFile(work), Restic(work), Borg(work)]
+        tools = [Cairn(work, args.cairn, args.delta_depth, args.delta_base), CpSync(work), ZstdPerFile(work), Restic(work), Borg(work)]
         tools = [t for t in tools if t.name in wanted]
         os.makedirs(work)
         res, extras = {}, None

@@ -86,10 +86,10 @@ impl BufPool {
     }
 }
 
-/// K, the default bound on delta chains: a chunk is delta-coded only against a base whose own
-/// chain is shorter than K-1, so a read decodes a chunk plus at most K-1 bases, and every K-th
-/// version of a chunk at most is stored standalone. [`CommitOptions::delta_depth`] overrides it
-/// per commit.
+/// K, the default bound on delta depth: a chunk is delta-coded only when its parent chunk's depth
+/// (versions since a standalone encoding) is below K-1, so every K-th version of a chunk at most
+/// is stored standalone, and a read decodes a chunk plus at most K-1 bases (one, with
+/// [`DeltaBase::Root`]). [`CommitOptions::delta_depth`] overrides it per commit.
 pub const MAX_DELTA_DEPTH: u32 = 4;
 
 /// The largest K a commit accepts (reads refuse chains longer than 64).
@@ -238,6 +238,37 @@ pub struct CommitOptions {
     /// chunk standalone (fastest reads); larger K stores less but reads decode more.
     /// `None` is [`MAX_DELTA_DEPTH`].
     pub delta_depth: Option<u32>,
+    /// What a new version of a chunk is delta-coded against (see [`DeltaBase`]).
+    pub delta_base: DeltaBase,
+}
+
+/// What a chunk's new version is delta-coded against. Either way a chunk's recorded depth counts
+/// the versions since its last standalone encoding, and reaches at most K-1.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DeltaBase {
+    /// The standalone root of the parent chunk's chain (the default): every delta of a group of
+    /// K versions shares one base, so a read decodes at most one base whatever the depth, and a
+    /// commit decodes only that root to encode against it. Stores about 3% more than `Parent`
+    /// on the fine-tune series (docs/benchmarks.md).
+    #[default]
+    Root,
+    /// The parent's chunk itself: each version against the one before, the smallest deltas, but
+    /// a read at depth d decodes a chain of d+1 chunks.
+    Parent,
+}
+
+impl std::str::FromStr for DeltaBase {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s {
+            "root" => Ok(Self::Root),
+            "parent" => Ok(Self::Parent),
+            other => Err(format!(
+                "unknown delta base {other:?}: expected \"root\" or \"parent\""
+            )),
+        }
+    }
 }
 
 /// What a commit did.
@@ -731,6 +762,7 @@ impl<'s> CommitBuilder<'s> {
                 ),
             });
         }
+        let delta = (delta_depth, opts.delta_base);
         if !opts.ignore_trainer_state
             && let Some(ts) = inputs.iter().find(|i| i.rel == "trainer_state.json")
         {
@@ -845,7 +877,7 @@ impl<'s> CommitBuilder<'s> {
                         .into_par_iter()
                         .map(|item| {
                             pass(gate);
-                            process(item, store, &view, Some(pool), delta_depth)
+                            process(item, store, &view, Some(pool), delta)
                         })
                         .collect::<Result<Vec<_>>>()
                 });
@@ -1226,7 +1258,7 @@ fn process(
     store: &Store,
     view: &crate::index::Index,
     pool: Option<&BufPool>,
-    delta_depth: u32,
+    delta: (u32, DeltaBase),
 ) -> Result<Processed> {
     let recycle = |data: Vec<u8>| {
         if let Some(p) = pool {
@@ -1257,26 +1289,23 @@ fn process(
                     base: None,
                 });
             }
-            // Delta against the parent's chunk, when its chain leaves room and it reads back.
+            // Delta against the parent's chunk (or its chain's root), when the depth leaves
+            // room and the base reads back.
             let base_raw = match base {
-                Some(b) if b != id => match view.chunk(&b)? {
-                    Some(loc)
-                        if loc.depth + 1 < delta_depth
-                            && loc.raw_len == len
-                            && !view.is_damaged(&b)? =>
-                    {
+                Some(b) if b != id => match pick_base(view, b, len, delta)? {
+                    Some((b, depth)) => {
                         // Decoded into a recycled buffer: no fresh pages, no zeroing.
                         let mut raw =
                             pool.map_or_else(|| vec![0u8; data.len()], |p| p.take(data.len()));
                         match store.read_chunk_into(b, &mut raw) {
-                            Ok(()) => Some((b, loc.depth + 1, raw)),
+                            Ok(()) => Some((b, depth, raw)),
                             Err(_) => {
                                 recycle(raw);
                                 None
                             }
                         }
                     }
-                    _ => None,
+                    None => None,
                 },
                 _ => None,
             };
@@ -1312,6 +1341,43 @@ fn process(
             })
         }
     }
+}
+
+/// The base to delta-code a new version of the parent's chunk `parent` (of `len` raw bytes)
+/// against, and the new chunk's depth; `None` when it is to be stored standalone: the parent
+/// chunk is unknown, damaged, of another length, or already K-1 versions from its root.
+fn pick_base(
+    view: &crate::index::Index,
+    parent: ChunkId,
+    len: u64,
+    (k, mode): (u32, DeltaBase),
+) -> Result<Option<(ChunkId, u32)>> {
+    let usable = |id: &ChunkId, loc: &ChunkLoc| -> Result<bool> {
+        Ok(loc.raw_len == len && !view.is_damaged(id)?)
+    };
+    let Some(loc) = view.chunk(&parent)? else {
+        return Ok(None);
+    };
+    if loc.depth.saturating_add(1) >= k || !usable(&parent, &loc)? {
+        return Ok(None);
+    }
+    let depth = loc.depth + 1;
+    if mode == DeltaBase::Parent {
+        return Ok(Some((parent, depth)));
+    }
+    // Down the parent's chain to its standalone root (one link for chunks this mode wrote).
+    let (mut cur, mut cur_loc) = (parent, loc);
+    for _ in 0..=DELTA_DEPTH_LIMIT {
+        let next = match cur_loc.base {
+            Some(b) if cur_loc.encoding.needs_base() => b,
+            _ => return Ok(Some((cur, depth))),
+        };
+        match view.chunk(&next)? {
+            Some(l) if usable(&next, &l)? => (cur, cur_loc) = (next, l),
+            _ => return Ok(None),
+        }
+    }
+    Ok(None)
 }
 
 /// The reader thread: every file in order, in batches of about [`BATCH_BYTES`].

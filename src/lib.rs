@@ -83,7 +83,7 @@ pub mod verify;
 #[cfg(feature = "store")]
 pub use async_commit::{AsyncCommitter, CommitHandle, TensorSlice};
 #[cfg(feature = "store")]
-pub use commit::{CommitBuilder, CommitOptions, CommitOutcome, TensorInput};
+pub use commit::{CommitBuilder, CommitOptions, CommitOutcome, DeltaBase, TensorInput};
 pub use dtype::DType;
 pub use id::{ChunkId, CommitId, ObjectId, PackId, TreeId};
 #[cfg(feature = "store")]

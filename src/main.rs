@@ -288,6 +288,11 @@ struct CommitArgs {
     /// 4). 1 stores every chunk standalone: fastest reads, more disk.
     #[arg(long, value_name = "K")]
     delta_depth: Option<u32>,
+    /// What a changed chunk is delta-coded against: "root" (default), the standalone root of
+    /// the parent chunk's chain, so a read decodes at most one base; or "parent", the parent's
+    /// chunk itself: about 3% smaller, but a read at depth d decodes d+1 chunks.
+    #[arg(long, value_name = "root|parent", default_value = "root")]
+    delta_base: cairn::commit::DeltaBase,
     /// After publishing, re-read every file in a fresh process and record the result.
     #[arg(long)]
     verify: bool,
@@ -428,6 +433,7 @@ fn cmd_commit(cli_store: &Option<PathBuf>, a: CommitArgs) -> Result<()> {
         opaque: a.opaque,
         ignore_trainer_state: a.no_trainer_state,
         delta_depth: a.delta_depth,
+        delta_base: a.delta_base,
         txn: match (&a.txn, &a.part) {
             (Some(id), Some(p)) => Some(cairn::txn::TxnPart::parse(id, p)?),
             _ => None,

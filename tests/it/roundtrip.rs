@@ -3,7 +3,7 @@
 
 use crate::common::*;
 use cairn::read::{self, CheckoutOptions};
-use cairn::{CommitBuilder, CommitOptions, DType, Store, TensorInput};
+use cairn::{CommitBuilder, CommitOptions, DType, DeltaBase, Store, TensorInput};
 
 #[test]
 fn directory_round_trips_byte_identically() {
@@ -159,8 +159,9 @@ fn commit_w(store: &Store, opts: CommitOptions, data: &[u8]) -> cairn::CommitId 
     b.commit().unwrap().commit
 }
 
-/// A tensor at the end of a delta chain reads back through one buffer (root decoded, each
-/// delta applied over it, only the end result hashed); a damaged link is still named.
+/// With `--delta-base parent`, a tensor at the end of a delta chain reads back through one
+/// buffer (root decoded, each delta applied over it, only the end result hashed); a damaged link
+/// is still named.
 #[test]
 fn a_delta_chain_reads_back_and_a_damaged_base_is_named() {
     let t = tempfile::tempdir().unwrap();
@@ -180,7 +181,11 @@ fn a_delta_chain_reads_back_and_a_damaged_base_is_named() {
             }
         }
         let data: Vec<u8> = w.iter().flat_map(|x| x.to_le_bytes()).collect();
-        heads.push(commit_w(&store, CommitOptions::default(), &data));
+        let opts = CommitOptions {
+            delta_base: DeltaBase::Parent,
+            ..Default::default()
+        };
+        heads.push(commit_w(&store, opts, &data));
         versions.push(data);
     }
     let tree = store.tree(store.commit(heads[3]).unwrap().tree).unwrap();
@@ -238,6 +243,105 @@ fn a_delta_chain_reads_back_and_a_damaged_base_is_named() {
         store.read_chunk(other).unwrap().len() as u64,
         tensor.segment.chunks[1].len
     );
+}
+
+/// The default delta base is the root of the parent chunk's chain: over K = 4 versions the
+/// depth counts 0, 1, 2, 3 and restarts at 0, every delta's base is the group's standalone root
+/// (so a read decodes at most two chunks), and every version reads back, through the library and
+/// through `cairn checkout`. A damaged root is named when a delta of its group is read.
+#[test]
+fn deltas_are_coded_against_the_chains_root_by_default() {
+    let t = tempfile::tempdir().unwrap();
+    let root = t.path().join("store");
+    let store = Store::init(&root).unwrap();
+    let n = 3 << 18; // 3 MiB of f32: several chunks, the last one short
+    let mut w: Vec<f32> = weights(6, n)
+        .chunks_exact(4)
+        .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
+        .collect();
+    let mut versions = Vec::new();
+    let mut heads = Vec::new();
+    let mut roots = Vec::new();
+    for (step, want_depth) in [0u32, 1, 2, 3, 0, 1].into_iter().enumerate() {
+        if step > 0 {
+            for (i, x) in w.iter_mut().enumerate() {
+                *x += 1e-4 * (((i as u32).wrapping_mul(2654435761) >> 16) as f32 / 65536.0 - 0.5);
+            }
+        }
+        let data: Vec<u8> = w.iter().flat_map(|x| x.to_le_bytes()).collect();
+        let head = commit_w(&store, CommitOptions::default(), &data);
+        let tree = store.tree(store.commit(head).unwrap().tree).unwrap();
+        let tensor = read::find_tensor(&tree, "w").unwrap();
+        assert!(tensor.segment.chunks.len() > 1);
+        let ids: Vec<_> = tensor.segment.chunks.iter().map(|c| c.id).collect();
+        if want_depth == 0 {
+            roots = ids.clone();
+        }
+        for (c, r) in ids.iter().zip(&roots) {
+            let loc = store.chunk_loc(*c).unwrap().unwrap();
+            assert_eq!(loc.depth, want_depth, "step {step}: {loc:?}");
+            if want_depth == 0 {
+                assert_eq!(loc.base, None, "step {step}: {loc:?}");
+            } else {
+                assert_eq!(loc.encoding, cairn::codec::Encoding::DeltaPlanes, "{loc:?}");
+                assert_eq!(loc.base, Some(*r), "step {step}: the base is the root");
+                let base = store.chunk_loc(*r).unwrap().unwrap();
+                assert_eq!((base.depth, base.base), (0, None), "{base:?}");
+            }
+        }
+        heads.push(head);
+        versions.push(data);
+    }
+    for (head, want) in heads.iter().zip(&versions) {
+        let tree = store.tree(store.commit(*head).unwrap().tree).unwrap();
+        let tensor = read::find_tensor(&tree, "w").unwrap();
+        assert!(read::read_tensor(&store, &tensor).unwrap() == *want);
+    }
+    // Checkout of the depth-3 commit through the binary, byte for byte.
+    drop(store);
+    let dst = t.path().join("out");
+    let out = cairn(&root)
+        .args(["checkout", &heads[3].to_string()])
+        .arg(&dst)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let file = std::fs::read(dst.join("model.safetensors")).unwrap();
+    assert!(file.ends_with(&versions[3]));
+
+    // Damage the first group's root chunk: the depth-2 version fails naming it; the second
+    // group, standalone from step 4 on, still reads.
+    let store = Store::open(&root).unwrap();
+    let victim = roots_of(&store, heads[0])[0];
+    let loc = store.chunk_loc(victim).unwrap().unwrap();
+    let pack = store
+        .packs_dir()
+        .join(cairn::pack::pack_file_name(loc.pack));
+    drop(store);
+    let mut bytes = std::fs::read(&pack).unwrap();
+    bytes[(loc.offset + loc.stored_len / 2) as usize] ^= 0x40;
+    std::fs::write(&pack, &bytes).unwrap();
+    let store = Store::open(&root).unwrap();
+    let tensor_at = |i: usize| {
+        let tree = store.tree(store.commit(heads[i]).unwrap().tree).unwrap();
+        read::find_tensor(&tree, "w").unwrap()
+    };
+    let err = read::read_tensor(&store, &tensor_at(2))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains(&victim.to_string()), "{err}");
+    assert!(read::read_tensor(&store, &tensor_at(5)).unwrap() == versions[5]);
+}
+
+/// The chunk ids of tensor `w` at commit `head`.
+fn roots_of(store: &Store, head: cairn::CommitId) -> Vec<cairn::ChunkId> {
+    let tree = store.tree(store.commit(head).unwrap().tree).unwrap();
+    let tensor = read::find_tensor(&tree, "w").unwrap();
+    tensor.segment.chunks.iter().map(|c| c.id).collect()
 }
 
 /// `delta_depth` bounds the chains a commit writes: K = 1 never delta-codes, K = 2 alternates
@@ -306,5 +410,23 @@ fn delta_depth_bounds_the_chains_a_commit_writes() {
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("delta depth 0 is out of range"), "{err}");
+    let out = cairn(&root)
+        .args(["commit", "--delta-base", "grandparent"])
+        .arg(&src)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "a usage error");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("unknown delta base \"grandparent\""), "{err}");
     assert_eq!(Store::open(&root).unwrap().head().unwrap(), None);
+    let out = cairn(&root)
+        .args(["commit", "--delta-base", "parent"])
+        .arg(&src)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
