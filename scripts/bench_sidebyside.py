@@ -688,7 +688,8 @@ def targets(results, k=4):
                 if lib:
                     add(name + " (library)",
                         f"{lib['reused_ms']:.0f} ms into a reused buffer, {lib['fresh_ms']:.0f} ms into a "
-                        f"fresh one (chain depth {lib['depth'] + 1}); `cairn tensor` to a file {r['ms_median']:.0f} ms",
+                        f"fresh one (delta depth {lib['depth']}, chains of {lib.get('chain', lib['depth'] + 1)} chunks); "
+                        f"`cairn tensor` to a file {r['ms_median']:.0f} ms",
                         lib["reused_ms"] <= 30)
                 else:
                     add(name, f"{r['ms_median']:.0f} ms", r["ms_median"] <= 30)

@@ -335,7 +335,7 @@ pub fn rebuild_index(root: &std::path::Path) -> Result<RebuildOutcome> {
                     base: h.base,
                     depth: h.depth,
                 };
-                // Of several copies, the one with the shortest delta chain: gc re-encodes a
+                // Of several copies, the one with the smallest delta depth: gc re-encodes a
                 // chunk whose base it removes, and the older delta copy may outlive that base
                 // in a pack gc did not rewrite.
                 match chunks.entry(ChunkId(h.id)) {
