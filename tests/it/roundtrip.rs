@@ -167,29 +167,17 @@ fn a_delta_chain_reads_back_and_a_damaged_base_is_named() {
     let t = tempfile::tempdir().unwrap();
     let root = t.path().join("store");
     let store = Store::init(&root).unwrap();
-    let n = 3 << 18; // 3 MiB of f32: several chunks, the last one short
-    let mut w: Vec<f32> = weights(5, n)
-        .chunks_exact(4)
-        .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
-        .collect();
-    let mut versions = Vec::new();
+    // 3 MiB of f32: several chunks, the last one short.
+    let versions = moving_weights(5, 3 << 18, 4);
     let mut heads = Vec::new();
-    for step in 0..4u32 {
-        if step > 0 {
-            for (i, x) in w.iter_mut().enumerate() {
-                *x += 1e-4 * (((i as u32).wrapping_mul(2654435761) >> 16) as f32 / 65536.0 - 0.5);
-            }
-        }
-        let data: Vec<u8> = w.iter().flat_map(|x| x.to_le_bytes()).collect();
+    for data in &versions {
         let opts = CommitOptions {
             delta_base: DeltaBase::Parent,
             ..Default::default()
         };
-        heads.push(commit_w(&store, opts, &data));
-        versions.push(data);
+        heads.push(commit_w(&store, opts, data));
     }
-    let tree = store.tree(store.commit(heads[3]).unwrap().tree).unwrap();
-    let tensor = read::find_tensor(&tree, "w").unwrap();
+    let tensor = tensor_w(&store, heads[3]);
     assert!(tensor.segment.chunks.len() > 1);
     // Every chunk of the last commit is three deltas deep, all byte planes.
     let first = tensor.segment.chunks[0].id;
@@ -209,8 +197,7 @@ fn a_delta_chain_reads_back_and_a_damaged_base_is_named() {
     }
 
     for (head, want) in heads.iter().zip(&versions) {
-        let tree = store.tree(store.commit(*head).unwrap().tree).unwrap();
-        let tensor = read::find_tensor(&tree, "w").unwrap();
+        let tensor = tensor_w(&store, *head);
         assert!(read::read_tensor(&store, &tensor).unwrap() == *want);
         let mut buf = vec![0xEEu8; want.len()];
         read::read_tensor_into(&store, &tensor, &mut buf).unwrap();
@@ -223,16 +210,8 @@ fn a_delta_chain_reads_back_and_a_damaged_base_is_named() {
 
     // Damage the chain's root (the first commit's chunk): reading the newest commit fails and
     // names the root, not the chunk asked for.
-    let store = Store::open(&root).unwrap();
     let victim = *chain.last().unwrap();
-    let loc = store.chunk_loc(victim).unwrap().unwrap();
-    let pack = store
-        .packs_dir()
-        .join(cairn::pack::pack_file_name(loc.pack));
-    drop(store);
-    let mut bytes = std::fs::read(&pack).unwrap();
-    bytes[(loc.offset + loc.stored_len / 2) as usize] ^= 0x40;
-    std::fs::write(&pack, &bytes).unwrap();
+    damage_chunk(&root, victim);
     let store = Store::open(&root).unwrap();
     let err = read::read_tensor(&store, &tensor).unwrap_err().to_string();
     assert!(err.contains(&victim.to_string()), "{err}");
@@ -254,24 +233,12 @@ fn deltas_are_coded_against_the_chains_root_by_default() {
     let t = tempfile::tempdir().unwrap();
     let root = t.path().join("store");
     let store = Store::init(&root).unwrap();
-    let n = 3 << 18; // 3 MiB of f32: several chunks, the last one short
-    let mut w: Vec<f32> = weights(6, n)
-        .chunks_exact(4)
-        .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
-        .collect();
-    let mut versions = Vec::new();
+    let versions = moving_weights(6, 3 << 18, 6);
     let mut heads = Vec::new();
     let mut roots = Vec::new();
     for (step, want_depth) in [0u32, 1, 2, 3, 0, 1].into_iter().enumerate() {
-        if step > 0 {
-            for (i, x) in w.iter_mut().enumerate() {
-                *x += 1e-4 * (((i as u32).wrapping_mul(2654435761) >> 16) as f32 / 65536.0 - 0.5);
-            }
-        }
-        let data: Vec<u8> = w.iter().flat_map(|x| x.to_le_bytes()).collect();
-        let head = commit_w(&store, CommitOptions::default(), &data);
-        let tree = store.tree(store.commit(head).unwrap().tree).unwrap();
-        let tensor = read::find_tensor(&tree, "w").unwrap();
+        let head = commit_w(&store, CommitOptions::default(), &versions[step]);
+        let tensor = tensor_w(&store, head);
         assert!(tensor.segment.chunks.len() > 1);
         let ids: Vec<_> = tensor.segment.chunks.iter().map(|c| c.id).collect();
         if want_depth == 0 {
@@ -290,34 +257,63 @@ fn deltas_are_coded_against_the_chains_root_by_default() {
             }
         }
         heads.push(head);
-        versions.push(data);
     }
     for (head, want) in heads.iter().zip(&versions) {
-        let tree = store.tree(store.commit(*head).unwrap().tree).unwrap();
-        let tensor = read::find_tensor(&tree, "w").unwrap();
-        assert!(read::read_tensor(&store, &tensor).unwrap() == *want);
+        assert!(read::read_tensor(&store, &tensor_w(&store, *head)).unwrap() == *want);
     }
+    let victim = tensor_w(&store, heads[0]).segment.chunks[0].id; // the first group's root
     // Checkout of the depth-3 commit through the binary, byte for byte.
     drop(store);
     let dst = t.path().join("out");
-    let out = cairn(&root)
+    cairn(&root)
         .args(["checkout", &heads[3].to_string()])
         .arg(&dst)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+        .assert()
+        .success();
     let file = std::fs::read(dst.join("model.safetensors")).unwrap();
     assert!(file.ends_with(&versions[3]));
 
     // Damage the first group's root chunk: the depth-2 version fails naming it; the second
     // group, standalone from step 4 on, still reads.
+    damage_chunk(&root, victim);
     let store = Store::open(&root).unwrap();
-    let victim = roots_of(&store, heads[0])[0];
-    let loc = store.chunk_loc(victim).unwrap().unwrap();
+    let err = read::read_tensor(&store, &tensor_w(&store, heads[2]))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains(&victim.to_string()), "{err}");
+    assert!(read::read_tensor(&store, &tensor_w(&store, heads[5])).unwrap() == versions[5]);
+}
+
+/// Tensor `w` of commit `head`.
+fn tensor_w(store: &Store, head: cairn::CommitId) -> read::TensorRef {
+    let tree = store.tree(store.commit(head).unwrap().tree).unwrap();
+    read::find_tensor(&tree, "w").unwrap()
+}
+
+/// `n` f32 weights, and their bytes after each of `steps` commits of a small, deterministic
+/// move of every weight (about 1e-4, an optimizer step's size): the first version unmoved.
+fn moving_weights(seed: u64, n: usize, steps: usize) -> Vec<Vec<u8>> {
+    let mut w: Vec<f32> = weights(seed, n)
+        .chunks_exact(4)
+        .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
+        .collect();
+    (0..steps)
+        .map(|step| {
+            if step > 0 {
+                for (i, x) in w.iter_mut().enumerate() {
+                    *x +=
+                        1e-4 * (((i as u32).wrapping_mul(2654435761) >> 16) as f32 / 65536.0 - 0.5);
+                }
+            }
+            w.iter().flat_map(|x| x.to_le_bytes()).collect()
+        })
+        .collect()
+}
+
+/// Flip one bit in the middle of chunk `id`'s stored payload, in its pack file.
+fn damage_chunk(root: &std::path::Path, id: cairn::ChunkId) {
+    let store = Store::open(root).unwrap();
+    let loc = store.chunk_loc(id).unwrap().unwrap();
     let pack = store
         .packs_dir()
         .join(cairn::pack::pack_file_name(loc.pack));
@@ -325,23 +321,6 @@ fn deltas_are_coded_against_the_chains_root_by_default() {
     let mut bytes = std::fs::read(&pack).unwrap();
     bytes[(loc.offset + loc.stored_len / 2) as usize] ^= 0x40;
     std::fs::write(&pack, &bytes).unwrap();
-    let store = Store::open(&root).unwrap();
-    let tensor_at = |i: usize| {
-        let tree = store.tree(store.commit(heads[i]).unwrap().tree).unwrap();
-        read::find_tensor(&tree, "w").unwrap()
-    };
-    let err = read::read_tensor(&store, &tensor_at(2))
-        .unwrap_err()
-        .to_string();
-    assert!(err.contains(&victim.to_string()), "{err}");
-    assert!(read::read_tensor(&store, &tensor_at(5)).unwrap() == versions[5]);
-}
-
-/// The chunk ids of tensor `w` at commit `head`.
-fn roots_of(store: &Store, head: cairn::CommitId) -> Vec<cairn::ChunkId> {
-    let tree = store.tree(store.commit(head).unwrap().tree).unwrap();
-    let tensor = read::find_tensor(&tree, "w").unwrap();
-    tensor.segment.chunks.iter().map(|c| c.id).collect()
 }
 
 /// `delta_depth` bounds the chains a commit writes: K = 1 never delta-codes, K = 2 alternates
@@ -419,14 +398,9 @@ fn delta_depth_bounds_the_chains_a_commit_writes() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("unknown delta base \"grandparent\""), "{err}");
     assert_eq!(Store::open(&root).unwrap().head().unwrap(), None);
-    let out = cairn(&root)
+    cairn(&root)
         .args(["commit", "--delta-base", "parent"])
         .arg(&src)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+        .assert()
+        .success();
 }
