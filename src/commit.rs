@@ -249,8 +249,8 @@ pub struct CommitOptions {
 pub enum DeltaBase {
     /// The standalone root of the parent chunk's chain (the default): every delta of a group of
     /// K versions shares one base, so a read decodes at most one base whatever the depth, and a
-    /// commit decodes only that root to encode against it. Stores about 3% more than `Parent`
-    /// on the fine-tune series (docs/benchmarks.md).
+    /// commit decodes only that root to encode against it. Stores 1.3-2.4% more than `Parent`
+    /// on the benchmark series (docs/benchmarks.md).
     #[default]
     Root,
     /// The parent's chunk itself: each version against the one before, the smallest deltas, but

@@ -290,7 +290,7 @@ struct CommitArgs {
     delta_depth: Option<u32>,
     /// What a changed chunk is delta-coded against: "root" (default), the standalone root of
     /// the parent chunk's chain, so a read decodes at most one base; or "parent", the parent's
-    /// chunk itself: about 3% smaller, but a read at depth d decodes d+1 chunks.
+    /// chunk itself: about 2% smaller, but a read at depth d decodes d+1 chunks.
     #[arg(long, value_name = "root|parent", default_value = "root")]
     delta_base: cairn::commit::DeltaBase,
     /// After publishing, re-read every file in a fresh process and record the result.
