@@ -18,8 +18,9 @@
 //!
 //! Choosing an encoding is cheap: per plane, a byte histogram of at most [`SAMPLE_ELEMS`] sampled
 //! elements estimates what zstd will save (order-0 entropy); non-float chunks compress a sample of
-//! [`SAMPLE_BYTES`] bytes. Only the winning encoding runs in full, plus the runner-up when the
-//! estimates are within [`CLOSE_CALL`] of each other, and the smaller result is kept.
+//! [`SAMPLE_BYTES`] bytes. Only the estimated best encoding runs in full. (Also running the
+//! runner-up when the estimates were within 10% saved 0.003-0.02% of stored bytes on the
+//! benchmark series for 10-19% more commit CPU, measured 2026-11-28.)
 
 use std::cell::RefCell;
 use std::io::Cursor;
@@ -144,12 +145,6 @@ pub const SAMPLE_ELEMS: usize = 4096;
 /// Bytes of a non-float chunk compressed to decide whether zstd pays.
 pub const SAMPLE_BYTES: usize = 16 << 10;
 
-/// When the runner-up's estimate is within this factor of the best one, both run in full.
-/// 1.0: only an exact tie runs both. With 1.10, on the side-by-side series (f32 fine-tune, bf16
-/// fine-tune, dense; 2026-11-28), the runner-up saved 0.003-0.02% of the stored bytes for 10-19%
-/// more commit CPU: the estimates pick the smaller encoding nearly always.
-pub const CLOSE_CALL: f64 = 1.0;
-
 /// A plane, or a whole chunk, is compressed only when the estimate saves at least this fraction.
 const MIN_SAVING: f64 = 0.05;
 
@@ -169,8 +164,8 @@ const PLANE_HASH_LOG: u32 = 6;
 /// skips ahead faster where no match turns up), with Huffman literals kept on, which zstd
 /// otherwise turns off for any acceleration. Planes are mostly literals: on the codec bench,
 /// encoding ran 13-45% faster (f32 weights 2.28 to 2.57 GiB/s, Adam second moments 0.79 to
-/// 1.15 GiB/s) with every ratio within 0.5% (docs/benchmarks.md); decoding is unchanged. At 16
-/// and more, delta ratios began to fall by 1-6%.
+/// 1.15 GiB/s) with every ratio within 0.5% (docs/benchmarks.md); decoding is unchanged. Higher
+/// settings cost delta ratio: bf16 after an Adam step fell 1.5% at 16, 6% at 64, 16% at 1024.
 const PLANE_ACCELERATION: u32 = 4;
 
 const TRANSFORM_NONE: u8 = 0;
@@ -276,21 +271,10 @@ pub fn encode_into(raw: &[u8], hint: Hint<'_>, buf: Vec<u8>) -> Encoded {
         }
     }
 
-    candidates.sort_by(|a, b| a.0.total_cmp(&b.0));
-    let mut best: Option<Encoded> = None;
-    for (i, &(est, cand)) in candidates.iter().enumerate() {
-        if i > 0 && est > candidates[0].0 * CLOSE_CALL {
-            break;
-        }
-        if i > 1 {
-            break;
-        }
-        if let Some(e) = run_candidate(raw, base, cand, spare.take().unwrap_or_default())
-            && best.as_ref().is_none_or(|b| e.bytes.len() < b.bytes.len())
-        {
-            best = Some(e);
-        }
-    }
+    let best = candidates
+        .iter()
+        .min_by(|a, b| a.0.total_cmp(&b.0))
+        .and_then(|&(_, cand)| run_candidate(raw, base, cand, spare.take().unwrap_or_default()));
     match best {
         Some(e) if e.bytes.len() < raw.len() => e,
         Some(e) => raw_with(&mut Some(e.bytes)),

@@ -233,10 +233,11 @@ pub struct CommitOptions {
     /// Stage this commit as part `part` of `total` of sharded transaction `id`: the commit
     /// becomes visible, atomically, when all parts are staged (see [`crate::txn`]).
     pub txn: Option<crate::txn::TxnPart>,
-    /// K for this commit's chunks, 1 to [`DELTA_DEPTH_LIMIT`]: a chunk is delta-coded against
-    /// the parent's only when that leaves a chain of at most K chunks to decode. 1 stores every
-    /// chunk standalone (fastest reads); larger K stores less but reads decode more.
-    /// `None` is [`MAX_DELTA_DEPTH`].
+    /// K for this commit's chunks, 1 to [`DELTA_DEPTH_LIMIT`]: a chunk is delta-coded only
+    /// while it is fewer than K versions from its last standalone encoding, so every K-th
+    /// version at most is stored standalone and a read decodes at most K chunks (2 with
+    /// [`DeltaBase::Root`]). 1 stores every chunk standalone (fastest reads); larger K stores
+    /// less. `None` is [`MAX_DELTA_DEPTH`].
     pub delta_depth: Option<u32>,
     /// What a new version of a chunk is delta-coded against (see [`DeltaBase`]).
     pub delta_base: DeltaBase,

@@ -284,8 +284,9 @@ struct CommitArgs {
     /// parts are staged.
     #[arg(long, value_name = "I/N", requires = "txn")]
     part: Option<String>,
-    /// K, the longest delta chain a read of this commit's chunks decodes (1 to 32; default
-    /// 4). 1 stores every chunk standalone: fastest reads, more disk.
+    /// K (1 to 32; default 4): a chunk is stored standalone at least every K versions, so a
+    /// read decodes at most K chunks (2 with the default --delta-base root). 1 stores every
+    /// chunk standalone: fastest reads, more disk.
     #[arg(long, value_name = "K")]
     delta_depth: Option<u32>,
     /// What a changed chunk is delta-coded against: "root" (default), the standalone root of
