@@ -5,6 +5,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
 source scripts/env.sh
+warn_first_build
 cargo build --quiet --bin cairn --example train
 CAIRN="$CARGO_TARGET_DIR/debug/cairn"
 WORK="${DEMO_DIR:-$(mktemp -d /tmp/cairn-demo.XXXXXX)}"

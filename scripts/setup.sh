@@ -1,21 +1,46 @@
 #!/usr/bin/env bash
-# Installs what building and testing cairn needs on a fresh Debian machine, when missing:
-# libclang (RocksDB's bindings are generated at build time) and the Python packages the
-# interoperability tests use. Safe to run again.
+# Installs what building and testing cairn needs on a fresh Debian machine, when missing, and
+# proves each prerequisite by using it the way the build or the tests do (a look-alike file
+# never counts): libclang is loaded and its C API resolved as bindgen does (RocksDB's bindings
+# are generated at build time); each tool the tests run is run; each Python module the tests
+# import is imported. Safe to run again; ends with the checks, so every CI run proves them.
 set -euo pipefail
+cd "$(dirname "$0")/.."
+
+have_libclang() { python3 scripts/check_libclang.py 2>/dev/null; }
+# tool -> the command that proves it works as the tests use it
+declare -A probe=(
+  [git]="git --version"
+  [strace]="strace -o /dev/null true"
+  [e2fsprogs]="mkfs.ext4 -V"
+  [util-linux]="mount --version"
+  [bsdutils]="script --version"
+)
+
 need_apt=()
-if ! ls /usr/lib/llvm-*/lib/libclang.so* >/dev/null 2>&1 && ! ldconfig -p 2>/dev/null | grep -q libclang; then
+command -v python3 >/dev/null || need_apt+=(python3 python3-pip)
+if ! command -v python3 >/dev/null || ! have_libclang; then
   need_apt+=(libclang-dev)
 fi
-command -v git >/dev/null || need_apt+=(git)
-command -v strace >/dev/null || need_apt+=(strace)
-command -v mkfs.ext4 >/dev/null || need_apt+=(e2fsprogs)
-command -v python3 >/dev/null || need_apt+=(python3 python3-pip)
+for pkg in "${!probe[@]}"; do
+  ${probe[$pkg]} >/dev/null 2>&1 || need_apt+=("$pkg")
+done
 if ((${#need_apt[@]})); then
+  echo "setup: installing ${need_apt[*]} (apt-get)" >&2
   SUDO=""; [[ $(id -u) -ne 0 ]] && SUDO=sudo
   $SUDO apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need_apt[@]}" >/dev/null
 fi
 if ! python3 -c 'import safetensors, numpy' >/dev/null 2>&1; then
+  echo "setup: installing the Python packages safetensors and numpy (pip)" >&2
   python3 -m pip install --quiet --disable-pip-version-check safetensors numpy
 fi
+
+# The checks, on every run: each fails loudly, naming what is missing.
+fail=0
+python3 scripts/check_libclang.py || { echo "setup: libclang-dev did not give a loadable libclang" >&2; fail=1; }
+for pkg in "${!probe[@]}"; do
+  ${probe[$pkg]} >/dev/null 2>&1 || { echo "setup: '${probe[$pkg]}' fails ($pkg)" >&2; fail=1; }
+done
+python3 -c 'import safetensors.numpy, numpy' || { echo "setup: python3 cannot import safetensors.numpy" >&2; fail=1; }
+exit "$fail"
