@@ -34,51 +34,26 @@
 //! explains the design; docs/format.md the bytes.
 #![deny(unsafe_code)]
 
-#[cfg(feature = "store")]
-pub mod catalog;
-pub mod chunker;
 pub mod codec;
-pub mod crashsim;
-pub mod dtype;
-pub mod fsutil;
-pub mod id;
-pub mod mmap;
-pub mod object;
-pub mod pack;
-pub mod safetensors;
-pub mod torchzip;
+pub mod formats;
+pub mod model;
+pub mod ops;
+pub mod remote;
+pub mod storage;
 
+// Temporary shims while the modules move (removed at the end of the restructuring).
+pub use formats::{safetensors, torchzip};
+pub use model::{chunker, dtype, id, object};
 #[cfg(feature = "store")]
-pub mod async_commit;
+pub use ops::commit::async_commit;
 #[cfg(feature = "store")]
-pub mod commit;
+pub use ops::commit::sharded as txn;
+pub use ops::progress;
 #[cfg(feature = "store")]
-pub mod diff;
+pub use ops::{catalog, commit, diff, export, fsck, gc, inspect, provenance, read, rev, verify};
+pub use storage::{crashsim, fsutil, lock, mmap, pack, refs};
 #[cfg(feature = "store")]
-pub mod export;
-#[cfg(feature = "store")]
-pub mod fsck;
-#[cfg(feature = "store")]
-pub mod gc;
-#[cfg(feature = "store")]
-pub mod index;
-#[cfg(feature = "store")]
-pub mod inspect;
-pub mod lock;
-pub mod progress;
-#[cfg(feature = "store")]
-pub mod provenance;
-#[cfg(feature = "store")]
-pub mod read;
-pub mod refs;
-#[cfg(feature = "store")]
-pub mod rev;
-#[cfg(feature = "store")]
-pub mod store;
-#[cfg(feature = "store")]
-pub mod txn;
-#[cfg(feature = "store")]
-pub mod verify;
+pub use storage::{index, store};
 
 #[cfg(feature = "store")]
 pub use async_commit::{AsyncCommitter, CommitHandle, TensorSlice};

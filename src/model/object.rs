@@ -1,0 +1,362 @@
+//! Objects: commits and trees, and their canonical encoding.
+//!
+//! Invariants:
+//! - An object's bytes are `postcard` of a versioned enum (`CommitObject::V1`, `TreeObject::V1`),
+//!   and its id is `blake3(OBJECT_CONTEXT, kind byte || bytes)`. Maps are `BTreeMap`s, so equal
+//!   values have equal bytes and equal ids.
+//! - Objects are immutable. State that changes after a commit is made (pruned, verified, ...)
+//!   lives in separate index records, never here.
+//! - A tree describes every file byte for byte: a file's segments, concatenated in order, are the
+//!   file. A segment is raw bytes (headers, padding, opaque content) or a *tensor record* (name,
+//!   dtype, shape) whose chunks are aligned to the tensor's first byte.
+//! - Decoding checks that the whole input was consumed; ids are checked by the reader before
+//!   decoding, so a decode error means a bug or a format this build does not know.
+
+use crate::model::dtype::DType;
+use crate::model::id::{ChunkId, CommitId, ObjectId, TreeId};
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, BTreeSet};
+
+/// Kind byte of a commit object.
+pub const KIND_COMMIT: u8 = 1;
+/// Kind byte of a tree object.
+pub const KIND_TREE: u8 = 2;
+
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ObjectError {
+    #[error("object {id} does not decode as a {kind}: {source}")]
+    Decode {
+        id: ObjectId,
+        kind: &'static str,
+        #[source]
+        source: postcard::Error,
+    },
+    #[error("object {id} has {extra} trailing bytes after its {kind}")]
+    Trailing {
+        id: ObjectId,
+        kind: &'static str,
+        extra: usize,
+    },
+    #[error("object {id} is a {found}, expected a {expected}")]
+    WrongKind {
+        id: ObjectId,
+        found: &'static str,
+        expected: &'static str,
+    },
+}
+
+/// A piece of a file's content, by id and raw length.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct ChunkRef {
+    pub id: ChunkId,
+    pub len: u64,
+}
+
+/// What a segment holds.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum SegmentKind {
+    /// Bytes with no tensor structure (a header, padding, an opaque file).
+    Raw,
+    /// A tensor record: the bytes of one tensor, little-endian, as the file holds them.
+    Tensor {
+        name: String,
+        dtype: DType,
+        shape: Vec<u64>,
+    },
+}
+
+/// A contiguous run of a file.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Segment {
+    pub kind: SegmentKind,
+    pub chunks: Vec<ChunkRef>,
+}
+
+impl Segment {
+    /// Byte length of the segment.
+    pub fn len(&self) -> u64 {
+        self.chunks.iter().map(|c| c.len).sum()
+    }
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+    pub fn tensor(&self) -> Option<(&str, DType, &[u64])> {
+        match &self.kind {
+            SegmentKind::Tensor { name, dtype, shape } => Some((name, *dtype, shape)),
+            SegmentKind::Raw => None,
+        }
+    }
+}
+
+/// How a file was understood when it was committed.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum FileFormat {
+    /// Stored as plain bytes, content-defined chunks.
+    Opaque,
+    /// A strictly parsed safetensors file: one raw segment (8-byte length + header), then one
+    /// tensor record per tensor in offset order.
+    Safetensors,
+    /// A torch.save zip archive with storage-aligned chunks.
+    TorchZip,
+    /// A file of a known kind that could not be parsed and was stored opaque; the reason.
+    Fallback(String),
+}
+
+/// One file of a tree.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FileEntry {
+    pub size: u64,
+    /// SHA-256 of the whole file, as `sha256sum` prints it (hex of these bytes).
+    pub sha256: [u8; 32],
+    pub executable: bool,
+    pub format: FileFormat,
+    pub segments: Vec<Segment>,
+}
+
+impl FileEntry {
+    pub fn sha256_hex(&self) -> String {
+        hex::encode(self.sha256)
+    }
+    /// Iterate the tensor records with their byte offset in the file.
+    pub fn tensors(&self) -> impl Iterator<Item = (u64, &Segment)> {
+        let mut off = 0u64;
+        self.segments.iter().filter_map(move |s| {
+            let here = off;
+            off += s.len();
+            s.tensor().map(|_| (here, s))
+        })
+    }
+    /// Every chunk ref of the file in order.
+    pub fn chunks(&self) -> impl Iterator<Item = &ChunkRef> {
+        self.segments.iter().flat_map(|s| s.chunks.iter())
+    }
+}
+
+/// A checkpoint's files. Paths are relative, `/`-separated, normalized (no `.`, `..` or empty
+/// components) and sorted.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Tree {
+    pub files: BTreeMap<String, FileEntry>,
+    /// Directories that hold no file, so they come back on checkout.
+    pub empty_dirs: BTreeSet<String>,
+}
+
+impl Tree {
+    /// The sum of the files' sizes: what a checkout writes.
+    pub fn logical_size(&self) -> u64 {
+        self.files.values().map(|f| f.size).sum()
+    }
+
+    /// The chunks of every file (a chunk shared by two places appears twice).
+    pub fn chunk_ids(&self) -> impl Iterator<Item = ChunkId> + '_ {
+        self.files.values().flat_map(|f| f.chunks().map(|c| c.id))
+    }
+
+    /// The chunks of every file except those whose path is in `except`.
+    pub fn chunk_ids_except<'a>(
+        &'a self,
+        except: &'a BTreeSet<String>,
+    ) -> impl Iterator<Item = ChunkId> + 'a {
+        self.files
+            .iter()
+            .filter(|(p, _)| !except.contains(*p))
+            .flat_map(|(_, f)| f.chunks().map(|c| c.id))
+    }
+}
+
+/// The code that produced a checkpoint.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct GitInfo {
+    pub commit: String,
+    pub branch: Option<String>,
+    pub dirty: bool,
+    /// blake3 hex of `git diff HEAD` when the tree was dirty.
+    pub diff_hash: Option<String>,
+}
+
+/// A dataset that produced a checkpoint.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct DatasetRef {
+    /// Role of the data set ("train", "validation", or the path's name).
+    pub name: String,
+    pub fingerprint: String,
+    pub files: Option<u64>,
+    pub bytes: Option<u64>,
+}
+
+/// What is known about a checkpoint besides its files. Every field is optional; `extra` takes
+/// new keys without a format change.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Metadata {
+    pub run_id: Option<String>,
+    pub epoch: Option<f64>,
+    pub step: Option<u64>,
+    pub metrics: BTreeMap<String, f64>,
+    pub params: BTreeMap<String, String>,
+    /// Hyperparameters / config as canonical JSON text (keys sorted, no whitespace).
+    pub config: Option<String>,
+    pub git: Option<GitInfo>,
+    pub datasets: Vec<DatasetRef>,
+    pub env: BTreeMap<String, String>,
+    pub extra: BTreeMap<String, String>,
+}
+
+/// An immutable checkpoint.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Commit {
+    pub parents: Vec<CommitId>,
+    pub tree: TreeId,
+    /// Nanoseconds since the Unix epoch, UTC.
+    pub time_ns: i64,
+    pub author: String,
+    pub message: String,
+    pub meta: Metadata,
+    /// Logical size of the tree (sum of file sizes), kept here so `log` and `stats` need not read
+    /// trees.
+    pub logical_size: u64,
+    pub file_count: u64,
+}
+
+#[derive(Serialize, Deserialize)]
+enum CommitObject {
+    V1(Commit),
+}
+
+#[derive(Serialize, Deserialize)]
+enum TreeObject {
+    V1(Tree),
+}
+
+fn encode<T: Serialize>(v: &T) -> Vec<u8> {
+    postcard::to_stdvec(v).expect("postcard encodes plain data into a Vec without failing")
+}
+
+fn decode<'a, T: Deserialize<'a>>(
+    id: ObjectId,
+    kind: &'static str,
+    bytes: &'a [u8],
+) -> Result<T, ObjectError> {
+    let (v, rest) = postcard::take_from_bytes(bytes).map_err(|source| ObjectError::Decode {
+        id,
+        kind,
+        source,
+    })?;
+    if !rest.is_empty() {
+        return Err(ObjectError::Trailing {
+            id,
+            kind,
+            extra: rest.len(),
+        });
+    }
+    Ok(v)
+}
+
+pub fn kind_name(kind: u8) -> &'static str {
+    match kind {
+        KIND_COMMIT => "commit",
+        KIND_TREE => "tree",
+        _ => "unknown object",
+    }
+}
+
+impl Commit {
+    /// Canonical bytes and id.
+    pub fn encode(&self) -> (CommitId, Vec<u8>) {
+        let bytes = encode(&CommitObject::V1(self.clone()));
+        (CommitId(ObjectId::of(KIND_COMMIT, &bytes).0), bytes)
+    }
+    pub fn decode(id: ObjectId, bytes: &[u8]) -> Result<Commit, ObjectError> {
+        let CommitObject::V1(c) = decode(id, "commit", bytes)?;
+        Ok(c)
+    }
+}
+
+impl Tree {
+    /// Canonical bytes and id.
+    pub fn encode(&self) -> (TreeId, Vec<u8>) {
+        let bytes = encode(&TreeObject::V1(self.clone()));
+        (TreeId(ObjectId::of(KIND_TREE, &bytes).0), bytes)
+    }
+    pub fn decode(id: ObjectId, bytes: &[u8]) -> Result<Tree, ObjectError> {
+        let TreeObject::V1(t) = decode(id, "tree", bytes)?;
+        Ok(t)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample_tree() -> Tree {
+        let mut t = Tree::default();
+        t.files.insert(
+            "model.safetensors".into(),
+            FileEntry {
+                size: 12,
+                sha256: [1; 32],
+                executable: false,
+                format: FileFormat::Safetensors,
+                segments: vec![
+                    Segment {
+                        kind: SegmentKind::Raw,
+                        chunks: vec![ChunkRef {
+                            id: ChunkId::of(b"head"),
+                            len: 8,
+                        }],
+                    },
+                    Segment {
+                        kind: SegmentKind::Tensor {
+                            name: "w".into(),
+                            dtype: DType::F32,
+                            shape: vec![1],
+                        },
+                        chunks: vec![ChunkRef {
+                            id: ChunkId::of(b"body"),
+                            len: 4,
+                        }],
+                    },
+                ],
+            },
+        );
+        t
+    }
+
+    #[test]
+    fn encoding_is_canonical_and_round_trips() {
+        let t = sample_tree();
+        let (id1, b1) = t.encode();
+        let (id2, b2) = t.clone().encode();
+        assert_eq!((id1, &b1), (id2, &b2));
+        assert_eq!(Tree::decode(id1.into(), &b1).unwrap(), t);
+        let c = Commit {
+            parents: vec![],
+            tree: id1,
+            time_ns: 5,
+            author: "a".into(),
+            message: "m".into(),
+            meta: Metadata::default(),
+            logical_size: 12,
+            file_count: 1,
+        };
+        let (cid, cb) = c.encode();
+        assert_ne!(cid.0, id1.0);
+        assert_eq!(Commit::decode(cid.into(), &cb).unwrap(), c);
+        let mut long = cb.clone();
+        long.push(0);
+        assert!(matches!(
+            Commit::decode(cid.into(), &long),
+            Err(ObjectError::Trailing { .. })
+        ));
+        assert!(Commit::decode(cid.into(), &cb[..cb.len() - 1]).is_err());
+    }
+
+    #[test]
+    fn tensor_offsets() {
+        let t = sample_tree();
+        let f = &t.files["model.safetensors"];
+        let v: Vec<u64> = f.tensors().map(|(o, _)| o).collect();
+        assert_eq!(v, vec![8]);
+        assert_eq!(f.chunks().count(), 2);
+    }
+}

@@ -1,0 +1,713 @@
+//! Async commit for training loops: the caller's tensors are copied into buffers the committer
+//! owns, control returns, and hashing, encoding, writing and publishing go on in the background.
+//!
+//! An [`AsyncCommitter`] owns an `Arc<Store>` and one worker thread. [`AsyncCommitter::begin`]
+//! hands out an [`AsyncCommit`] to fill ([`AsyncCommit::add_tensors`], [`AsyncCommit::add_bytes`]);
+//! [`AsyncCommit::submit`] queues it and returns a [`CommitHandle`] that reports the
+//! [`CommitOutcome`] or the error.
+//!
+//! Invariants:
+//! - When `add_tensors` or `add_bytes` returns, every byte it was given has been copied into a
+//!   buffer of the committer: the caller may overwrite or free its own memory at once.
+//! - The worker runs submitted commits one at a time, in submission order, through the ordinary
+//!   write path ([`crate::CommitBuilder::commit`]): the same dedup, delta coding, fsyncs and
+//!   publish protocol as a synchronous commit. So commits submitted to one branch chain their
+//!   parents in submission order (a failed one is simply absent from the chain).
+//! - A failed background commit is never visible: a commit becomes visible only through the
+//!   publish step's single synced index batch, which is its last step (docs/architecture.md,
+//!   "The write path"). Its error is what [`CommitHandle::wait`] returns.
+//! - At most [`AsyncOptions::max_in_flight`] commits hold buffers at once, counted from `begin`
+//!   until their background work ends; `begin` waits for a free slot (the backpressure).
+//! - Every submitted commit runs to the end even if its handle is dropped; dropping the
+//!   committer waits for all of them.
+//! - Buffers are reused: a slot keeps the buffers of its last commit, and the next commit
+//!   through that slot copies its i-th file into the i-th buffer, so a steady-state training
+//!   loop copies into memory that is already mapped (no page faults of a fresh allocation).
+//! - With [`AsyncOptions::pause_for_copies`] (the default), a commit running in the background
+//!   waits before its next chunk while `add_tensors` or `add_bytes` copies, so the copy is not
+//!   slowed by it; the pause holds no lock and publishes nothing.
+
+use crate::formats::safetensors;
+use crate::model::dtype::DType;
+use crate::ops::commit::{CommitBuilder, CommitOptions, CommitOutcome, Gate, check_tensor_len};
+use crate::storage::store::{Error, Result, Store};
+use std::collections::BTreeMap;
+use std::sync::mpsc;
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::thread::JoinHandle;
+
+/// Settings of an [`AsyncCommitter`].
+#[derive(Clone, Debug)]
+pub struct AsyncOptions {
+    /// Commits that may hold buffers at once (being filled, queued or running); at least 1.
+    /// Each holds a full copy of its files, so memory grows with this number. With the
+    /// default, 1, `begin` waits until the previous commit has finished.
+    pub max_in_flight: usize,
+    /// Keep each slot's buffers for the next commit (memory stays allocated between commits;
+    /// the copy then costs no page faults). Off: buffers are freed after each commit.
+    pub keep_buffers: bool,
+    /// Threads that hash and encode in the background. `None` shares rayon's global pool (all
+    /// cores: the fastest commit, but it competes with the training step); `Some(n)` gives the
+    /// worker a pool of its own with `n` threads, leaving the other cores to training. (The
+    /// write path's reader thread and the pack writes run alongside; on the 2-core development
+    /// machine this did not shorten a copy made beside a running commit, docs/benchmarks.md.)
+    pub threads: Option<usize>,
+    /// While the caller copies a checkpoint in (`add_tensors`, `add_bytes`), a commit running in
+    /// the background pauses before its next chunk, so the copy (the training loop's stall)
+    /// gets the cores and the memory bus; the background commit takes that much longer. Only
+    /// matters with `max_in_flight` above 1. Off: both run at once.
+    pub pause_for_copies: bool,
+}
+
+impl Default for AsyncOptions {
+    fn default() -> AsyncOptions {
+        AsyncOptions {
+            max_in_flight: 1,
+            keep_buffers: true,
+            threads: None,
+            pause_for_copies: true,
+        }
+    }
+}
+
+/// A tensor lent by the caller for the duration of one [`AsyncCommit::add_tensors`] call.
+/// `data` is the tensor's bytes in safetensors order: little-endian, row-major.
+#[derive(Clone, Copy, Debug)]
+pub struct TensorSlice<'a> {
+    pub name: &'a str,
+    pub dtype: DType,
+    pub shape: &'a [u64],
+    pub data: &'a [u8],
+}
+
+/// A slot's reusable buffers, one per file of the commit that last used it.
+type Buffers = Vec<Vec<u8>>;
+
+struct SlotState {
+    free: Vec<Buffers>,
+    /// Submitted commits whose handle is not completed yet.
+    pending: usize,
+    /// Set when the worker thread has ended; no slot will come back after that.
+    worker_gone: bool,
+}
+
+struct Slots {
+    state: Mutex<SlotState>,
+    changed: Condvar,
+}
+
+impl Slots {
+    fn lock(&self) -> MutexGuard<'_, SlotState> {
+        self.state
+            .lock()
+            .expect("the slot lock is never poisoned: nothing panics while holding it")
+    }
+
+    fn release(&self, buffers: Buffers) {
+        self.lock().free.push(buffers);
+        self.changed.notify_all();
+    }
+
+    fn finished_one(&self) {
+        self.lock().pending -= 1;
+        self.changed.notify_all();
+    }
+}
+
+/// Where a background commit leaves its result for its [`CommitHandle`].
+struct Done {
+    result: Mutex<Option<Result<CommitOutcome>>>,
+    ready: Condvar,
+}
+
+impl Done {
+    fn lock(&self) -> MutexGuard<'_, Option<Result<CommitOutcome>>> {
+        self.result
+            .lock()
+            .expect("the result lock is never poisoned: nothing panics while holding it")
+    }
+}
+
+/// The worker's side of a [`CommitHandle`]. If it is dropped without a result (the worker ended
+/// before running the commit), the handle gets an error instead of waiting forever.
+struct Completer {
+    done: Arc<Done>,
+    completed: bool,
+}
+
+impl Completer {
+    fn complete(mut self, r: Result<CommitOutcome>) {
+        self.set(r);
+    }
+
+    fn set(&mut self, r: Result<CommitOutcome>) {
+        *self.done.lock() = Some(r);
+        self.completed = true;
+        self.done.ready.notify_all();
+    }
+}
+
+impl Drop for Completer {
+    fn drop(&mut self) {
+        if !self.completed {
+            self.set(Err(Error::Background {
+                what: "the background worker stopped before running this commit".into(),
+            }));
+        }
+    }
+}
+
+struct Job {
+    opts: CommitOptions,
+    files: Vec<(String, Arc<Vec<u8>>)>,
+    spare: Buffers,
+    done: Completer,
+}
+
+/// Runs commits in the background, one at a time, in the order they are submitted.
+///
+/// ```
+/// use cairn::async_commit::{AsyncCommitter, TensorSlice};
+/// use cairn::{CommitOptions, DType, Store};
+/// use std::sync::Arc;
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// # let dir = tempfile::tempdir()?;
+/// let store = Arc::new(Store::init(&dir.path().join("store"))?);
+/// let committer = AsyncCommitter::new(store.clone())?;
+/// let mut weights = vec![0f32; 1024];
+/// let mut pending = None;
+/// for step in 1..=3u64 {
+///     weights.iter_mut().for_each(|w| *w += 0.01); // a training step
+///     let mut opts = CommitOptions::default();
+///     opts.message = format!("step {step}");
+///     opts.meta.step = Some(step);
+///     // Waits for the previous commit's slot (one in flight by default), copies, returns.
+///     let mut c = committer.begin(opts)?;
+///     c.add_tensors(
+///         "model.safetensors",
+///         &[TensorSlice {
+///             name: "w",
+///             dtype: DType::F32,
+///             shape: &[1024],
+///             data: bytemuck::cast_slice(&weights),
+///         }],
+///         None,
+///     )?;
+///     c.add_bytes("trainer_state.json", format!("{{\"global_step\": {step}}}").as_bytes())?;
+///     // `weights` may change from here on; the commit has its own copy.
+///     if let Some(previous) = pending.replace(c.submit()) {
+///         let outcome = previous.wait()?;
+///         println!("committed {}", outcome.commit.short());
+///     }
+/// }
+/// let last = pending.expect("three commits submitted").wait()?;
+/// assert_eq!(store.head()?, Some(last.commit));
+/// # Ok(()) }
+/// ```
+pub struct AsyncCommitter {
+    store: Arc<Store>,
+    slots: Arc<Slots>,
+    keep_buffers: bool,
+    /// Closed while the caller copies, when [`AsyncOptions::pause_for_copies`] is on.
+    gate: Option<Arc<Gate>>,
+    queue: Option<mpsc::Sender<Job>>,
+    worker: Option<JoinHandle<()>>,
+}
+
+impl AsyncCommitter {
+    /// A committer with the default [`AsyncOptions`] (one commit in flight, buffers kept).
+    pub fn new(store: Arc<Store>) -> Result<AsyncCommitter> {
+        AsyncCommitter::with_options(store, AsyncOptions::default())
+    }
+
+    pub fn with_options(store: Arc<Store>, opts: AsyncOptions) -> Result<AsyncCommitter> {
+        if opts.max_in_flight == 0 {
+            return Err(Error::Usage {
+                what: "max_in_flight must be at least 1".into(),
+            });
+        }
+        let slots = Arc::new(Slots {
+            state: Mutex::new(SlotState {
+                free: vec![Vec::new(); opts.max_in_flight],
+                pending: 0,
+                worker_gone: false,
+            }),
+            changed: Condvar::new(),
+        });
+        let pool = match opts.threads {
+            Some(n) => Some(
+                rayon::ThreadPoolBuilder::new()
+                    .num_threads(n.max(1))
+                    .thread_name(|i| format!("cairn-async-encode-{i}"))
+                    .build()
+                    .map_err(|e| Error::Io {
+                        path: store.root().to_path_buf(),
+                        source: std::io::Error::other(e),
+                    })?,
+            ),
+            None => None,
+        };
+        let gate = opts.pause_for_copies.then(|| Arc::new(Gate::default()));
+        let (queue, jobs) = mpsc::channel::<Job>();
+        let worker = {
+            let (s, slots, g) = (store.clone(), slots.clone(), gate.clone());
+            let keep = opts.keep_buffers;
+            std::thread::Builder::new()
+                .name("cairn-async-commit".into())
+                .spawn(move || match pool {
+                    // The write path's parallel steps run in whichever pool they are called from.
+                    Some(p) => p.install(|| work(&s, &slots, keep, g, jobs)),
+                    None => work(&s, &slots, keep, g, jobs),
+                })
+                .map_err(|source| Error::Io {
+                    path: store.root().to_path_buf(),
+                    source,
+                })?
+        };
+        Ok(AsyncCommitter {
+            store,
+            slots,
+            keep_buffers: opts.keep_buffers,
+            gate,
+            queue: Some(queue),
+            worker: Some(worker),
+        })
+    }
+
+    pub fn store(&self) -> &Arc<Store> {
+        &self.store
+    }
+
+    /// Start a commit: waits until fewer than `max_in_flight` commits hold buffers, then takes
+    /// a slot. Dropping the returned [`AsyncCommit`] without submitting it frees the slot (a
+    /// thread that calls `begin` while holding an unsubmitted commit of its own, with no slot
+    /// free, waits forever).
+    ///
+    /// `time_ns` defaults to the submit time (when the state was captured), not to the time
+    /// the background commit writes it. `branch: None` means the current branch when the
+    /// commit runs; set it to pin the branch.
+    pub fn begin(&self, opts: CommitOptions) -> Result<AsyncCommit<'_>> {
+        let mut state = self.slots.lock();
+        let mut spare = loop {
+            if let Some(b) = state.free.pop() {
+                break b;
+            }
+            if state.worker_gone {
+                return Err(Error::Background {
+                    what: "the background worker has stopped".into(),
+                });
+            }
+            state = self
+                .slots
+                .changed
+                .wait(state)
+                .expect("the slot lock is never poisoned: nothing panics while holding it");
+        };
+        drop(state);
+        // Popped from the back, so the i-th file gets the buffer the i-th file had last time.
+        spare.reverse();
+        Ok(AsyncCommit {
+            committer: self,
+            opts: Some(opts),
+            files: Vec::new(),
+            spare,
+        })
+    }
+
+    /// Commit one safetensors file of `tensors` at `rel`: [`AsyncCommitter::begin`],
+    /// [`AsyncCommit::add_tensors`] and [`AsyncCommit::submit`] in one call.
+    pub fn commit_tensors(
+        &self,
+        opts: CommitOptions,
+        rel: &str,
+        tensors: &[TensorSlice<'_>],
+        metadata: Option<&BTreeMap<String, String>>,
+    ) -> Result<CommitHandle> {
+        let mut c = self.begin(opts)?;
+        c.add_tensors(rel, tensors, metadata)?;
+        Ok(c.submit())
+    }
+
+    /// Wait until every submitted commit has finished (its handle holds its result).
+    pub fn flush(&self) {
+        let mut state = self.slots.lock();
+        while state.pending > 0 && !state.worker_gone {
+            state = self
+                .slots
+                .changed
+                .wait(state)
+                .expect("the slot lock is never poisoned: nothing panics while holding it");
+        }
+    }
+}
+
+impl Drop for AsyncCommitter {
+    /// Waits for every submitted commit to finish: none is abandoned half-way.
+    fn drop(&mut self) {
+        drop(self.queue.take());
+        if let Some(w) = self.worker.take() {
+            // A panic of the worker itself (outside a commit) already failed the handles of
+            // the commits it did not run; there is nothing more to report here.
+            let _ = w.join();
+        }
+    }
+}
+
+/// The worker thread: run each job, give its buffers back to a slot, then complete its handle.
+fn work(
+    store: &Store,
+    slots: &Slots,
+    keep_buffers: bool,
+    gate: Option<Arc<Gate>>,
+    jobs: mpsc::Receiver<Job>,
+) {
+    struct Gone<'a>(&'a Slots);
+    impl Drop for Gone<'_> {
+        fn drop(&mut self) {
+            self.0.lock().worker_gone = true;
+            self.0.changed.notify_all();
+        }
+    }
+    let _gone = Gone(slots);
+    for job in jobs {
+        let Job {
+            opts,
+            files,
+            spare,
+            done,
+        } = job;
+        let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            let mut b = CommitBuilder::new(store, opts);
+            if let Some(g) = &gate {
+                b = b.gate(g.clone());
+            }
+            for (rel, bytes) in &files {
+                b.add_shared(rel, bytes.clone())?;
+            }
+            b.commit()
+        }))
+        .unwrap_or_else(|panic| {
+            let what = panic
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "panicked".into());
+            Err(Error::Background {
+                what: format!("panicked: {what}"),
+            })
+        });
+        // The builder is gone, so each Arc is the last one and its buffer comes back.
+        let mut buffers: Buffers = if keep_buffers {
+            files
+                .into_iter()
+                .filter_map(|(_, b)| Arc::try_unwrap(b).ok())
+                .collect()
+        } else {
+            Vec::new()
+        };
+        if keep_buffers {
+            buffers.extend(spare.into_iter().rev());
+        }
+        slots.release(buffers);
+        done.complete(result);
+        slots.finished_one();
+    }
+}
+
+/// A commit being filled; it holds one of the committer's slots until submitted or dropped.
+pub struct AsyncCommit<'c> {
+    committer: &'c AsyncCommitter,
+    /// Taken by `submit`.
+    opts: Option<CommitOptions>,
+    files: Vec<(String, Arc<Vec<u8>>)>,
+    /// Buffers of the slot not used yet, in reverse file order.
+    spare: Buffers,
+}
+
+impl AsyncCommit<'_> {
+    pub fn options_mut(&mut self) -> &mut CommitOptions {
+        self.opts
+            .as_mut()
+            .expect("options are taken only by submit, which consumes self")
+    }
+
+    /// Copy `tensors` into a buffer of the committer, laid out as one safetensors file at `rel`
+    /// (tensors in the order given). The names, dtypes, shapes and lengths are checked before
+    /// anything is copied. When this returns, the caller's slices are no longer needed.
+    pub fn add_tensors(
+        &mut self,
+        rel: &str,
+        tensors: &[TensorSlice<'_>],
+        metadata: Option<&BTreeMap<String, String>>,
+    ) -> Result<()> {
+        crate::model::path::check_rel_path(rel)?;
+        for t in tensors {
+            check_tensor_len(rel, t.name, t.dtype, t.shape, t.data.len())?;
+        }
+        let specs: Vec<(String, DType, Vec<u64>)> = tensors
+            .iter()
+            .map(|t| (t.name.to_string(), t.dtype, t.shape.to_vec()))
+            .collect();
+        let header = safetensors::serialize_header(&specs, metadata).map_err(|source| {
+            Error::Safetensors {
+                path: rel.to_string(),
+                source,
+            }
+        })?;
+        let len = header.len() + tensors.iter().map(|t| t.data.len()).sum::<usize>();
+        let _paused = self.committer.gate.as_deref().map(Gate::close);
+        let mut buf = self.buffer(len);
+        buf.extend_from_slice(&header);
+        for t in tensors {
+            buf.extend_from_slice(t.data);
+        }
+        self.files.push((rel.to_string(), Arc::new(buf)));
+        Ok(())
+    }
+
+    /// Copy `bytes` into a buffer of the committer as the file at `rel`.
+    pub fn add_bytes(&mut self, rel: &str, bytes: &[u8]) -> Result<()> {
+        crate::model::path::check_rel_path(rel)?;
+        let _paused = self.committer.gate.as_deref().map(Gate::close);
+        let mut buf = self.buffer(bytes.len());
+        buf.extend_from_slice(bytes);
+        self.files.push((rel.to_string(), Arc::new(buf)));
+        Ok(())
+    }
+
+    /// The slot's next buffer, emptied, with room for `len` bytes.
+    fn buffer(&mut self, len: usize) -> Vec<u8> {
+        let mut buf = self.spare.pop().unwrap_or_default();
+        buf.clear();
+        buf.reserve_exact(len);
+        buf
+    }
+
+    /// Queue the commit for the worker; the handle reports its outcome.
+    pub fn submit(mut self) -> CommitHandle {
+        let done = Arc::new(Done {
+            result: Mutex::new(None),
+            ready: Condvar::new(),
+        });
+        let mut opts = self
+            .opts
+            .take()
+            .expect("options are taken only here, and submit consumes self");
+        opts.time_ns
+            .get_or_insert_with(crate::storage::store::now_ns);
+        let job = Job {
+            opts,
+            files: std::mem::take(&mut self.files),
+            spare: std::mem::take(&mut self.spare),
+            done: Completer {
+                done: done.clone(),
+                completed: false,
+            },
+        };
+        let slots = &self.committer.slots;
+        slots.lock().pending += 1;
+        let sent = self
+            .committer
+            .queue
+            .as_ref()
+            .expect("the queue is taken only when the committer is dropped")
+            .send(job);
+        if let Err(mpsc::SendError(job)) = sent {
+            // The worker is gone: the job's completer fails the handle as it drops.
+            drop(job);
+            slots.finished_one();
+        }
+        CommitHandle { done }
+    }
+}
+
+impl Drop for AsyncCommit<'_> {
+    /// An unsubmitted commit gives its slot back (submit leaves `opts` empty).
+    fn drop(&mut self) {
+        if self.opts.is_some() {
+            let mut buffers: Buffers = Vec::new();
+            if self.committer.keep_buffers {
+                buffers = std::mem::take(&mut self.files)
+                    .into_iter()
+                    .filter_map(|(_, b)| Arc::try_unwrap(b).ok())
+                    .collect();
+                buffers.extend(std::mem::take(&mut self.spare).into_iter().rev());
+            }
+            self.committer.slots.release(buffers);
+        }
+    }
+}
+
+/// The outcome of a submitted commit, once the background work is done. Dropping the handle
+/// does not cancel the commit; its outcome (or error) is then discarded.
+pub struct CommitHandle {
+    done: Arc<Done>,
+}
+
+impl CommitHandle {
+    /// Whether the commit has finished (published, or failed with nothing published).
+    pub fn is_finished(&self) -> bool {
+        self.done.lock().is_some()
+    }
+
+    /// Wait for the commit to finish: its outcome, or the error that stopped it (in which case
+    /// nothing of it is visible in the store).
+    pub fn wait(self) -> Result<CommitOutcome> {
+        let mut r = self.done.lock();
+        loop {
+            if let Some(out) = r.take() {
+                return out;
+            }
+            r = self
+                .done
+                .ready
+                .wait(r)
+                .expect("the result lock is never poisoned: nothing panics while holding it");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn store() -> (tempfile::TempDir, Arc<Store>) {
+        let t = tempfile::tempdir().expect("temp dir");
+        let s = Store::init(&t.path().join("s")).expect("init");
+        (t, Arc::new(s))
+    }
+
+    fn slice<'a>(name: &'a str, shape: &'a [u64], data: &'a [u8]) -> TensorSlice<'a> {
+        TensorSlice {
+            name,
+            dtype: DType::U8,
+            shape,
+            data,
+        }
+    }
+
+    /// A background commit waits at the gate while a copy holds it closed, and finishes once
+    /// the copy is done; with `pause_for_copies` off there is no gate.
+    #[test]
+    fn a_background_commit_pauses_while_a_copy_runs() {
+        let (_t, store) = store();
+        let opts = AsyncOptions {
+            max_in_flight: 2,
+            ..Default::default()
+        };
+        let c = AsyncCommitter::with_options(store.clone(), opts).expect("committer");
+        let gate = c.gate.clone().expect("pausing is the default");
+        let data = vec![7u8; 3 << 20];
+        let mut ac = c.begin(CommitOptions::default()).expect("begin");
+        ac.add_tensors("a.safetensors", &[slice("a", &[3 << 20], &data)], None)
+            .expect("add");
+        // As `add_tensors` of the next commit would, while this one runs.
+        let copying = gate.close();
+        let handle = ac.submit();
+        std::thread::sleep(std::time::Duration::from_millis(500));
+        assert!(
+            !handle.is_finished(),
+            "the commit went on while the gate was closed"
+        );
+        assert_eq!(store.head().expect("head"), None);
+        drop(copying);
+        let out = handle
+            .wait()
+            .expect("the commit finishes once the gate opens");
+        assert_eq!(store.head().expect("head"), Some(out.commit));
+
+        let off = AsyncOptions {
+            pause_for_copies: false,
+            ..Default::default()
+        };
+        let c = AsyncCommitter::with_options(store, off).expect("committer");
+        assert!(c.gate.is_none());
+    }
+
+    #[test]
+    fn a_slot_reuses_its_buffers_in_file_order() {
+        let (_t, store) = store();
+        let c = AsyncCommitter::new(store).expect("committer");
+        let a = vec![1u8; 4096];
+        let b = vec![2u8; 100];
+        let mut ac = c.begin(CommitOptions::default()).expect("begin");
+        ac.add_tensors("a.safetensors", &[slice("a", &[4096], &a)], None)
+            .expect("add a");
+        ac.add_bytes("b.bin", &b).expect("add b");
+        let ptrs: Vec<*const u8> = ac.files.iter().map(|(_, f)| f.as_ptr()).collect();
+        ac.submit().wait().expect("commit");
+        let mut ac = c.begin(CommitOptions::default()).expect("begin again");
+        ac.add_tensors("a.safetensors", &[slice("a", &[4096], &a)], None)
+            .expect("add a");
+        ac.add_bytes("b.bin", &b).expect("add b");
+        let again: Vec<*const u8> = ac.files.iter().map(|(_, f)| f.as_ptr()).collect();
+        assert_eq!(ptrs, again);
+        ac.submit().wait().expect("commit again");
+    }
+
+    #[test]
+    fn without_keep_buffers_each_commit_allocates() {
+        let (_t, store) = store();
+        let c = AsyncCommitter::with_options(
+            store,
+            AsyncOptions {
+                keep_buffers: false,
+                ..Default::default()
+            },
+        )
+        .expect("committer");
+        c.commit_tensors(
+            CommitOptions::default(),
+            "a.safetensors",
+            &[slice("a", &[3], b"abc")],
+            None,
+        )
+        .expect("submit")
+        .wait()
+        .expect("commit");
+        let ac = c.begin(CommitOptions::default()).expect("begin");
+        assert!(ac.spare.is_empty());
+    }
+
+    #[test]
+    fn a_pool_of_its_own_commits_the_same_tree() {
+        let (_t, store) = store();
+        let data: Vec<u8> = (0..3u32 << 20).map(|i| (i * 7 % 251) as u8).collect();
+        let mut trees = Vec::new();
+        for threads in [None, Some(1)] {
+            let c = AsyncCommitter::with_options(
+                store.clone(),
+                AsyncOptions {
+                    threads,
+                    ..Default::default()
+                },
+            )
+            .expect("committer");
+            let out = c
+                .commit_tensors(
+                    CommitOptions::default(),
+                    "a.safetensors",
+                    &[slice("a", &[3 << 20], &data)],
+                    None,
+                )
+                .expect("submit")
+                .wait()
+                .expect("commit");
+            trees.push(out.tree);
+        }
+        assert_eq!(trees[0], trees[1]);
+    }
+
+    #[test]
+    fn zero_slots_is_refused() {
+        let (_t, store) = store();
+        let r = AsyncCommitter::with_options(
+            store,
+            AsyncOptions {
+                max_in_flight: 0,
+                ..Default::default()
+            },
+        );
+        assert!(matches!(r, Err(Error::Usage { .. })));
+    }
+}

@@ -1,0 +1,161 @@
+//! What a caller asks of a commit ([`CommitOptions`], [`TensorInput`]) and what it gets back
+//! ([`CommitOutcome`]).
+
+use crate::model::dtype::DType;
+use crate::model::id::{CommitId, PackId, TreeId};
+use crate::model::object::Metadata;
+use crate::storage::store::{Error, Result};
+use serde::Serialize;
+
+/// A tensor handed over from memory.
+#[derive(Clone, Debug)]
+pub struct TensorInput {
+    pub name: String,
+    pub dtype: DType,
+    pub shape: Vec<u64>,
+    pub data: Vec<u8>,
+}
+
+/// Settings of a commit besides its files.
+#[derive(Clone, Debug, Default)]
+pub struct CommitOptions {
+    pub message: String,
+    pub author: String,
+    /// Defaults to now.
+    pub time_ns: Option<i64>,
+    pub meta: Metadata,
+    /// Branch to commit to; defaults to the current branch.
+    pub branch: Option<String>,
+    /// Globs of paths (or file names) to store as plain bytes even if they look structured.
+    pub opaque: Vec<String>,
+    /// Do not read step, epoch and metrics from a top-level `trainer_state.json`.
+    pub ignore_trainer_state: bool,
+    /// Stage this commit as part `part` of `total` of sharded transaction `id`: the commit
+    /// becomes visible, atomically, when all parts are staged (see [`super::sharded`]).
+    pub txn: Option<TxnPart>,
+    /// K for this commit's chunks, 1 to [`crate::codec::DELTA_DEPTH_LIMIT`]: a chunk is delta-coded only
+    /// while it is fewer than K versions from its last standalone encoding, so every K-th
+    /// version at most is stored standalone and a read decodes at most K chunks (2 with
+    /// [`DeltaBase::Root`]). 1 stores every chunk standalone (fastest reads); larger K stores
+    /// less. `None` is [`crate::codec::MAX_DELTA_DEPTH`].
+    pub delta_depth: Option<u32>,
+    /// What a new version of a chunk is delta-coded against (see [`DeltaBase`]).
+    pub delta_base: DeltaBase,
+}
+
+/// What a chunk's new version is delta-coded against. Either way a chunk's recorded depth counts
+/// the versions since its last standalone encoding, and reaches at most K-1.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DeltaBase {
+    /// The standalone root of the parent chunk's chain (the default): every delta of a group of
+    /// K versions shares one base, so a read decodes at most one base whatever the depth, and a
+    /// commit decodes only that root to encode against it. Stores 1.3-2.4% more than `Parent`
+    /// on the benchmark series (docs/benchmarks.md).
+    #[default]
+    Root,
+    /// The parent's chunk itself: each version against the one before, the smallest deltas, but
+    /// a read at depth d decodes a chain of d+1 chunks.
+    Parent,
+}
+
+impl std::str::FromStr for DeltaBase {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s {
+            "root" => Ok(Self::Root),
+            "parent" => Ok(Self::Parent),
+            other => Err(format!(
+                "unknown delta base {other:?}: expected \"root\" or \"parent\""
+            )),
+        }
+    }
+}
+
+/// What a commit did.
+#[derive(Clone, Debug, Serialize)]
+pub struct CommitOutcome {
+    pub commit: CommitId,
+    pub tree: TreeId,
+    pub parent: Option<CommitId>,
+    pub branch: String,
+    pub files: u64,
+    pub logical_bytes: u64,
+    /// Chunks this commit added to the store.
+    pub new_chunks: u64,
+    /// Raw bytes of those chunks.
+    pub new_chunk_bytes: u64,
+    /// Chunk references satisfied by chunks already stored (or repeated within the commit).
+    pub reused_chunks: u64,
+    /// Files read without computing their SHA-256: the parent's digest was reused, because
+    /// the file's chunks are exactly the parent file's.
+    pub sha256_from_parent: u64,
+    /// Bytes added on disk (all pack files written).
+    pub stored_bytes_added: u64,
+    pub packs: Vec<PackId>,
+    /// The branch moved while this commit was being written, so it was re-made on the new head.
+    pub reparented: bool,
+    /// What the store's retention policy did after this commit, when one is set.
+    pub auto_gc: Option<AutoGc>,
+    /// For a part of a sharded commit: how many parts are staged. Until the last part lands,
+    /// `commit` is all zeros and nothing is visible.
+    pub txn: Option<TxnStatus>,
+}
+
+/// The retention policy's run after a commit.
+#[derive(Clone, Debug, Serialize)]
+pub struct AutoGc {
+    pub pruned: u64,
+    pub mode: String,
+    pub bytes_freed: u64,
+    pub error: Option<String>,
+}
+
+/// Which part of which transaction a commit stages.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TxnPart {
+    pub id: String,
+    /// 1-based.
+    pub part: u32,
+    pub total: u32,
+}
+
+impl TxnPart {
+    /// From `--txn ID --part I/N`.
+    pub fn parse(id: &str, part: &str) -> Result<TxnPart> {
+        let usage = |what: String| Error::Usage { what };
+        if id.is_empty()
+            || id.len() > 100
+            || !id
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "._-".contains(c))
+            || id.starts_with('.')
+        {
+            return Err(usage(format!(
+                "--txn {id:?}: use 1-100 letters, digits, '.', '_' or '-'"
+            )));
+        }
+        let (i, n) = part
+            .split_once('/')
+            .and_then(|(i, n)| Some((i.parse::<u32>().ok()?, n.parse::<u32>().ok()?)))
+            .filter(|(i, n)| *i >= 1 && i <= n && *n <= 65_536)
+            .ok_or_else(|| usage(format!("--part {part:?}: expected I/N with 1 <= I <= N")))?;
+        Ok(TxnPart {
+            id: id.to_string(),
+            part: i,
+            total: n,
+        })
+    }
+}
+
+/// Where a transaction stands after staging a part.
+#[derive(Clone, Debug, Serialize)]
+pub struct TxnStatus {
+    pub id: String,
+    pub part: u32,
+    pub total: u32,
+    pub staged: u32,
+    /// The commit, once the last part is staged.
+    pub commit: Option<CommitId>,
+    pub parent: Option<CommitId>,
+}

@@ -1,0 +1,135 @@
+//! Writing one tensor as a `.npy` or `.safetensors` file.
+//!
+//! Invariants: output goes to a temporary file in the target's directory, is fsynced and renamed
+//! over the target, then the directory is fsynced: an existing file (possibly mapped by another
+//! program) is never truncated in place, and a crash leaves the old file or the new one.
+
+use crate::formats::safetensors;
+use crate::model::dtype::DType;
+use crate::storage::store::{Error, Result, io_at};
+use std::io::Write;
+use std::path::Path;
+
+/// The `.npy` (format 1.0) header for a C-order array.
+pub fn npy_header(dtype: DType, shape: &[u64]) -> Result<Vec<u8>> {
+    let descr = dtype.npy_descr().ok_or_else(|| Error::Usage {
+        what: format!(
+            "numpy has no dtype {dtype}; write the tensor as .safetensors instead (-o out.safetensors)"
+        ),
+    })?;
+    let shape_txt = match shape.len() {
+        0 => "()".to_string(),
+        1 => format!("({},)", shape[0]),
+        _ => format!(
+            "({})",
+            shape
+                .iter()
+                .map(|d| d.to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+    };
+    let dict = format!("{{'descr': '{descr}', 'fortran_order': False, 'shape': {shape_txt}, }}");
+    // magic(6) + version(2) + len(2) + dict + padding + '\n', a multiple of 64 bytes.
+    let unpadded = 10 + dict.len() + 1;
+    let total = unpadded.div_ceil(64) * 64;
+    let header_len = u16::try_from(total - 10).map_err(|_| Error::Usage {
+        what: "tensor shape too long for an .npy header".into(),
+    })?;
+    let mut out = Vec::with_capacity(total);
+    out.extend_from_slice(b"\x93NUMPY\x01\x00");
+    out.extend_from_slice(&header_len.to_le_bytes());
+    out.extend_from_slice(dict.as_bytes());
+    out.resize(total - 1, b' ');
+    out.push(b'\n');
+    Ok(out)
+}
+
+/// Which format a path asks for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TensorFormat {
+    Npy,
+    Safetensors,
+}
+
+impl TensorFormat {
+    pub fn from_path(p: &Path) -> Result<TensorFormat> {
+        match p.extension().and_then(|e| e.to_str()) {
+            Some("npy") => Ok(TensorFormat::Npy),
+            Some("safetensors") => Ok(TensorFormat::Safetensors),
+            _ => Err(Error::Usage {
+                what: format!("{}: output must end in .npy or .safetensors", p.display()),
+            }),
+        }
+    }
+}
+
+/// The bytes that precede a tensor's data in the chosen format.
+pub fn tensor_prefix(
+    format: TensorFormat,
+    name: &str,
+    dtype: DType,
+    shape: &[u64],
+) -> Result<Vec<u8>> {
+    match format {
+        TensorFormat::Npy => npy_header(dtype, shape),
+        TensorFormat::Safetensors => {
+            safetensors::serialize_header(&[(name.to_string(), dtype, shape.to_vec())], None)
+                .map_err(|source| Error::Safetensors {
+                    path: name.to_string(),
+                    source,
+                })
+        }
+    }
+}
+
+/// Write `parts` to `path` atomically (temp file, fsync, rename, directory fsync).
+pub fn write_file_atomic(path: &Path, parts: &[&[u8]]) -> Result<()> {
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+        _ => std::path::PathBuf::from("."),
+    };
+    let name = path
+        .file_name()
+        .ok_or_else(|| Error::Usage {
+            what: format!("{}: not a file path", path.display()),
+        })?
+        .to_string_lossy()
+        .to_string();
+    let tmp = dir.join(format!(".{name}.cairn-tmp-{}", std::process::id()));
+    let result = (|| -> std::io::Result<()> {
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&tmp)?;
+        for p in parts {
+            f.write_all(p)?;
+        }
+        f.sync_all()?;
+        std::fs::rename(&tmp, path)?;
+        crate::storage::fsutil::sync_dir(&dir)
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result.map_err(io_at(path))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn npy_headers() {
+        let h = npy_header(DType::F32, &[2, 3]).unwrap();
+        assert_eq!(h.len() % 64, 0);
+        let text = String::from_utf8_lossy(&h[10..]);
+        assert!(text.starts_with("{'descr': '<f4', 'fortran_order': False, 'shape': (2, 3), }"));
+        assert!(text.ends_with('\n'));
+        assert!(String::from_utf8_lossy(&npy_header(DType::I64, &[]).unwrap()).contains("()"));
+        assert!(String::from_utf8_lossy(&npy_header(DType::U8, &[5]).unwrap()).contains("(5,)"));
+        let e = npy_header(DType::BF16, &[1]).unwrap_err().to_string();
+        assert!(e.contains("safetensors"), "{e}");
+    }
+}

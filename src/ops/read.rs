@@ -1,0 +1,403 @@
+//! The read path: checking a commit out, streaming one file, reading one tensor.
+//!
+//! Invariants:
+//! - Every chunk is verified against its id as it is read (in `pack`), and every file written by
+//!   checkout is verified against its recorded size and SHA-256 before it gets its final name.
+//! - Checkout writes each file under a temporary name, fsyncs it, then renames it; it refuses a
+//!   non-empty target directory unless forced, and never truncates an existing file in place.
+//! - A tensor read touches only that tensor's chunks (and their delta bases).
+//! - Memory stays bounded: chunks are decoded in windows of about [`WINDOW_BYTES`].
+
+use crate::model::id::CommitId;
+use crate::model::object::{ChunkRef, FileEntry, Segment, Tree};
+use crate::ops::progress::{NoProgress, Progress};
+use crate::storage::store::{Error, Result, Store, io_at};
+use rayon::prelude::*;
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+use std::collections::BTreeSet;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+/// Raw bytes decoded per parallel window.
+pub const WINDOW_BYTES: u64 = 16 << 20;
+
+/// Decode `chunks` in order, in parallel windows of about [`WINDOW_BYTES`]. Each window's
+/// chunks are decoded, back to back, into one buffer taken from `next_buf` (its bytes on entry do
+/// not matter; reusing buffers saves faulting fresh memory in), which is then handed to `sink`.
+pub fn stream_windows(
+    store: &Store,
+    chunks: &[ChunkRef],
+    mut next_buf: impl FnMut() -> Vec<u8>,
+    mut sink: impl FnMut(Vec<u8>) -> Result<()>,
+) -> Result<()> {
+    let mut i = 0;
+    while i < chunks.len() {
+        let mut j = i;
+        let mut bytes = 0;
+        while j < chunks.len() && (j == i || bytes + chunks[j].len <= WINDOW_BYTES) {
+            bytes += chunks[j].len;
+            j += 1;
+        }
+        let mut buf = next_buf();
+        let len = usize::try_from(bytes).map_err(|_| Error::Verify {
+            path: format!("chunk {}", chunks[i].id),
+            what: format!("{bytes} bytes do not fit in memory"),
+        })?;
+        if buf.len() < len {
+            buf.resize(len, 0);
+        } else {
+            buf.truncate(len);
+        }
+        read_chunks_into(store, &chunks[i..j], &mut buf)?;
+        sink(buf)?;
+        i = j;
+    }
+    Ok(())
+}
+
+/// Decode `chunks`, in parallel, into `out`, which is exactly their total length.
+fn read_chunks_into(store: &Store, chunks: &[ChunkRef], out: &mut [u8]) -> Result<()> {
+    let mut slices = Vec::with_capacity(chunks.len());
+    let mut rest = out;
+    for c in chunks {
+        let len = usize::try_from(c.len)
+            .ok()
+            .filter(|&l| l <= rest.len())
+            .ok_or_else(|| Error::Verify {
+                path: format!("chunk {}", c.id),
+                what: format!("{} bytes run past the end of the file", c.len),
+            })?;
+        let (a, b) = rest.split_at_mut(len);
+        slices.push((c.id, a));
+        rest = b;
+    }
+    slices
+        .into_par_iter()
+        .try_for_each(|(id, dst)| store.read_chunk_into(id, dst))
+}
+
+/// Decode `chunks` in order, handing each window of decoded bytes to `sink`.
+pub fn stream_chunks(
+    store: &Store,
+    chunks: &[ChunkRef],
+    mut sink: impl FnMut(&[u8]) -> Result<()>,
+) -> Result<()> {
+    let spare = std::cell::Cell::new(Vec::new());
+    stream_windows(
+        store,
+        chunks,
+        || spare.take(),
+        |window| {
+            sink(&window)?;
+            spare.set(window);
+            Ok(())
+        },
+    )
+}
+
+/// Write one file's bytes to `out`, verifying its size and SHA-256 at the end. Three stages
+/// overlap, one window apart: decoding (all cores), the SHA-256 (a thread of its own: it is
+/// sequential over the file and costs about as much as the write) and writing (another thread).
+/// Written windows go back to the decoder, so at most four are alive.
+pub fn write_file_to(
+    store: &Store,
+    path: &str,
+    entry: &FileEntry,
+    out: &mut (dyn Write + Send),
+    progress: &dyn Progress,
+) -> Result<()> {
+    let chunks: Vec<ChunkRef> = entry.chunks().copied().collect();
+    let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<u8>>(1);
+    let (hashed_tx, hashed_rx) = std::sync::mpsc::sync_channel::<Vec<u8>>(1);
+    // Written windows come back to be decoded into again.
+    let (back_tx, back_rx) = std::sync::mpsc::channel::<Vec<u8>>();
+    let (produced, hashed, written) = std::thread::scope(|s| {
+        let hasher = s.spawn(move || -> (u64, [u8; 32]) {
+            let mut sha = Sha256::new();
+            let mut n = 0u64;
+            for window in rx {
+                sha.update(&window);
+                n += window.len() as u64;
+                if hashed_tx.send(window).is_err() {
+                    break; // the writer failed; its error is the one to report
+                }
+            }
+            (n, sha.finalize().into())
+        });
+        let writer = s.spawn(move || -> Result<()> {
+            for window in hashed_rx {
+                out.write_all(&window).map_err(|e| Error::Io {
+                    path: PathBuf::from(path),
+                    source: e,
+                })?;
+                progress.advance(window.len() as u64);
+                let _ = back_tx.send(window);
+            }
+            Ok(())
+        });
+        let produced = stream_windows(
+            store,
+            &chunks,
+            || back_rx.try_recv().unwrap_or_default(),
+            |w| {
+                tx.send(w).map_err(|_| Error::Verify {
+                    path: path.to_string(),
+                    what: "the writer stopped".into(),
+                })
+            },
+        );
+        drop(tx);
+        let written = writer.join().expect("the writer thread does not panic");
+        let hashed = hasher.join().expect("the hashing thread does not panic");
+        (produced, hashed, written)
+    });
+    // A write error (full disk, closed pipe) explains a stopped writer better than the send.
+    written?;
+    produced?;
+    let (n, got) = hashed;
+    if n != entry.size {
+        return Err(Error::Verify {
+            path: path.to_string(),
+            what: format!("restored {n} bytes, expected {}", entry.size),
+        });
+    }
+    if got != entry.sha256 {
+        return Err(Error::Verify {
+            path: path.to_string(),
+            what: format!(
+                "SHA-256 {} does not match the recorded {}",
+                hex::encode(got),
+                entry.sha256_hex()
+            ),
+        });
+    }
+    Ok(())
+}
+
+/// Options of [`checkout`].
+#[derive(Clone, Debug, Default)]
+pub struct CheckoutOptions {
+    /// Write into a non-empty directory, replacing files of the same names.
+    pub force: bool,
+    /// For a slimmed commit, restore the files that remain and skip the released ones.
+    pub partial: bool,
+}
+
+/// What a checkout wrote.
+#[derive(Clone, Debug, Serialize)]
+pub struct CheckoutOutcome {
+    pub commit: CommitId,
+    pub dir: PathBuf,
+    pub files: u64,
+    pub bytes: u64,
+    /// Files of a slimmed commit that gc released and `partial` skipped.
+    pub released: Vec<String>,
+}
+
+fn target_path(dir: &Path, rel: &str) -> PathBuf {
+    let mut p = dir.to_path_buf();
+    for c in rel.split('/') {
+        p.push(c);
+    }
+    p
+}
+
+/// Write every file of `commit` into `dir`, byte for byte.
+pub fn checkout(
+    store: &Store,
+    commit: CommitId,
+    dir: &Path,
+    opts: &CheckoutOptions,
+    progress: &dyn Progress,
+) -> Result<CheckoutOutcome> {
+    let _reading = store.read_guard();
+    let c = store.commit(commit)?;
+    let tree = store.tree(c.tree)?;
+    crate::storage::state::check_not_released(store, commit, &tree, opts.partial)?;
+    if dir.exists() {
+        let mut it = std::fs::read_dir(dir).map_err(io_at(dir))?;
+        if it.next().is_some() && !opts.force {
+            return Err(Error::Usage {
+                what: format!(
+                    "{} is not empty; check out into a new directory (or pass --force)",
+                    dir.display()
+                ),
+            });
+        }
+    }
+    std::fs::create_dir_all(dir).map_err(io_at(dir))?;
+    let mut dirs = BTreeSet::new();
+    dirs.insert(dir.to_path_buf());
+    let released = crate::storage::state::released_files(store, commit)?;
+    progress.begin("checkout", tree.logical_size());
+    let mut skipped = Vec::new();
+    for (rel, entry) in &tree.files {
+        if released.iter().any(|r| r == rel) {
+            skipped.push(rel.clone());
+            continue;
+        }
+        crate::model::path::check_rel_path(rel)?;
+        let target = target_path(dir, rel);
+        let parent = target
+            .parent()
+            .expect("target has a parent: it is under dir")
+            .to_path_buf();
+        std::fs::create_dir_all(&parent).map_err(io_at(&parent))?;
+        dirs.insert(parent.clone());
+        let tmp = parent.join(format!(
+            ".cairn-checkout-{}-{}.tmp",
+            std::process::id(),
+            crate::model::id::PackId::random()
+        ));
+        let result = (|| -> Result<()> {
+            let f = std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .open(&tmp)
+                .map_err(io_at(&tmp))?;
+            // Written back early as it grows, so the fsync below does not wait for all of it.
+            let mut buf = std::io::BufWriter::with_capacity(
+                8 << 20,
+                crate::storage::fsutil::WritebackFile::new(f),
+            );
+            write_file_to(store, rel, entry, &mut buf, progress)?;
+            let wf = buf.into_inner().map_err(|e| io_at(&tmp)(e.into_error()))?;
+            let f = wf.file();
+            if entry.executable {
+                use std::os::unix::fs::PermissionsExt;
+                let mut perm = f.metadata().map_err(io_at(&tmp))?.permissions();
+                perm.set_mode(perm.mode() | 0o111);
+                f.set_permissions(perm).map_err(io_at(&tmp))?;
+            }
+            // The bytes must be on disk before the file appears under its name.
+            f.sync_all().map_err(io_at(&tmp))?;
+            std::fs::rename(&tmp, &target).map_err(io_at(&target))?;
+            Ok(())
+        })();
+        if result.is_err() {
+            let _ = std::fs::remove_file(&tmp);
+        }
+        result?;
+    }
+    for d in &tree.empty_dirs {
+        let p = target_path(dir, d);
+        std::fs::create_dir_all(&p).map_err(io_at(&p))?;
+    }
+    for d in &dirs {
+        // The new names must survive a crash once checkout reports success.
+        crate::storage::fsutil::sync_dir(d).map_err(io_at(d))?;
+    }
+    progress.end();
+    Ok(CheckoutOutcome {
+        commit,
+        dir: dir.to_path_buf(),
+        files: tree.files.len() as u64 - skipped.len() as u64,
+        bytes: tree
+            .files
+            .iter()
+            .filter(|(p, _)| !skipped.contains(p))
+            .map(|(_, f)| f.size)
+            .sum(),
+        released: skipped,
+    })
+}
+
+/// Stream file `path` of `commit` to `out`.
+pub fn cat(
+    store: &Store,
+    commit: CommitId,
+    path: &str,
+    out: &mut (dyn Write + Send),
+) -> Result<()> {
+    let _reading = store.read_guard();
+    let c = store.commit(commit)?;
+    let tree = store.tree(c.tree)?;
+    let entry = tree.files.get(path).ok_or_else(|| Error::Usage {
+        what: format!("{path}: no such file in commit {}", commit.short()),
+    })?;
+    write_file_to(store, path, entry, out, &NoProgress)
+}
+
+/// A tensor found in a tree.
+#[derive(Clone, Debug)]
+pub struct TensorRef {
+    pub file: String,
+    pub segment: Segment,
+}
+
+/// Find tensor `spec` (`NAME` or `FILE:NAME`) in a tree.
+pub fn find_tensor(tree: &Tree, spec: &str) -> Result<TensorRef> {
+    if let Some((file, name)) = spec.split_once(':')
+        && let Some(entry) = tree.files.get(file)
+    {
+        return entry
+            .segments
+            .iter()
+            .find(|s| s.tensor().is_some_and(|(n, _, _)| n == name))
+            .map(|s| TensorRef {
+                file: file.to_string(),
+                segment: s.clone(),
+            })
+            .ok_or_else(|| Error::Usage {
+                what: format!("{file} has no tensor named {name:?}"),
+            });
+    }
+    let mut found: Vec<TensorRef> = Vec::new();
+    for (file, entry) in &tree.files {
+        for s in &entry.segments {
+            if s.tensor().is_some_and(|(n, _, _)| n == spec) {
+                found.push(TensorRef {
+                    file: file.clone(),
+                    segment: s.clone(),
+                });
+            }
+        }
+    }
+    match found.len() {
+        1 => Ok(found.remove(0)),
+        0 => Err(Error::Usage {
+            what: format!("no tensor named {spec:?} in this commit"),
+        }),
+        _ => Err(Error::Usage {
+            what: format!(
+                "tensor {spec:?} is in several files ({}); name one as FILE:NAME",
+                found
+                    .iter()
+                    .map(|t| t.file.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        }),
+    }
+}
+
+/// Read one tensor's bytes, touching only its own chunks.
+pub fn read_tensor(store: &Store, t: &TensorRef) -> Result<Vec<u8>> {
+    let len = usize::try_from(t.segment.len()).map_err(|_| Error::Verify {
+        path: t.file.clone(),
+        what: format!("{} bytes do not fit in memory", t.segment.len()),
+    })?;
+    let mut out = vec![0u8; len];
+    read_tensor_into(store, t, &mut out)?;
+    Ok(out)
+}
+
+/// Read one tensor's bytes into `out`, which must be exactly its length: for a training loop
+/// that loads into memory it already has (no fresh pages to fault in). All cores decode its
+/// chunks straight into `out`; each is verified against its id.
+pub fn read_tensor_into(store: &Store, t: &TensorRef, out: &mut [u8]) -> Result<()> {
+    if out.len() as u64 != t.segment.len() {
+        return Err(Error::Usage {
+            what: format!(
+                "tensor {} of {} has {} bytes; the buffer has {}",
+                t.segment.tensor().map_or("?", |(name, _, _)| name),
+                t.file,
+                t.segment.len(),
+                out.len()
+            ),
+        });
+    }
+    let _reading = store.read_guard();
+    read_chunks_into(store, &t.segment.chunks, out)
+}

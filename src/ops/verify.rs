@@ -1,0 +1,74 @@
+//! Validation after creation: re-reading a commit and checking every file, and running the
+//! user's load test on a checkout. The outcomes are kept in the commit's state record
+//! ([`crate::storage::state`]).
+
+use crate::model::id::CommitId;
+use crate::ops::progress::Progress;
+use crate::storage::store::{Error, Result, Store, now_ns};
+
+pub use crate::storage::state::{
+    CheckRecord, CommitState, PruneRecord, StateLogEntry, VerifyRecord, put_state, state,
+    update_state,
+};
+
+/// Re-read every file of a commit (every chunk hash, every file size and SHA-256) without
+/// writing anything. Problems are collected, not returned as the first error.
+pub fn verify_commit(store: &Store, id: CommitId, progress: &dyn Progress) -> Result<VerifyRecord> {
+    let c = store.commit(id)?;
+    let tree = store.tree(c.tree)?;
+    let mut rec = VerifyRecord {
+        ok: true,
+        time_ns: now_ns(),
+        files: 0,
+        bytes: 0,
+        problems: Vec::new(),
+    };
+    progress.begin("verify", tree.logical_size());
+    for (path, entry) in &tree.files {
+        rec.files += 1;
+        match crate::ops::read::write_file_to(store, path, entry, &mut std::io::sink(), progress) {
+            Ok(()) => rec.bytes += entry.size,
+            Err(e) => rec.problems.push(format!("{path}: {e}")),
+        }
+    }
+    progress.end();
+    rec.ok = rec.problems.is_empty();
+    Ok(rec)
+}
+
+/// Check `id` out into a temporary directory under the store and run `command` there with
+/// `sh -c`; `$CAIRN_CHECKOUT` names the directory and `$CAIRN_COMMIT` the commit id.
+pub fn run_check(
+    store: &Store,
+    id: CommitId,
+    command: &str,
+    progress: &dyn Progress,
+) -> Result<CheckRecord> {
+    let dir = store
+        .tmp_dir()
+        .join(format!("check-{}-{}", id.short(), std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let started = std::time::Instant::now();
+    let result = (|| {
+        crate::ops::read::checkout(store, id, &dir, &Default::default(), progress)?;
+        let status = std::process::Command::new("sh")
+            .arg("-c")
+            .arg(command)
+            .current_dir(&dir)
+            .env("CAIRN_CHECKOUT", &dir)
+            .env("CAIRN_COMMIT", id.to_hex())
+            .status()
+            .map_err(|e| Error::Usage {
+                what: format!("--verify-cmd: cannot run sh: {e}"),
+            })?;
+        Ok(CheckRecord {
+            command: command.to_string(),
+            exit_code: status.code(),
+            ok: status.success(),
+            time_ns: now_ns(),
+            seconds: started.elapsed().as_secs_f64(),
+        })
+    })();
+    let _ = std::fs::remove_dir_all(&dir);
+    result
+}

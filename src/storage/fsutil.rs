@@ -1,0 +1,194 @@
+//! Small file-system helpers that carry the store's durability rules.
+//!
+//! Invariants: a file published with [`write_atomic`] is either absent or complete after any
+//! crash: it is written under a temporary name, fsynced, renamed into place, and its directory is
+//! fsynced. Nothing here truncates or rewrites a file in place. Every operation on a store file
+//! goes through [`crate::storage::crashsim`], so the crash tests can fail at each one.
+
+use crate::storage::crashsim::{self, Op};
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Write};
+use std::path::Path;
+
+/// fsync a directory so the names created, renamed or removed in it survive a crash.
+pub fn sync_dir(dir: &Path) -> io::Result<()> {
+    crashsim::op(Op::SyncDir(dir), || File::open(dir)?.sync_all())
+}
+
+/// Rename `from` to `to` (same directory). The caller fsyncs the directory.
+pub fn rename(from: &Path, to: &Path) -> io::Result<()> {
+    crashsim::op(Op::Rename(from, to), || fs::rename(from, to))
+}
+
+/// Create a new file for writing; fails if it exists. The caller fsyncs it and its directory.
+pub fn create_new(path: &Path) -> io::Result<File> {
+    crashsim::op(Op::Create(path), || {
+        OpenOptions::new().write(true).create_new(true).open(path)
+    })
+}
+
+/// Write all of `bytes` through `w`, which writes to the file at `path`.
+pub fn write_all(w: &mut impl Write, path: &Path, bytes: &[u8]) -> io::Result<()> {
+    crashsim::op(Op::Write(path), || w.write_all(bytes))
+}
+
+/// Flush `w`'s buffer to the file at `path`.
+pub fn flush(w: &mut impl Write, path: &Path) -> io::Result<()> {
+    crashsim::op(Op::Write(path), || w.flush())
+}
+
+/// fsync the file `f`, open at `path`.
+pub fn sync_file(f: &File, path: &Path) -> io::Result<()> {
+    crashsim::op(Op::SyncFile(path), || f.sync_all())
+}
+
+/// Remove a file. The caller fsyncs the directory when the removal must be durable.
+pub fn remove_file(path: &Path) -> io::Result<()> {
+    crashsim::remove(Op::Remove(path), || fs::remove_file(path))
+}
+
+/// Remove a directory and everything under it.
+pub fn remove_dir_all(path: &Path) -> io::Result<()> {
+    crashsim::remove(Op::RemoveDir(path), || fs::remove_dir_all(path))
+}
+
+/// Create `path` and any missing parents.
+pub fn create_dir_all(path: &Path) -> io::Result<()> {
+    let mut first_missing = None;
+    for a in path.ancestors() {
+        if a.as_os_str().is_empty() || a.exists() {
+            break;
+        }
+        first_missing = Some(a);
+    }
+    match first_missing {
+        None => Ok(()),
+        Some(top) => crashsim::op(Op::CreateDir(top), || fs::create_dir_all(path)),
+    }
+}
+
+/// Write `bytes` to `path` so that after a crash it holds either its old content or `bytes`.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
+    let dir = path
+        .parent()
+        .ok_or_else(|| io::Error::other("path has no parent directory"))?;
+    let name = path
+        .file_name()
+        .ok_or_else(|| io::Error::other("path has no file name"))?;
+    let tmp = dir.join(format!(
+        ".{}.tmp-{}-{}",
+        name.to_string_lossy(),
+        std::process::id(),
+        crate::model::id::PackId::random()
+    ));
+    let mut created = false;
+    let result = (|| {
+        let mut f = create_new(&tmp)?;
+        created = true;
+        write_all(&mut f, &tmp, bytes)?;
+        // The content must be on disk before the name points at it.
+        sync_file(&f, &tmp)?;
+        rename(&tmp, path)?;
+        // The new name must be on disk before the caller reports success.
+        sync_dir(dir)
+    })();
+    if result.is_err() && created && tmp.exists() {
+        let _ = remove_file(&tmp);
+    }
+    result
+}
+
+/// Append `line` to `path` and fsync it (the reflog). A new file's name is fsynced too.
+pub fn append_synced(path: &Path, line: &[u8]) -> io::Result<()> {
+    let is_new = !path.exists();
+    let open = || OpenOptions::new().create(true).append(true).open(path);
+    let mut f = if is_new {
+        crashsim::op(Op::Create(path), open)?
+    } else {
+        open()?
+    };
+    write_all(&mut f, path, line)?;
+    // An appended reflog entry must be durable before the index records the ref move.
+    crashsim::op(Op::SyncFile(path), || f.sync_data())?;
+    if is_new && let Some(dir) = path.parent() {
+        sync_dir(dir)?;
+    }
+    Ok(())
+}
+
+/// Bytes written between two early writeback requests of a [`WritebackFile`].
+pub const WRITEBACK_EVERY: u64 = 64 << 20;
+
+/// A file being written that asks the kernel to write its bytes back early, from a thread of
+/// its own (`fdatasync` every [`WRITEBACK_EVERY`] bytes), while the writer goes on: the final
+/// fsync then finds little left, so writing overlaps the disk instead of waiting for it at the
+/// end. Purely a speed-up: durability still rests on the caller's final fsync, and the crash
+/// simulation ignores these early syncs (it assumes none happened).
+pub struct WritebackFile {
+    file: File,
+    pending: u64,
+    worker: Option<(std::sync::mpsc::SyncSender<()>, std::thread::JoinHandle<()>)>,
+}
+
+impl WritebackFile {
+    pub fn new(file: File) -> WritebackFile {
+        WritebackFile {
+            file,
+            pending: 0,
+            worker: None,
+        }
+    }
+
+    /// The file, for its final fsync.
+    pub fn file(&self) -> &File {
+        &self.file
+    }
+
+    fn wrote(&mut self, n: usize) {
+        self.pending += n as u64;
+        if self.pending < WRITEBACK_EVERY {
+            return;
+        }
+        self.pending = 0;
+        if self.worker.is_none() {
+            // The thread starts only for a file that grows past the first threshold.
+            let Ok(f) = self.file.try_clone() else { return };
+            let (tx, rx) = std::sync::mpsc::sync_channel::<()>(1);
+            let Ok(h) = std::thread::Builder::new()
+                .name("cairn-writeback".into())
+                .spawn(move || {
+                    for () in rx {
+                        let _ = f.sync_data();
+                    }
+                })
+            else {
+                return;
+            };
+            self.worker = Some((tx, h));
+        }
+        if let Some((tx, _)) = &self.worker {
+            // A request already queued covers this one too.
+            let _ = tx.try_send(());
+        }
+    }
+}
+
+impl Write for WritebackFile {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let n = self.file.write(buf)?;
+        self.wrote(n);
+        Ok(n)
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        self.file.flush()
+    }
+}
+
+impl Drop for WritebackFile {
+    fn drop(&mut self) {
+        if let Some((tx, h)) = self.worker.take() {
+            drop(tx);
+            let _ = h.join();
+        }
+    }
+}

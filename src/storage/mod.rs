@@ -1,0 +1,22 @@
+//! Where bytes live: pack files (written once, sealed, read through a map), the RocksDB index
+//! over them, refs and the reflog, locks, the durable file operations and their crash
+//! simulation, and [`store::Store`], which ties them into one directory.
+//!
+//! Invariants: storage never imports [`crate::ops`]; every byte it hands out was verified
+//! against its BLAKE3 id; every file operation of a commit or gc goes through [`fsutil`], so
+//! the crash simulation can stop at each one.
+
+pub mod crashsim;
+pub mod fsutil;
+#[cfg(feature = "store")]
+pub mod index;
+pub mod lock;
+pub mod mmap;
+pub mod pack;
+pub mod refs;
+#[cfg(feature = "store")]
+pub mod staging;
+#[cfg(feature = "store")]
+pub mod state;
+#[cfg(feature = "store")]
+pub mod store;

@@ -1,0 +1,619 @@
+//! Pack files: append-only files of encoded chunks and objects, sealed and never modified.
+//!
+//! Invariants:
+//! - A pack is written under `packs/<id>.pack.tmp` while its writer holds an exclusive lock on
+//!   it, and becomes `packs/<id>.pack` by rename only after its footer is written and the file is
+//!   fsynced. So every `*.pack` is sealed; a `*.pack.tmp` nobody holds locked is a crash leftover.
+//! - A pack is self-describing: each entry carries its own header (kind, encoding, id, lengths,
+//!   delta base, header checksum), and the footer repeats every header in a table whose blake3 is
+//!   in the trailer. The index can be rebuilt from packs alone.
+//! - Every read returns bytes only after their id hash checked out; a mismatch names chunk and
+//!   pack.
+//!
+//! The byte layout is in docs/format.md ("Pack files").
+
+use crate::codec::{self, Encoding};
+use crate::model::id::{ChunkId, ObjectId, PackId};
+use crate::storage::mmap::PackMap;
+use std::fs::File;
+use std::io::{self, BufWriter};
+use std::path::{Path, PathBuf};
+
+pub const PACK_MAGIC: &[u8; 8] = b"CAIRNPK\0";
+pub const PACK_VERSION: u32 = 1;
+pub const HEADER_LEN: u64 = 32;
+pub const ENTRY_MAGIC: &[u8; 4] = b"CENT";
+pub const ENTRY_HEADER_LEN: u64 = 96;
+pub const TRAILER_MAGIC: &[u8; 8] = b"CAIRNEND";
+pub const TRAILER_LEN: u64 = 56;
+/// A table row: the entry's payload offset, then a copy of its header. The offset comes first so
+/// that a scan of entries (used when the footer is damaged) stops at the table: its first bytes
+/// are not an entry magic.
+pub const TABLE_ROW_LEN: u64 = ENTRY_HEADER_LEN + 8;
+/// Writers start a new pack past this size.
+pub const TARGET_PACK_SIZE: u64 = 1 << 30;
+
+/// Entry kind byte.
+pub const ENTRY_CHUNK: u8 = 1;
+pub const ENTRY_OBJECT: u8 = 2;
+
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum PackError {
+    #[error("pack {path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("pack {pack}: {what}")]
+    Corrupt { pack: String, what: String },
+    #[error("chunk {chunk} in pack {pack} is corrupt: {what}")]
+    BadChunk {
+        chunk: ChunkId,
+        pack: PackId,
+        what: String,
+    },
+    #[error("object {object} in pack {pack} is corrupt: {what}")]
+    BadObject {
+        object: ObjectId,
+        pack: PackId,
+        what: String,
+    },
+}
+
+fn io_err(path: &Path) -> impl FnOnce(io::Error) -> PackError + '_ {
+    move |source| PackError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// One entry's header, as stored before its payload and in the footer table.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct EntryHeader {
+    pub kind: u8,
+    pub encoding: Encoding,
+    /// For objects, the object kind byte; 0 for chunks.
+    pub object_kind: u8,
+    /// Chunk id or object id bytes.
+    pub id: [u8; 32],
+    pub raw_len: u64,
+    pub stored_len: u64,
+    /// Delta base chunk, for encodings that need one.
+    pub base: Option<ChunkId>,
+    /// Length of the delta chain below this chunk (0 for a standalone encoding).
+    pub depth: u32,
+}
+
+impl EntryHeader {
+    pub fn to_bytes(&self) -> [u8; ENTRY_HEADER_LEN as usize] {
+        let mut b = [0u8; ENTRY_HEADER_LEN as usize];
+        b[0..4].copy_from_slice(ENTRY_MAGIC);
+        b[4] = self.kind;
+        b[5] = self.encoding.code();
+        b[6] = self.object_kind;
+        b[7] = u8::from(self.base.is_some());
+        b[8..40].copy_from_slice(&self.id);
+        b[40..48].copy_from_slice(&self.raw_len.to_le_bytes());
+        b[48..56].copy_from_slice(&self.stored_len.to_le_bytes());
+        if let Some(base) = self.base {
+            b[56..88].copy_from_slice(base.as_bytes());
+        }
+        b[88..92].copy_from_slice(&self.depth.to_le_bytes());
+        let sum = blake3::hash(&b[0..92]);
+        b[92..96].copy_from_slice(&sum.as_bytes()[0..4]);
+        b
+    }
+
+    pub fn from_bytes(b: &[u8]) -> Result<EntryHeader, String> {
+        if b.len() < ENTRY_HEADER_LEN as usize {
+            return Err("entry header is truncated".into());
+        }
+        if &b[0..4] != ENTRY_MAGIC {
+            return Err("entry header magic is wrong".into());
+        }
+        let sum = blake3::hash(&b[0..92]);
+        if b[92..96] != sum.as_bytes()[0..4] {
+            return Err("entry header checksum does not match".into());
+        }
+        let encoding =
+            Encoding::from_code(b[5]).ok_or_else(|| format!("unknown encoding {}", b[5]))?;
+        if b[4] != ENTRY_CHUNK && b[4] != ENTRY_OBJECT {
+            return Err(format!("unknown entry kind {}", b[4]));
+        }
+        let u64_at = |o: usize| u64::from_le_bytes(b[o..o + 8].try_into().expect("8 bytes"));
+        let base = (b[7] & 1 == 1).then(|| ChunkId::from_slice(&b[56..88]).expect("32 bytes"));
+        Ok(EntryHeader {
+            kind: b[4],
+            encoding,
+            object_kind: b[6],
+            id: b[8..40].try_into().expect("32 bytes"),
+            raw_len: u64_at(40),
+            stored_len: u64_at(48),
+            base,
+            depth: u32::from_le_bytes(b[88..92].try_into().expect("4 bytes")),
+        })
+    }
+}
+
+/// Where an entry's payload lies.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Entry {
+    pub header: EntryHeader,
+    /// Offset of the payload (just past the entry header).
+    pub offset: u64,
+}
+
+/// A pack being written. Dropping it without [`PackWriter::seal`] removes the temporary file.
+pub struct PackWriter {
+    id: PackId,
+    tmp_path: PathBuf,
+    final_path: PathBuf,
+    out: BufWriter<crate::storage::fsutil::WritebackFile>,
+    len: u64,
+    entries: Vec<Entry>,
+    sealed: bool,
+}
+
+/// A sealed pack as its writer left it.
+#[derive(Clone, Debug)]
+pub struct SealedPack {
+    pub id: PackId,
+    pub path: PathBuf,
+    pub size: u64,
+    pub entries: Vec<Entry>,
+}
+
+pub fn pack_file_name(id: PackId) -> String {
+    format!("{id}.pack")
+}
+
+impl PackWriter {
+    /// Start a pack in `dir`, holding an exclusive lock on it until sealed or dropped.
+    pub fn create(dir: &Path) -> Result<PackWriter, PackError> {
+        let id = PackId::random();
+        let final_path = dir.join(pack_file_name(id));
+        let tmp_path = dir.join(format!("{id}.pack.tmp"));
+        let file = crate::storage::fsutil::create_new(&tmp_path).map_err(io_err(&tmp_path))?;
+        // Held until this writer is done: cleanup of crash leftovers skips locked tmp packs.
+        file.try_lock().map_err(|e| PackError::Io {
+            path: tmp_path.clone(),
+            source: io::Error::other(e.to_string()),
+        })?;
+        let mut out =
+            BufWriter::with_capacity(1 << 20, crate::storage::fsutil::WritebackFile::new(file));
+        let mut header = [0u8; HEADER_LEN as usize];
+        header[0..8].copy_from_slice(PACK_MAGIC);
+        header[8..12].copy_from_slice(&PACK_VERSION.to_le_bytes());
+        header[16..32].copy_from_slice(&id.0);
+        crate::storage::fsutil::write_all(&mut out, &tmp_path, &header)
+            .map_err(io_err(&tmp_path))?;
+        Ok(PackWriter {
+            id,
+            tmp_path,
+            final_path,
+            out,
+            len: HEADER_LEN,
+            entries: Vec::new(),
+            sealed: false,
+        })
+    }
+
+    pub fn id(&self) -> PackId {
+        self.id
+    }
+    pub fn len(&self) -> u64 {
+        self.len
+    }
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    fn append(&mut self, header: EntryHeader, payload: &[u8]) -> Result<Entry, PackError> {
+        debug_assert_eq!(header.stored_len, payload.len() as u64);
+        let hb = header.to_bytes();
+        crate::storage::fsutil::write_all(&mut self.out, &self.tmp_path, &hb)
+            .map_err(io_err(&self.tmp_path))?;
+        crate::storage::fsutil::write_all(&mut self.out, &self.tmp_path, payload)
+            .map_err(io_err(&self.tmp_path))?;
+        let entry = Entry {
+            header,
+            offset: self.len + ENTRY_HEADER_LEN,
+        };
+        self.len += ENTRY_HEADER_LEN + payload.len() as u64;
+        self.entries.push(entry);
+        Ok(entry)
+    }
+
+    /// Append an encoded chunk. `stored` is the payload in `encoding`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn append_chunk(
+        &mut self,
+        id: ChunkId,
+        encoding: Encoding,
+        raw_len: u64,
+        stored: &[u8],
+        base: Option<ChunkId>,
+        depth: u32,
+    ) -> Result<Entry, PackError> {
+        self.append(
+            EntryHeader {
+                kind: ENTRY_CHUNK,
+                encoding,
+                object_kind: 0,
+                id: id.0,
+                raw_len,
+                stored_len: stored.len() as u64,
+                base,
+                depth,
+            },
+            stored,
+        )
+    }
+
+    /// Append an object's canonical bytes (compressed when that pays).
+    pub fn append_object(
+        &mut self,
+        id: ObjectId,
+        kind: u8,
+        bytes: &[u8],
+    ) -> Result<Entry, PackError> {
+        let enc = codec::encode(bytes, codec::Hint::default());
+        let (encoding, payload) = match enc.encoding {
+            Encoding::Raw => (Encoding::Raw, bytes),
+            other => (other, enc.bytes.as_slice()),
+        };
+        let payload = payload.to_vec();
+        self.append(
+            EntryHeader {
+                kind: ENTRY_OBJECT,
+                encoding,
+                object_kind: kind,
+                id: id.0,
+                raw_len: bytes.len() as u64,
+                stored_len: payload.len() as u64,
+                base: None,
+                depth: 0,
+            },
+            &payload,
+        )
+    }
+
+    /// Write the footer, fsync, and rename into place. The caller fsyncs the directory (once
+    /// for all packs of a commit) before publishing anything that points into this pack.
+    pub fn seal(mut self) -> Result<SealedPack, PackError> {
+        let table_offset = self.len;
+        let mut table = Vec::with_capacity(self.entries.len() * TABLE_ROW_LEN as usize);
+        for e in &self.entries {
+            table.extend_from_slice(&e.offset.to_le_bytes());
+            table.extend_from_slice(&e.header.to_bytes());
+        }
+        let mut trailer = [0u8; TRAILER_LEN as usize];
+        trailer[0..8].copy_from_slice(&table_offset.to_le_bytes());
+        trailer[8..16].copy_from_slice(&(self.entries.len() as u64).to_le_bytes());
+        trailer[16..48].copy_from_slice(blake3::hash(&table).as_bytes());
+        trailer[48..56].copy_from_slice(TRAILER_MAGIC);
+        let path = self.tmp_path.clone();
+        crate::storage::fsutil::write_all(&mut self.out, &path, &table).map_err(io_err(&path))?;
+        crate::storage::fsutil::write_all(&mut self.out, &path, &trailer).map_err(io_err(&path))?;
+        crate::storage::fsutil::flush(&mut self.out, &path).map_err(io_err(&path))?;
+        // fsync the pack before it gets its final name: a crash must never leave a `*.pack`
+        // whose bytes are not on disk (torn or zero-filled after power loss).
+        crate::storage::fsutil::sync_file(self.out.get_ref().file(), &path)
+            .map_err(io_err(&path))?;
+        crate::storage::fsutil::rename(&self.tmp_path, &self.final_path).map_err(io_err(&path))?;
+        self.sealed = true;
+        let size = self.len + table.len() as u64 + TRAILER_LEN;
+        Ok(SealedPack {
+            id: self.id,
+            path: self.final_path.clone(),
+            size,
+            entries: std::mem::take(&mut self.entries),
+        })
+    }
+}
+
+impl Drop for PackWriter {
+    fn drop(&mut self) {
+        if !self.sealed {
+            let _ = crate::storage::fsutil::remove_file(&self.tmp_path);
+        }
+    }
+}
+
+/// A sealed pack opened for reading.
+pub struct PackReader {
+    pub id: PackId,
+    map: PackMap,
+}
+
+impl PackReader {
+    pub fn open(path: &Path, id: PackId) -> Result<PackReader, PackError> {
+        let file = File::open(path).map_err(io_err(path))?;
+        let map = PackMap::new(&file).map_err(io_err(path))?;
+        let r = PackReader { id, map };
+        let b = r.map.bytes();
+        if b.len() < (HEADER_LEN + TRAILER_LEN) as usize || &b[0..8] != PACK_MAGIC {
+            return Err(PackError::Corrupt {
+                pack: id.to_hex(),
+                what: "not a cairn pack (bad magic or too short)".into(),
+            });
+        }
+        let version = u32::from_le_bytes(b[8..12].try_into().expect("4 bytes"));
+        if version != PACK_VERSION {
+            return Err(PackError::Corrupt {
+                pack: id.to_hex(),
+                what: format!("pack format version {version}, this build reads {PACK_VERSION}"),
+            });
+        }
+        if b[16..32] != id.0 {
+            return Err(PackError::Corrupt {
+                pack: id.to_hex(),
+                what: "the pack id in the header does not match the file name".into(),
+            });
+        }
+        Ok(r)
+    }
+
+    pub fn size(&self) -> u64 {
+        self.map.bytes().len() as u64
+    }
+
+    /// The entry header stored just before `offset`, checked.
+    fn header_at(&self, offset: u64) -> Result<EntryHeader, String> {
+        let b = self.map.bytes();
+        let start = offset
+            .checked_sub(ENTRY_HEADER_LEN)
+            .ok_or("offset points into the pack header")?;
+        let start = usize::try_from(start).map_err(|_| "offset out of range")?;
+        let end = start + ENTRY_HEADER_LEN as usize;
+        if end > b.len() {
+            return Err("offset is past the end of the pack".into());
+        }
+        EntryHeader::from_bytes(&b[start..end])
+    }
+
+    /// The stored payload at `offset` of `len` bytes, bounds-checked.
+    pub fn payload(&self, offset: u64, len: u64) -> Result<&[u8], String> {
+        let b = self.map.bytes();
+        let end = offset.checked_add(len).ok_or("length overflows")?;
+        if end > b.len() as u64 {
+            return Err(format!(
+                "entry [{offset}, {end}) runs past the end of the pack ({} bytes)",
+                b.len()
+            ));
+        }
+        Ok(&b[offset as usize..end as usize])
+    }
+
+    fn bad_chunk(&self, id: ChunkId, what: String) -> PackError {
+        PackError::BadChunk {
+            chunk: id,
+            pack: self.id,
+            what,
+        }
+    }
+
+    /// The checked entry header of chunk `id` at `offset`, and its stored bytes.
+    fn chunk_entry(&self, id: ChunkId, offset: u64) -> Result<(EntryHeader, &[u8]), PackError> {
+        let h = self.header_at(offset).map_err(|w| self.bad_chunk(id, w))?;
+        if h.kind != ENTRY_CHUNK || h.id != id.0 {
+            return Err(self.bad_chunk(
+                id,
+                "the entry at the indexed offset is a different chunk".into(),
+            ));
+        }
+        let stored = self
+            .payload(offset, h.stored_len)
+            .map_err(|w| self.bad_chunk(id, w))?;
+        Ok((h, stored))
+    }
+
+    /// Decode and verify a chunk at `offset`. `base` is the raw bytes of its delta base, when its
+    /// encoding needs one.
+    pub fn read_chunk(
+        &self,
+        id: ChunkId,
+        offset: u64,
+        expect: Option<&EntryHeader>,
+        base: Option<&[u8]>,
+    ) -> Result<Vec<u8>, PackError> {
+        let (h, stored) = self.chunk_entry(id, offset)?;
+        if let Some(e) = expect
+            && (e.raw_len != h.raw_len || e.stored_len != h.stored_len)
+        {
+            return Err(self.bad_chunk(id, "entry lengths differ from the index".into()));
+        }
+        let raw = codec::decode(h.encoding, stored, h.raw_len, base)
+            .map_err(|e| self.bad_chunk(id, format!("does not decode: {e}")))?;
+        if ChunkId::of(&raw) != id {
+            return Err(self.bad_chunk(id, "its bytes do not hash to its id".into()));
+        }
+        self.map.release(offset as usize, h.stored_len as usize);
+        Ok(raw)
+    }
+
+    /// The encoding and stored bytes of the chunk at `offset`, whose raw length must be
+    /// `raw_len`, after checking its entry header. Not decoded, not verified.
+    pub fn chunk_payload(
+        &self,
+        id: ChunkId,
+        offset: u64,
+        raw_len: usize,
+    ) -> Result<(Encoding, &[u8]), PackError> {
+        let (h, stored) = self.chunk_entry(id, offset)?;
+        if h.raw_len != raw_len as u64 {
+            return Err(self.bad_chunk(
+                id,
+                format!(
+                    "entry records {} raw bytes where {raw_len} are expected",
+                    h.raw_len
+                ),
+            ));
+        }
+        Ok((h.encoding, stored))
+    }
+
+    /// Decode and verify an object at `offset`.
+    pub fn read_object(&self, id: ObjectId, offset: u64) -> Result<(u8, Vec<u8>), PackError> {
+        let bad = |what: String| PackError::BadObject {
+            object: id,
+            pack: self.id,
+            what,
+        };
+        let h = self.header_at(offset).map_err(bad)?;
+        if h.kind != ENTRY_OBJECT || h.id != id.0 {
+            return Err(bad(
+                "the entry at the indexed offset is a different object".into()
+            ));
+        }
+        let stored = self.payload(offset, h.stored_len).map_err(bad)?;
+        let raw = codec::decode(h.encoding, stored, h.raw_len, None)
+            .map_err(|e| bad(format!("does not decode: {e}")))?;
+        if ObjectId::of(h.object_kind, &raw) != id {
+            return Err(bad("its bytes do not hash to its id".into()));
+        }
+        Ok((h.object_kind, raw))
+    }
+
+    /// Every entry, from the footer table (checked against its hash); when the footer is
+    /// damaged, by scanning entry headers from the start.
+    pub fn entries(&self) -> Result<Vec<Entry>, PackError> {
+        match self.entries_from_footer() {
+            Ok(v) => Ok(v),
+            Err(_) => self.entries_by_scan(),
+        }
+    }
+
+    pub fn entries_from_footer(&self) -> Result<Vec<Entry>, PackError> {
+        let b = self.map.bytes();
+        let corrupt = |what: &str| PackError::Corrupt {
+            pack: self.id.to_hex(),
+            what: what.to_string(),
+        };
+        let t = &b[b.len() - TRAILER_LEN as usize..];
+        if &t[48..56] != TRAILER_MAGIC {
+            return Err(corrupt(
+                "trailer magic is wrong (pack not sealed or truncated)",
+            ));
+        }
+        let table_offset = u64::from_le_bytes(t[0..8].try_into().expect("8 bytes"));
+        let count = u64::from_le_bytes(t[8..16].try_into().expect("8 bytes"));
+        let table_len = count
+            .checked_mul(TABLE_ROW_LEN)
+            .ok_or_else(|| corrupt("entry count overflows"))?;
+        let table_end = table_offset
+            .checked_add(table_len)
+            .ok_or_else(|| corrupt("table overflows"))?;
+        if table_offset < HEADER_LEN || table_end != b.len() as u64 - TRAILER_LEN {
+            return Err(corrupt("footer table does not end at the trailer"));
+        }
+        let table = &b[table_offset as usize..table_end as usize];
+        if blake3::hash(table).as_bytes() != &t[16..48] {
+            return Err(corrupt("footer table hash does not match"));
+        }
+        let mut out = Vec::with_capacity(count as usize);
+        for row in table.chunks_exact(TABLE_ROW_LEN as usize) {
+            let offset = u64::from_le_bytes(row[..8].try_into().expect("8 bytes"));
+            let header = EntryHeader::from_bytes(&row[8..]).map_err(|e| corrupt(&e))?;
+            let end = offset.checked_add(header.stored_len);
+            if offset < HEADER_LEN + ENTRY_HEADER_LEN || end.is_none_or(|e| e > table_offset) {
+                return Err(corrupt("a table row points outside the entries"));
+            }
+            out.push(Entry { header, offset });
+        }
+        Ok(out)
+    }
+
+    fn entries_by_scan(&self) -> Result<Vec<Entry>, PackError> {
+        let b = self.map.bytes();
+        let mut pos = HEADER_LEN;
+        let mut out = Vec::new();
+        while pos + ENTRY_HEADER_LEN <= b.len() as u64 {
+            let Ok(header) = EntryHeader::from_bytes(&b[pos as usize..]) else {
+                break;
+            };
+            let offset = pos + ENTRY_HEADER_LEN;
+            match offset.checked_add(header.stored_len) {
+                Some(end) if end <= b.len() as u64 => {
+                    out.push(Entry { header, offset });
+                    pos = end;
+                }
+                _ => break,
+            }
+        }
+        Ok(out)
+    }
+
+    /// Let go of the pages of `[offset, offset+len)` (see [`PackMap::release`]).
+    pub fn release(&self, offset: u64, len: u64) {
+        self.map.release(offset as usize, len as usize);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn write_seal_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut w = PackWriter::create(dir.path()).unwrap();
+        let data = vec![5u8; 100_000];
+        let id = ChunkId::of(&data);
+        let enc = codec::encode(&data, codec::Hint::default());
+        let e = w
+            .append_chunk(id, enc.encoding, data.len() as u64, &enc.bytes, None, 0)
+            .unwrap();
+        let oid = ObjectId::of(1, b"obj");
+        let oe = w.append_object(oid, 1, b"obj").unwrap();
+        let sealed = w.seal().unwrap();
+        assert!(sealed.path.exists());
+        assert_eq!(std::fs::metadata(&sealed.path).unwrap().len(), sealed.size);
+        let r = PackReader::open(&sealed.path, sealed.id).unwrap();
+        assert_eq!(r.read_chunk(id, e.offset, None, None).unwrap(), data);
+        assert_eq!(r.read_object(oid, oe.offset).unwrap().1, b"obj");
+        assert_eq!(r.entries_from_footer().unwrap(), sealed.entries);
+        assert_eq!(r.entries_by_scan().unwrap(), sealed.entries);
+        // Wrong id at a valid offset is refused.
+        assert!(
+            r.read_chunk(ChunkId::of(b"x"), e.offset, None, None)
+                .is_err()
+        );
+    }
+
+    #[test]
+    fn dropped_writer_leaves_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let w = PackWriter::create(dir.path()).unwrap();
+        drop(w);
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+    }
+
+    #[test]
+    fn every_flipped_byte_is_caught() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut w = PackWriter::create(dir.path()).unwrap();
+        let data: Vec<u8> = (0..5000u32).map(|i| (i * 7 % 251) as u8).collect();
+        let id = ChunkId::of(&data);
+        let enc = codec::encode(&data, codec::Hint::default());
+        let e = w
+            .append_chunk(id, enc.encoding, data.len() as u64, &enc.bytes, None, 0)
+            .unwrap();
+        let sealed = w.seal().unwrap();
+        let clean = std::fs::read(&sealed.path).unwrap();
+        let end = e.offset + e.header.stored_len;
+        for i in (e.offset - ENTRY_HEADER_LEN)..end {
+            let mut bad = clean.clone();
+            bad[i as usize] ^= 0x5A;
+            std::fs::write(&sealed.path, &bad).unwrap();
+            let r = PackReader::open(&sealed.path, sealed.id).unwrap();
+            match r.read_chunk(id, e.offset, None, None) {
+                Ok(got) => panic!("flip at {i} returned {} bytes", got.len()),
+                Err(PackError::BadChunk { chunk, .. }) => assert_eq!(chunk, id),
+                Err(other) => panic!("unexpected {other}"),
+            }
+        }
+    }
+}

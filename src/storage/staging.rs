@@ -1,0 +1,136 @@
+//! The staging area of sharded commits: `txn/<id>/part-<i>.bin` manifests, each naming a
+//! part's sealed (but unindexed) packs and its tree, and `txn/<id>/done` once the transaction
+//! committed. [`crate::ops::commit::sharded`] stages and finalizes; gc reads [`pending`] parts
+//! as roots and [`abandon`]s stale transactions.
+//!
+//! Invariants: a manifest is written atomically, after the packs it names are fsynced with
+//! their directory; a transaction with `done` has no manifests left that matter; a part
+//! staged more than [`ABANDON_AFTER_NS`] ago whose transaction never committed is abandoned.
+
+use crate::model::id::{ChunkId, PackId, TreeId};
+use crate::model::object::{KIND_TREE, Metadata, Tree};
+use crate::storage::pack::{PackReader, SealedPack, pack_file_name};
+use crate::storage::store::{Error, Result, Store, io_at};
+use serde::{Deserialize, Serialize};
+use std::path::PathBuf;
+
+/// Staged parts of a transaction older than this (24 h) are abandoned.
+pub const ABANDON_AFTER_NS: i64 = 24 * 3600 * 1_000_000_000;
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub(crate) struct Manifest {
+    pub(crate) part: u32,
+    pub(crate) total: u32,
+    pub(crate) tree: TreeId,
+    pub(crate) packs: Vec<PackId>,
+    pub(crate) branch: String,
+    pub(crate) message: String,
+    pub(crate) author: String,
+    pub(crate) time_ns: i64,
+    pub(crate) meta: Metadata,
+    pub(crate) reused: Vec<ChunkId>,
+    pub(crate) staged_ns: i64,
+}
+
+pub(crate) fn txn_dir(store: &Store, id: &str) -> PathBuf {
+    store.root().join("txn").join(id)
+}
+
+pub(crate) fn read_manifests(dir: &std::path::Path) -> Result<Vec<Manifest>> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).map_err(io_at(dir))? {
+        let e = e.map_err(io_at(dir))?;
+        let name = e.file_name().to_string_lossy().to_string();
+        if name.starts_with("part-") && name.ends_with(".bin") {
+            let bytes = std::fs::read(e.path()).map_err(io_at(&e.path()))?;
+            let m: Manifest = postcard::from_bytes(&bytes).map_err(|err| Error::BadInput {
+                path: e.path().display().to_string(),
+                what: format!("transaction manifest does not decode: {err}"),
+            })?;
+            out.push(m);
+        }
+    }
+    out.sort_by_key(|m| m.part);
+    Ok(out)
+}
+
+pub(crate) fn sealed_of(store: &Store, id: PackId) -> Result<(SealedPack, PackReader)> {
+    let path = store.packs_dir().join(pack_file_name(id));
+    let r = PackReader::open(&path, id)?;
+    let entries = r.entries()?;
+    Ok((
+        SealedPack {
+            id,
+            path,
+            size: r.size(),
+            entries,
+        },
+        r,
+    ))
+}
+
+/// A part's tree, read from its own packs (it is not indexed yet).
+pub(crate) fn part_tree(store: &Store, m: &Manifest) -> Result<Tree> {
+    for pid in &m.packs {
+        let (sealed, r) = sealed_of(store, *pid)?;
+        if let Some(e) = sealed
+            .entries
+            .iter()
+            .find(|e| e.header.id == m.tree.0 && e.header.object_kind == KIND_TREE)
+        {
+            let (_, bytes) = r.read_object(m.tree.into(), e.offset)?;
+            return Ok(Tree::decode(m.tree.into(), &bytes)?);
+        }
+    }
+    Err(Error::MissingObject { id: m.tree.into() })
+}
+
+/// A part staged but not committed, as gc sees it.
+#[derive(Clone, Debug)]
+pub struct Pending {
+    pub txn: String,
+    pub part: u32,
+    pub packs: Vec<PackId>,
+    pub chunks: Vec<ChunkId>,
+    /// No part of this transaction was staged for [`ABANDON_AFTER_NS`].
+    pub abandoned: bool,
+}
+
+/// Every staged part of every uncommitted transaction.
+pub fn pending(store: &Store, now: i64) -> Result<Vec<Pending>> {
+    let root = store.root().join("txn");
+    let mut out = Vec::new();
+    let Ok(rd) = std::fs::read_dir(&root) else {
+        return Ok(out);
+    };
+    for e in rd {
+        let e = e.map_err(io_at(&root))?;
+        let name = e.file_name().to_string_lossy().to_string();
+        if e.path().join("done").exists() {
+            continue;
+        }
+        let parts = read_manifests(&e.path())?;
+        let newest = parts.iter().map(|m| m.staged_ns).max().unwrap_or(0);
+        let abandoned = now.saturating_sub(newest) > ABANDON_AFTER_NS;
+        for m in &parts {
+            let mut chunks: Vec<ChunkId> = m.reused.clone();
+            if let Ok(t) = part_tree(store, m) {
+                chunks.extend(t.files.values().flat_map(|f| f.chunks().map(|c| c.id)));
+            }
+            out.push(Pending {
+                txn: name.clone(),
+                part: m.part,
+                packs: m.packs.clone(),
+                chunks,
+                abandoned,
+            });
+        }
+    }
+    Ok(out)
+}
+
+/// Remove an abandoned transaction's manifests (its packs then count as leftovers).
+pub fn abandon(store: &Store, txn: &str) -> Result<()> {
+    let dir = txn_dir(store, txn);
+    crate::storage::fsutil::remove_dir_all(&dir).map_err(io_at(&dir))
+}

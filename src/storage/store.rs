@@ -1,0 +1,615 @@
+//! The store: its directory layout, opening and creating it, and the read path.
+//!
+//! Layout of a store directory (docs/format.md has the bytes):
+//! ```text
+//! CAIRN          format marker: JSON {"format": 1, "store_id": ...}; checked on open
+//! packs/         sealed packs <id>.pack; <id>.pack.tmp while a writer holds it locked
+//! index/         RocksDB: the index over the packs, refs, HEAD, per-commit state
+//! reflog         every ref move, one JSON line each, appended and fsynced before the index
+//! locks/         index.lock (exclusive while the index is open read-write)
+//! tmp/           scratch space of running commands
+//! ```
+//!
+//! Invariants:
+//! - Readers open the index read-only and never wait for a writer. A writer holds
+//!   `locks/index.lock` for the few milliseconds it has the index open read-write.
+//! - Every byte handed out by the read path was verified against its blake3 id.
+//! - Refs move by compare-and-swap: [`Store::update_ref`] fails with [`Error::RefMoved`] when
+//!   the ref is not where the caller last saw it.
+
+use crate::codec::CodecError;
+use crate::model::id::{ChunkId, CommitId, ObjectId, PackId, TreeId};
+use crate::model::object::{Commit, KIND_COMMIT, KIND_TREE, ObjectError, Tree, kind_name};
+use crate::storage::index::{ChunkLoc, Index, IndexError, META_HEAD};
+use crate::storage::lock;
+use crate::storage::pack::{PackError, PackReader, pack_file_name};
+use crate::storage::refs::{self, RefError, ReflogEntry};
+use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, RwLock};
+
+/// The on-disk format this build reads and writes.
+pub const FORMAT_VERSION: u32 = 1;
+/// Name of the format marker file.
+pub const MARKER: &str = "CAIRN";
+/// The directory `cairn init` creates when no store path is given.
+pub const DEFAULT_DIR: &str = ".cairn";
+
+/// Errors of the store and of every operation on it.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    #[error("{path} is not a cairn store (no {MARKER} file); create one with `cairn init`")]
+    NotAStore { path: PathBuf },
+    #[error(
+        "no cairn store found in {start} or any parent directory (looked for {DEFAULT_DIR}); create one with `cairn init` or pass --store"
+    )]
+    NoStoreFound { start: PathBuf },
+    #[error("{path} is already a cairn store")]
+    AlreadyAStore { path: PathBuf },
+    #[error("{path} exists and is not empty; cairn init wants a new or empty directory")]
+    NotEmpty { path: PathBuf },
+    #[error("store {path} has format version {found}; this cairn reads version {FORMAT_VERSION}")]
+    FormatVersion { path: PathBuf, found: u32 },
+    #[error("store marker {path} is damaged: {what}")]
+    BadMarker { path: PathBuf, what: String },
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Index(#[from] IndexError),
+    #[error(transparent)]
+    Pack(#[from] PackError),
+    #[error(transparent)]
+    Object(#[from] ObjectError),
+    #[error(transparent)]
+    Ref(#[from] RefError),
+    #[error("chunk {id} is missing from the store")]
+    MissingChunk { id: ChunkId },
+    #[error("object {id} is missing from the store")]
+    MissingObject { id: ObjectId },
+    #[error("chunk {id}: delta chain too deep or cyclic")]
+    DeltaChain { id: ChunkId },
+    #[error("chunk {id} in pack {pack}: {source}")]
+    Codec {
+        id: ChunkId,
+        pack: PackId,
+        #[source]
+        source: CodecError,
+    },
+    #[error("unknown revision {rev:?}{hint}")]
+    UnknownRevision { rev: String, hint: String },
+    #[error("revision {rev:?} is ambiguous: it matches {matches}")]
+    AmbiguousRevision { rev: String, matches: String },
+    #[error("{rev}: {what}")]
+    BadRevision { rev: String, what: String },
+    #[error("branch {branch} has no commits yet")]
+    UnbornBranch { branch: String },
+    #[error("{name} already exists (at {at})")]
+    RefExists { name: String, at: String },
+    #[error("{name} does not exist")]
+    NoSuchRef { name: String },
+    #[error("{name} moved: expected {expected}, found {found}")]
+    RefMoved {
+        name: String,
+        expected: String,
+        found: String,
+    },
+    #[error("{path}: {what}")]
+    BadInput { path: String, what: String },
+    #[error("{path}: not a valid safetensors file: {source}")]
+    Safetensors {
+        path: String,
+        #[source]
+        source: crate::formats::safetensors::SafetensorsError,
+    },
+    #[error("{path}: content changed while cairn was reading it; commit again once it is stable")]
+    ChangedWhileReading { path: String },
+    #[error("{path}: {what}")]
+    Verify { path: String, what: String },
+    #[error("{what}")]
+    Usage { what: String },
+    /// A background commit (see [`crate::ops::commit::async_commit`]) stopped without an outcome of its own.
+    #[error("background commit did not complete: {what}")]
+    Background { what: String },
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+impl From<crate::model::path::PathError> for Error {
+    fn from(e: crate::model::path::PathError) -> Error {
+        Error::BadInput {
+            path: e.path,
+            what: e.what.to_string(),
+        }
+    }
+}
+
+pub(crate) fn io_at(path: &Path) -> impl FnOnce(std::io::Error) -> Error + '_ {
+    move |source| Error::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// Contents of the `CAIRN` marker file.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Marker {
+    pub format: u32,
+    pub store_id: String,
+    pub created_ns: i64,
+}
+
+pub use crate::model::time::now_ns;
+
+/// An open store. Cheap to share across threads (`&Store` is `Sync`).
+pub struct Store {
+    root: PathBuf,
+    marker: Marker,
+    view: RwLock<Arc<Index>>,
+    packs: Mutex<HashMap<PackId, Arc<PackReader>>>,
+}
+
+/// Where to find a store: `explicit` (a `--store` flag), else `env` (`$CAIRN_STORE`, which the
+/// caller reads), else the nearest `.cairn` from `cwd` upward.
+pub fn discover(explicit: Option<&Path>, env: Option<&Path>, cwd: &Path) -> Result<PathBuf> {
+    if let Some(p) = explicit.or(env) {
+        return Ok(p.to_path_buf());
+    }
+    let mut dir = Some(cwd);
+    while let Some(d) = dir {
+        let candidate = d.join(DEFAULT_DIR);
+        if candidate.join(MARKER).is_file() {
+            return Ok(candidate);
+        }
+        dir = d.parent();
+    }
+    Err(Error::NoStoreFound {
+        start: cwd.to_path_buf(),
+    })
+}
+
+impl Store {
+    /// Create a store at `root` (a new or empty directory) with branch `main` checked out.
+    pub fn init(root: &Path) -> Result<Store> {
+        if root.join(MARKER).exists() {
+            return Err(Error::AlreadyAStore {
+                path: root.to_path_buf(),
+            });
+        }
+        if root.exists() {
+            let ours = ["packs", "index", "locks", "tmp", "reflog"];
+            let entries = std::fs::read_dir(root).map_err(io_at(root))?;
+            for e in entries {
+                let e = e.map_err(io_at(root))?;
+                // A crashed init leaves only our own names; anything else is the user's.
+                if !ours.iter().any(|o| e.file_name() == *o) {
+                    return Err(Error::NotEmpty {
+                        path: root.to_path_buf(),
+                    });
+                }
+            }
+        }
+        for d in ["", "packs", "locks", "tmp"] {
+            let p = root.join(d);
+            std::fs::create_dir_all(&p).map_err(io_at(&p))?;
+        }
+        {
+            let _lock = lock::exclusive(&root.join("locks/index.lock")).map_err(io_at(root))?;
+            let index = Index::create(&root.join("index"))?;
+            if index.meta(META_HEAD)?.is_none() {
+                let mut b = index.batch()?;
+                b.put_meta(
+                    META_HEAD,
+                    format!("{}{}", refs::HEADS, refs::DEFAULT_BRANCH).as_bytes(),
+                )?;
+                index.write(b)?;
+            }
+        }
+        let marker = Marker {
+            format: FORMAT_VERSION,
+            store_id: crate::model::id::PackId::random().to_hex(),
+            created_ns: now_ns(),
+        };
+        let bytes = serde_json::to_vec_pretty(&marker).expect("marker serializes");
+        // The marker goes last: a store without it is an unfinished init, never half a store.
+        crate::storage::fsutil::write_atomic(&root.join(MARKER), &bytes).map_err(io_at(root))?;
+        if let Some(parent) = root.parent() {
+            let _ = crate::storage::fsutil::sync_dir(parent);
+        }
+        Store::open(root)
+    }
+
+    /// Open an existing store.
+    pub fn open(root: &Path) -> Result<Store> {
+        let marker_path = root.join(MARKER);
+        let bytes = match std::fs::read(&marker_path) {
+            Ok(b) => b,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Err(Error::NotAStore {
+                    path: root.to_path_buf(),
+                });
+            }
+            Err(e) => return Err(io_at(&marker_path)(e)),
+        };
+        let marker: Marker = serde_json::from_slice(&bytes).map_err(|e| Error::BadMarker {
+            path: marker_path.clone(),
+            what: e.to_string(),
+        })?;
+        if marker.format != FORMAT_VERSION {
+            return Err(Error::FormatVersion {
+                path: root.to_path_buf(),
+                found: marker.format,
+            });
+        }
+        let index_path = root.join("index");
+        if !index_path.join("CURRENT").exists() {
+            return Err(Error::BadMarker {
+                path: index_path,
+                what: "the index is missing; the packs still hold every chunk and object".into(),
+            });
+        }
+        let view = Index::open_read(&index_path)?;
+        Ok(Store {
+            root: root.to_path_buf(),
+            marker,
+            view: RwLock::new(Arc::new(view)),
+            packs: Mutex::new(HashMap::new()),
+        })
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+    pub fn store_id(&self) -> &str {
+        &self.marker.store_id
+    }
+    pub fn packs_dir(&self) -> PathBuf {
+        self.root.join("packs")
+    }
+    pub fn tmp_dir(&self) -> PathBuf {
+        self.root.join("tmp")
+    }
+    pub fn reflog_path(&self) -> PathBuf {
+        self.root.join("reflog")
+    }
+    pub fn index_lock_path(&self) -> PathBuf {
+        self.root.join("locks/index.lock")
+    }
+    pub fn writers_lock_path(&self) -> PathBuf {
+        self.root.join("locks/writers.lock")
+    }
+    pub fn readers_lock_path(&self) -> PathBuf {
+        self.root.join("locks/readers.lock")
+    }
+
+    /// Hold while reading many chunks: gc leaves old packs in place while any reader holds it.
+    /// On a read-only store (where the lock file cannot be created) reads go ahead unguarded:
+    /// nobody can be deleting packs there either.
+    pub fn read_guard(&self) -> Option<lock::LockGuard> {
+        lock::shared(&self.readers_lock_path()).ok()
+    }
+
+    /// The current read-only view of the index.
+    pub fn view(&self) -> Arc<Index> {
+        self.view
+            .read()
+            .expect("the view lock is never poisoned: no panics while held")
+            .clone()
+    }
+
+    /// Reopen the read-only view so it sees everything published so far.
+    pub fn refresh(&self) -> Result<()> {
+        let fresh = Arc::new(Index::open_read(&self.root.join("index"))?);
+        *self
+            .view
+            .write()
+            .expect("the view lock is never poisoned: no panics while held") = fresh;
+        Ok(())
+    }
+
+    /// Run `f` with the index open read-write, holding the index lock; then refresh the view.
+    pub fn with_writer<T>(&self, f: impl FnOnce(&Index) -> Result<T>) -> Result<T> {
+        let lock_path = self.index_lock_path();
+        let guard = lock::exclusive(&lock_path).map_err(io_at(&lock_path))?;
+        let out = {
+            let index = Index::open_write(&self.root.join("index"))?;
+            let out = f(&index);
+            if out.is_ok() {
+                index.flush()?;
+            }
+            out
+        };
+        drop(guard);
+        self.refresh()?;
+        out
+    }
+
+    fn pack(&self, id: PackId) -> Result<Arc<PackReader>> {
+        let mut cache = self
+            .packs
+            .lock()
+            .expect("the pack cache lock is never poisoned: no panics while held");
+        if let Some(r) = cache.get(&id) {
+            return Ok(r.clone());
+        }
+        let path = self.packs_dir().join(pack_file_name(id));
+        let r = Arc::new(PackReader::open(&path, id)?);
+        cache.insert(id, r.clone());
+        Ok(r)
+    }
+
+    /// Read and verify an object's bytes.
+    pub fn read_object(&self, id: ObjectId) -> Result<(u8, Vec<u8>)> {
+        self.retry_moved(|| {
+            let view = self.view();
+            let loc = view.object(&id)?.ok_or(Error::MissingObject { id })?;
+            Ok(self.pack(loc.pack)?.read_object(id, loc.offset)?)
+        })
+    }
+
+    /// Run a read; if the pack it looked in is gone (gc repacked or deleted it after this
+    /// handle's view was taken), refresh the view once and try again.
+    fn retry_moved<T>(&self, mut f: impl FnMut() -> Result<T>) -> Result<T> {
+        match f() {
+            Err(Error::Pack(PackError::Io { source, .. }))
+                if source.kind() == std::io::ErrorKind::NotFound =>
+            {
+                self.refresh()?;
+                f()
+            }
+            other => other,
+        }
+    }
+
+    pub fn has_object(&self, id: ObjectId) -> Result<bool> {
+        Ok(self.view().object(&id)?.is_some())
+    }
+
+    pub fn commit(&self, id: CommitId) -> Result<Commit> {
+        let (kind, bytes) = self.read_object(id.into())?;
+        if kind != KIND_COMMIT {
+            return Err(ObjectError::WrongKind {
+                id: id.into(),
+                found: kind_name(kind),
+                expected: "commit",
+            }
+            .into());
+        }
+        Ok(Commit::decode(id.into(), &bytes)?)
+    }
+
+    pub fn tree(&self, id: TreeId) -> Result<Tree> {
+        let (kind, bytes) = self.read_object(id.into())?;
+        if kind != KIND_TREE {
+            return Err(ObjectError::WrongKind {
+                id: id.into(),
+                found: kind_name(kind),
+                expected: "tree",
+            }
+            .into());
+        }
+        Ok(Tree::decode(id.into(), &bytes)?)
+    }
+
+    /// Where a chunk is stored, if it is.
+    pub fn chunk_loc(&self, id: ChunkId) -> Result<Option<ChunkLoc>> {
+        Ok(self.view().chunk(&id)?)
+    }
+
+    /// Read and verify a chunk's raw bytes, decoding its delta chain when it has one.
+    pub fn read_chunk(&self, id: ChunkId) -> Result<Vec<u8>> {
+        let loc = self.chunk_loc(id)?.ok_or(Error::MissingChunk { id })?;
+        let len = usize::try_from(loc.raw_len).map_err(|_| Error::DeltaChain { id })?;
+        if len > crate::codec::MAX_RAW_LEN {
+            // Not a chunk this store writes; the verified path reports what is wrong with it.
+            return self.retry_moved(|| self.read_chunk_depth(id, 0));
+        }
+        let mut out = vec![0u8; len];
+        self.read_chunk_into(id, &mut out)?;
+        Ok(out)
+    }
+
+    /// Read a chunk of exactly `out.len()` raw bytes into `out` and verify it against its id.
+    ///
+    /// A delta chain decodes into `out` itself: its root first, then each delta over it in place,
+    /// and only the end result is hashed, which proves every link (a chunk's id is the hash of
+    /// its raw bytes). When that check fails, the chain is decoded again link by link, each link
+    /// verified against its own id, so the error names the damaged chunk.
+    pub fn read_chunk_into(&self, id: ChunkId, out: &mut [u8]) -> Result<()> {
+        self.retry_moved(|| {
+            if self.decode_chain_into(id, out)? && ChunkId::of(out) == id {
+                return Ok(());
+            }
+            let raw = self.read_chunk_depth(id, 0)?;
+            if raw.len() != out.len() {
+                return Err(Error::Verify {
+                    path: format!("chunk {id}"),
+                    what: format!("{} bytes where {} are expected", raw.len(), out.len()),
+                });
+            }
+            out.copy_from_slice(&raw);
+            Ok(())
+        })
+    }
+
+    /// Decode `id`'s delta chain into `out` without verifying it. `Ok(false)` when the chain does
+    /// not decode as the index describes it (the caller then takes the verified path).
+    fn decode_chain_into(&self, id: ChunkId, out: &mut [u8]) -> Result<bool> {
+        let mut chain = Vec::with_capacity(crate::codec::MAX_DELTA_DEPTH as usize);
+        let mut next = Some(id);
+        while let Some(cur) = next {
+            if chain.len() > 64 {
+                return Err(Error::DeltaChain { id });
+            }
+            let Some(loc) = self.chunk_loc(cur)? else {
+                return Ok(false);
+            };
+            next = loc.base.filter(|_| loc.encoding.needs_base());
+            chain.push((cur, loc));
+        }
+        let packs = chain
+            .iter()
+            .map(|(_, loc)| self.pack(loc.pack))
+            .collect::<Result<Vec<_>>>()?;
+        let mut links = Vec::with_capacity(chain.len());
+        for ((cur, loc), pack) in chain.iter().zip(&packs).rev() {
+            match pack.chunk_payload(*cur, loc.offset, out.len()) {
+                Ok((enc, stored)) if enc == loc.encoding => links.push((enc, stored)),
+                Ok(_) | Err(PackError::BadChunk { .. }) => return Ok(false),
+                Err(e) => return Err(e.into()),
+            }
+        }
+        let decoded = match links.split_first() {
+            Some(((enc, stored), deltas)) if !enc.needs_base() => {
+                crate::codec::decode_into(*enc, stored, out)
+                    .and_then(|()| crate::codec::apply_deltas_into(deltas, out))
+                    .is_ok()
+            }
+            _ => false,
+        };
+        for ((_, loc), pack) in chain.iter().zip(&packs) {
+            pack.release(loc.offset, loc.stored_len);
+        }
+        Ok(decoded)
+    }
+
+    fn read_chunk_depth(&self, id: ChunkId, depth: u32) -> Result<Vec<u8>> {
+        if depth > 64 {
+            return Err(Error::DeltaChain { id });
+        }
+        let loc = self.chunk_loc(id)?.ok_or(Error::MissingChunk { id })?;
+        let base = match loc.base {
+            Some(b) if loc.encoding.needs_base() => Some(self.read_chunk_depth(b, depth + 1)?),
+            _ => None,
+        };
+        Ok(self
+            .pack(loc.pack)?
+            .read_chunk(id, loc.offset, None, base.as_deref())?)
+    }
+
+    /// The full name of the current branch (`refs/heads/...`).
+    pub fn head_ref(&self) -> Result<String> {
+        let v = self.view().meta(META_HEAD)?;
+        Ok(v.and_then(|b| String::from_utf8(b).ok())
+            .unwrap_or_else(|| format!("{}{}", refs::HEADS, refs::DEFAULT_BRANCH)))
+    }
+
+    /// The current branch's short name.
+    pub fn current_branch(&self) -> Result<String> {
+        Ok(refs::short_name(&self.head_ref()?).to_string())
+    }
+
+    /// The commit HEAD points at, or `None` on an unborn branch.
+    pub fn head(&self) -> Result<Option<CommitId>> {
+        let r = self.head_ref()?;
+        Ok(self.view().get_ref(&r)?)
+    }
+
+    pub fn get_ref(&self, full: &str) -> Result<Option<CommitId>> {
+        Ok(self.view().get_ref(full)?)
+    }
+
+    pub fn branches(&self) -> Result<Vec<(String, CommitId)>> {
+        Ok(self
+            .view()
+            .refs(refs::HEADS)?
+            .into_iter()
+            .map(|(n, id)| (refs::short_name(&n).to_string(), id))
+            .collect())
+    }
+
+    pub fn tags(&self) -> Result<Vec<(String, CommitId)>> {
+        Ok(self
+            .view()
+            .refs(refs::TAGS)?
+            .into_iter()
+            .map(|(n, id)| (refs::short_name(&n).to_string(), id))
+            .collect())
+    }
+
+    /// Move ref `full` from `expected` to `new` by compare-and-swap, recording it in the reflog.
+    /// `expected = None` means the ref must not exist yet.
+    pub fn update_ref(
+        &self,
+        full: &str,
+        expected: Option<CommitId>,
+        new: CommitId,
+        who: &str,
+        action: &str,
+        message: &str,
+    ) -> Result<()> {
+        self.with_writer(|index| {
+            let current = index.get_ref(full)?;
+            if current != expected {
+                return Err(Error::RefMoved {
+                    name: full.to_string(),
+                    expected: expected.map_or("nothing".into(), |c| c.to_hex()),
+                    found: current.map_or("nothing".into(), |c| c.to_hex()),
+                });
+            }
+            if index.object(&new.into())?.is_none() {
+                return Err(Error::MissingObject { id: new.into() });
+            }
+            self.append_reflog(&ReflogEntry {
+                name: full.to_string(),
+                old: current.map(|c| c.to_hex()),
+                new: Some(new.to_hex()),
+                time_ns: now_ns(),
+                who: who.to_string(),
+                action: action.to_string(),
+                message: message.to_string(),
+            })?;
+            let mut b = index.batch()?;
+            b.put_ref(full, &new)?;
+            index.write(b)?;
+            Ok(())
+        })
+    }
+
+    /// Make `branch` the current branch. It must exist, unless the store has no commits on the
+    /// current branch yet.
+    pub fn switch(&self, branch: &str, who: &str) -> Result<()> {
+        let full = refs::branch_ref(branch)?;
+        self.with_writer(|index| {
+            if index.get_ref(&full)?.is_none() {
+                return Err(Error::NoSuchRef { name: full.clone() });
+            }
+            let old = index
+                .meta(META_HEAD)?
+                .and_then(|b| String::from_utf8(b).ok());
+            self.append_reflog(&ReflogEntry {
+                name: "HEAD".into(),
+                old,
+                new: Some(full.clone()),
+                time_ns: now_ns(),
+                who: who.to_string(),
+                action: "switch".into(),
+                message: String::new(),
+            })?;
+            let mut b = index.batch()?;
+            b.put_meta(META_HEAD, full.as_bytes())?;
+            index.write(b)?;
+            Ok(())
+        })
+    }
+
+    pub(crate) fn append_reflog(&self, e: &ReflogEntry) -> Result<()> {
+        let p = self.reflog_path();
+        refs::append_reflog(&p, e).map_err(io_at(&p))
+    }
+
+    /// The reflog, oldest first, optionally only for one ref.
+    pub fn reflog(&self, full: Option<&str>) -> Result<Vec<ReflogEntry>> {
+        let p = self.reflog_path();
+        let all = refs::read_reflog(&p).map_err(io_at(&p))?;
+        Ok(match full {
+            Some(n) => all.into_iter().filter(|e| e.name == n).collect(),
+            None => all,
+        })
+    }
+}
