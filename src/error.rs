@@ -65,3 +65,11 @@ impl From<crate::model::path::PathError> for Error {
         }
     }
 }
+
+/// Wrap an I/O error with the path it happened at.
+pub(crate) fn io_at(path: &std::path::Path) -> impl FnOnce(std::io::Error) -> Error + '_ {
+    move |source| Error::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}

@@ -35,6 +35,8 @@
 #![deny(unsafe_code)]
 
 pub mod codec;
+#[cfg(feature = "store")]
+pub mod error;
 pub mod formats;
 pub mod model;
 pub mod ops;
@@ -60,6 +62,10 @@ pub use async_commit::{AsyncCommitter, CommitHandle, TensorSlice};
 #[cfg(feature = "store")]
 pub use commit::{CommitBuilder, CommitOptions, CommitOutcome, DeltaBase, TensorInput};
 pub use dtype::DType;
+#[cfg(feature = "store")]
+pub use error::{Error, Result};
 pub use id::{ChunkId, CommitId, ObjectId, PackId, TreeId};
 #[cfg(feature = "store")]
-pub use store::{Error, Result, Store};
+pub use storage::error::StoreError;
+#[cfg(feature = "store")]
+pub use store::Store;

@@ -1155,7 +1155,7 @@ fn run(cli: Cli) -> Result<()> {
             let root = store_path(s)?;
             if rebuild_index {
                 if !root.join(cairn::store::MARKER).is_file() {
-                    return Err(cairn::Error::NotAStore { path: root }.into());
+                    return Err(cairn::StoreError::NotAStore { path: root }.into());
                 }
                 let out = cairn::fsck::rebuild_index(&root)?;
                 if json {

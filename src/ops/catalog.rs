@@ -10,9 +10,10 @@
 //!
 //! Invariant: queries read only the index's commit rows (one RocksDB scan), never pack data.
 
+use crate::error::{Error, Result};
 use crate::model::id::CommitId;
+use crate::storage::error::StoreError;
 use crate::storage::index::CommitRow;
-use crate::storage::store::{Error, Result};
 use std::cmp::Ordering;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -271,7 +272,7 @@ pub fn history_rows(
             if out.iter().any(|(seen, _)| *seen == id) {
                 continue;
             }
-            return Err(Error::MissingObject { id: id.into() });
+            return Err(StoreError::MissingObject { id: id.into() }.into());
         };
         todo.extend(row.parents.iter().copied());
         out.push((id, row));

@@ -4,10 +4,11 @@
 //! construction); numeric statistics are computed streaming, one window of chunks at a time, so
 //! memory stays bounded whatever the tensor size.
 
+use crate::error::Result;
 use crate::model::dtype::DType;
 use crate::model::id::CommitId;
 use crate::model::object::{FileEntry, Segment, Tree};
-use crate::storage::store::{Result, Store};
+use crate::storage::store::Store;
 use serde::Serialize;
 use std::collections::{BTreeMap, BTreeSet};
 

@@ -4,9 +4,10 @@
 //! over the target, then the directory is fsynced: an existing file (possibly mapped by another
 //! program) is never truncated in place, and a crash leaves the old file or the new one.
 
+use crate::error::{Error, Result, io_at};
 use crate::formats::safetensors;
 use crate::model::dtype::DType;
-use crate::storage::store::{Error, Result, io_at};
+
 use std::io::Write;
 use std::path::Path;
 

@@ -8,12 +8,14 @@
 //!   the reflog (refs and HEAD) and the statelog (per-commit state) alone, in a new directory,
 //!   and swaps it in by rename; the old index, if any, is kept beside it.
 
+use crate::error::{Result, io_at};
 use crate::model::id::{ChunkId, CommitId, ObjectId, PackId};
 use crate::model::object::{Commit, KIND_COMMIT};
 use crate::ops::progress::Progress;
+use crate::storage::error::StoreError;
 use crate::storage::index::{ChunkLoc, CommitRow, Index, META_HEAD, ObjectLoc, PackInfo};
 use crate::storage::pack::{ENTRY_CHUNK, PackReader, pack_file_name};
-use crate::storage::store::{Error, Result, Store, io_at};
+use crate::storage::store::Store;
 use rayon::prelude::*;
 use serde::Serialize;
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -165,7 +167,7 @@ pub fn fsck(store: &Store, opts: &FsckOptions, progress: &dyn Progress) -> Resul
         let c = match store.commit(id) {
             Ok(c) => c,
             Err(e) => {
-                let kind = if matches!(e, Error::MissingObject { .. }) {
+                let kind = if matches!(e, StoreError::MissingObject { .. }) {
                     "missing-object"
                 } else {
                     "corrupt-object"
@@ -228,7 +230,7 @@ pub fn fsck(store: &Store, opts: &FsckOptions, progress: &dyn Progress) -> Resul
         }
         let total: u64 = ids.iter().map(|c| locs[c].raw_len).sum();
         progress.begin("fsck", total);
-        let results: Vec<(ChunkId, Result<usize>)> = ids
+        let results: Vec<(ChunkId, Result<usize, StoreError>)> = ids
             .par_iter()
             .map(|id| {
                 let r = store.read_chunk(*id).map(|b| b.len());
@@ -259,7 +261,7 @@ pub fn fsck(store: &Store, opts: &FsckOptions, progress: &dyn Progress) -> Resul
         }
         if !damaged.is_empty() {
             // Remember them so a commit or `repair --from` heals them; ignore a read-only store.
-            let _ = store.with_writer(|index| {
+            let _ = store.with_writer(|index| -> Result<_> {
                 let mut b = index.batch()?;
                 for id in &damaged {
                     b.put_damaged(id)?;

@@ -1,9 +1,10 @@
 //! Looking at history: log, show and stats, with the stable JSON shapes scripts rely on
 //! (documented in docs/cli.md).
 
+use crate::error::Result;
 use crate::model::id::CommitId;
 use crate::model::object::{Commit, DatasetRef, FileFormat, GitInfo, SegmentKind};
-use crate::storage::store::{Result, Store};
+use crate::storage::store::Store;
 use serde::Serialize;
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 

@@ -6,8 +6,9 @@
 //! a missing optional fact (no GPU, no nvidia-smi), but a requested fact that cannot be had
 //! (`--git auto` outside a repository) is an error naming why.
 
+use crate::error::{Error, Result, io_at};
 use crate::model::object::{DatasetRef, GitInfo};
-use crate::storage::store::{Error, Result, io_at};
+
 use rayon::prelude::*;
 use std::collections::BTreeMap;
 use std::io::Read;

@@ -8,10 +8,11 @@
 //! - A tensor read touches only that tensor's chunks (and their delta bases).
 //! - Memory stays bounded: chunks are decoded in windows of about [`WINDOW_BYTES`].
 
+use crate::error::{Error, Result, io_at};
 use crate::model::id::CommitId;
 use crate::model::object::{ChunkRef, FileEntry, Segment, Tree};
 use crate::ops::progress::{NoProgress, Progress};
-use crate::storage::store::{Error, Result, Store, io_at};
+use crate::storage::store::Store;
 use rayon::prelude::*;
 use serde::Serialize;
 use sha2::{Digest, Sha256};
@@ -74,7 +75,8 @@ fn read_chunks_into(store: &Store, chunks: &[ChunkRef], out: &mut [u8]) -> Resul
     }
     slices
         .into_par_iter()
-        .try_for_each(|(id, dst)| store.read_chunk_into(id, dst))
+        .try_for_each(|(id, dst)| store.read_chunk_into(id, dst))?;
+    Ok(())
 }
 
 /// Decode `chunks` in order, handing each window of decoded bytes to `sink`.

@@ -6,9 +6,10 @@
 //! branch and tag names that look like hex are refused when created, so the order never hides a
 //! commit.
 
+use crate::error::{Error, Result};
 use crate::model::id::{CommitId, MIN_PREFIX};
 use crate::storage::refs;
-use crate::storage::store::{Error, Result, Store};
+use crate::storage::store::Store;
 
 #[derive(Debug, PartialEq, Eq)]
 enum Step {

@@ -2,9 +2,10 @@
 //! user's load test on a checkout. The outcomes are kept in the commit's state record
 //! ([`crate::storage::state`]).
 
+use crate::error::{Error, Result};
 use crate::model::id::CommitId;
 use crate::ops::progress::Progress;
-use crate::storage::store::{Error, Result, Store, now_ns};
+use crate::storage::store::{Store, now_ns};
 
 pub use crate::storage::state::{
     CheckRecord, CommitState, PruneRecord, StateLogEntry, VerifyRecord, put_state, state,

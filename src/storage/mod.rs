@@ -7,6 +7,8 @@
 //! the crash simulation can stop at each one.
 
 pub mod crashsim;
+#[cfg(feature = "store")]
+pub mod error;
 pub mod fsutil;
 #[cfg(feature = "store")]
 pub mod index;
@@ -20,3 +22,10 @@ pub mod staging;
 pub mod state;
 #[cfg(feature = "store")]
 pub mod store;
+
+/// The on-disk format this build reads and writes.
+pub const FORMAT_VERSION: u32 = 1;
+/// Name of the format marker file.
+pub const MARKER: &str = "CAIRN";
+/// The directory `cairn init` creates when no store path is given.
+pub const DEFAULT_DIR: &str = ".cairn";

@@ -9,8 +9,9 @@
 
 use crate::model::id::{ChunkId, PackId, TreeId};
 use crate::model::object::{KIND_TREE, Metadata, Tree};
+use crate::storage::error::{Result, StoreError, io_at};
 use crate::storage::pack::{PackReader, SealedPack, pack_file_name};
-use crate::storage::store::{Error, Result, Store, io_at};
+use crate::storage::store::Store;
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
 
@@ -43,10 +44,11 @@ pub(crate) fn read_manifests(dir: &std::path::Path) -> Result<Vec<Manifest>> {
         let name = e.file_name().to_string_lossy().to_string();
         if name.starts_with("part-") && name.ends_with(".bin") {
             let bytes = std::fs::read(e.path()).map_err(io_at(&e.path()))?;
-            let m: Manifest = postcard::from_bytes(&bytes).map_err(|err| Error::BadInput {
-                path: e.path().display().to_string(),
-                what: format!("transaction manifest does not decode: {err}"),
-            })?;
+            let m: Manifest =
+                postcard::from_bytes(&bytes).map_err(|err| StoreError::BadManifest {
+                    path: e.path(),
+                    what: err.to_string(),
+                })?;
             out.push(m);
         }
     }
@@ -82,7 +84,7 @@ pub(crate) fn part_tree(store: &Store, m: &Manifest) -> Result<Tree> {
             return Ok(Tree::decode(m.tree.into(), &bytes)?);
         }
     }
-    Err(Error::MissingObject { id: m.tree.into() })
+    Err(StoreError::MissingObject { id: m.tree.into() })
 }
 
 /// A part staged but not committed, as gc sees it.

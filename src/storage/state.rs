@@ -7,7 +7,8 @@
 
 use crate::model::id::CommitId;
 use crate::model::object::Tree;
-use crate::storage::store::{Error, Result, Store};
+use crate::storage::error::{Result, StoreError};
+use crate::storage::store::Store;
 use serde::{Deserialize, Serialize};
 
 /// The outcome of re-reading a commit.
@@ -52,8 +53,8 @@ pub struct CommitState {
 /// Read a commit's state (default when none was recorded).
 pub fn state(store: &Store, id: CommitId) -> Result<CommitState> {
     match store.view().state_raw(&id)? {
-        Some(b) => postcard::from_bytes(&b).map_err(|e| Error::BadInput {
-            path: format!("state of {}", id.short()),
+        Some(b) => postcard::from_bytes(&b).map_err(|e| StoreError::BadState {
+            commit: id,
             what: e.to_string(),
         }),
         None => Ok(CommitState::default()),
@@ -97,7 +98,7 @@ pub fn put_state(
     .expect("state serializes");
     line.push(b'\n');
     let p = store.root().join("statelog");
-    crate::storage::fsutil::append_synced(&p, &line).map_err(crate::storage::store::io_at(&p))?;
+    crate::storage::fsutil::append_synced(&p, &line).map_err(crate::storage::error::io_at(&p))?;
     batch.put_state_raw(&id, &postcard::to_stdvec(s).expect("state encodes"))?;
     Ok(())
 }
@@ -127,23 +128,18 @@ pub fn check_not_released(
     let Some(p) = st.pruned else { return Ok(()) };
     let when = crate::model::time::format_time(p.time_ns);
     if p.released.is_empty() || p.released.len() == tree.files.len() {
-        return Err(Error::Usage {
-            what: format!(
-                "commit {} was pruned by gc at {when} ({}): its data is released; its metadata remains (cairn show {})",
-                commit.short(),
-                p.reason,
-                commit.short()
-            ),
+        return Err(StoreError::Pruned {
+            commit,
+            when,
+            reason: p.reason,
         });
     }
     if !partial {
-        return Err(Error::Usage {
-            what: format!(
-                "commit {} was slimmed by gc at {when} ({}): released {}; pass --partial to restore the other files",
-                commit.short(),
-                p.reason,
-                p.released.join(", ")
-            ),
+        return Err(StoreError::Slimmed {
+            commit,
+            when,
+            reason: p.reason,
+            released: p.released,
         });
     }
     Ok(())

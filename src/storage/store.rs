@@ -14,127 +14,22 @@
 //! - Readers open the index read-only and never wait for a writer. A writer holds
 //!   `locks/index.lock` for the few milliseconds it has the index open read-write.
 //! - Every byte handed out by the read path was verified against its blake3 id.
-//! - Refs move by compare-and-swap: [`Store::update_ref`] fails with [`Error::RefMoved`] when
+//! - Refs move by compare-and-swap: [`Store::update_ref`] fails with [`StoreError::RefMoved`] when
 //!   the ref is not where the caller last saw it.
 
-use crate::codec::CodecError;
 use crate::model::id::{ChunkId, CommitId, ObjectId, PackId, TreeId};
 use crate::model::object::{Commit, KIND_COMMIT, KIND_TREE, ObjectError, Tree, kind_name};
-use crate::storage::index::{ChunkLoc, Index, IndexError, META_HEAD};
+pub use crate::storage::error::{Result, StoreError, io_at};
+use crate::storage::index::{ChunkLoc, Index, META_HEAD};
 use crate::storage::lock;
 use crate::storage::pack::{PackError, PackReader, pack_file_name};
-use crate::storage::refs::{self, RefError, ReflogEntry};
+use crate::storage::refs::{self, ReflogEntry};
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, RwLock};
 
-/// The on-disk format this build reads and writes.
-pub const FORMAT_VERSION: u32 = 1;
-/// Name of the format marker file.
-pub const MARKER: &str = "CAIRN";
-/// The directory `cairn init` creates when no store path is given.
-pub const DEFAULT_DIR: &str = ".cairn";
-
-/// Errors of the store and of every operation on it.
-#[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
-pub enum Error {
-    #[error("{path} is not a cairn store (no {MARKER} file); create one with `cairn init`")]
-    NotAStore { path: PathBuf },
-    #[error(
-        "no cairn store found in {start} or any parent directory (looked for {DEFAULT_DIR}); create one with `cairn init` or pass --store"
-    )]
-    NoStoreFound { start: PathBuf },
-    #[error("{path} is already a cairn store")]
-    AlreadyAStore { path: PathBuf },
-    #[error("{path} exists and is not empty; cairn init wants a new or empty directory")]
-    NotEmpty { path: PathBuf },
-    #[error("store {path} has format version {found}; this cairn reads version {FORMAT_VERSION}")]
-    FormatVersion { path: PathBuf, found: u32 },
-    #[error("store marker {path} is damaged: {what}")]
-    BadMarker { path: PathBuf, what: String },
-    #[error("{path}: {source}")]
-    Io {
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
-    #[error(transparent)]
-    Index(#[from] IndexError),
-    #[error(transparent)]
-    Pack(#[from] PackError),
-    #[error(transparent)]
-    Object(#[from] ObjectError),
-    #[error(transparent)]
-    Ref(#[from] RefError),
-    #[error("chunk {id} is missing from the store")]
-    MissingChunk { id: ChunkId },
-    #[error("object {id} is missing from the store")]
-    MissingObject { id: ObjectId },
-    #[error("chunk {id}: delta chain too deep or cyclic")]
-    DeltaChain { id: ChunkId },
-    #[error("chunk {id} in pack {pack}: {source}")]
-    Codec {
-        id: ChunkId,
-        pack: PackId,
-        #[source]
-        source: CodecError,
-    },
-    #[error("unknown revision {rev:?}{hint}")]
-    UnknownRevision { rev: String, hint: String },
-    #[error("revision {rev:?} is ambiguous: it matches {matches}")]
-    AmbiguousRevision { rev: String, matches: String },
-    #[error("{rev}: {what}")]
-    BadRevision { rev: String, what: String },
-    #[error("branch {branch} has no commits yet")]
-    UnbornBranch { branch: String },
-    #[error("{name} already exists (at {at})")]
-    RefExists { name: String, at: String },
-    #[error("{name} does not exist")]
-    NoSuchRef { name: String },
-    #[error("{name} moved: expected {expected}, found {found}")]
-    RefMoved {
-        name: String,
-        expected: String,
-        found: String,
-    },
-    #[error("{path}: {what}")]
-    BadInput { path: String, what: String },
-    #[error("{path}: not a valid safetensors file: {source}")]
-    Safetensors {
-        path: String,
-        #[source]
-        source: crate::formats::safetensors::SafetensorsError,
-    },
-    #[error("{path}: content changed while cairn was reading it; commit again once it is stable")]
-    ChangedWhileReading { path: String },
-    #[error("{path}: {what}")]
-    Verify { path: String, what: String },
-    #[error("{what}")]
-    Usage { what: String },
-    /// A background commit (see [`crate::ops::commit::async_commit`]) stopped without an outcome of its own.
-    #[error("background commit did not complete: {what}")]
-    Background { what: String },
-}
-
-pub type Result<T, E = Error> = std::result::Result<T, E>;
-
-impl From<crate::model::path::PathError> for Error {
-    fn from(e: crate::model::path::PathError) -> Error {
-        Error::BadInput {
-            path: e.path,
-            what: e.what.to_string(),
-        }
-    }
-}
-
-pub(crate) fn io_at(path: &Path) -> impl FnOnce(std::io::Error) -> Error + '_ {
-    move |source| Error::Io {
-        path: path.to_path_buf(),
-        source,
-    }
-}
+pub use crate::storage::{DEFAULT_DIR, FORMAT_VERSION, MARKER};
 
 /// Contents of the `CAIRN` marker file.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -168,7 +63,7 @@ pub fn discover(explicit: Option<&Path>, env: Option<&Path>, cwd: &Path) -> Resu
         }
         dir = d.parent();
     }
-    Err(Error::NoStoreFound {
+    Err(StoreError::NoStoreFound {
         start: cwd.to_path_buf(),
     })
 }
@@ -177,7 +72,7 @@ impl Store {
     /// Create a store at `root` (a new or empty directory) with branch `main` checked out.
     pub fn init(root: &Path) -> Result<Store> {
         if root.join(MARKER).exists() {
-            return Err(Error::AlreadyAStore {
+            return Err(StoreError::AlreadyAStore {
                 path: root.to_path_buf(),
             });
         }
@@ -188,7 +83,7 @@ impl Store {
                 let e = e.map_err(io_at(root))?;
                 // A crashed init leaves only our own names; anything else is the user's.
                 if !ours.iter().any(|o| e.file_name() == *o) {
-                    return Err(Error::NotEmpty {
+                    return Err(StoreError::NotEmpty {
                         path: root.to_path_buf(),
                     });
                 }
@@ -230,25 +125,25 @@ impl Store {
         let bytes = match std::fs::read(&marker_path) {
             Ok(b) => b,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                return Err(Error::NotAStore {
+                return Err(StoreError::NotAStore {
                     path: root.to_path_buf(),
                 });
             }
             Err(e) => return Err(io_at(&marker_path)(e)),
         };
-        let marker: Marker = serde_json::from_slice(&bytes).map_err(|e| Error::BadMarker {
+        let marker: Marker = serde_json::from_slice(&bytes).map_err(|e| StoreError::BadMarker {
             path: marker_path.clone(),
             what: e.to_string(),
         })?;
         if marker.format != FORMAT_VERSION {
-            return Err(Error::FormatVersion {
+            return Err(StoreError::FormatVersion {
                 path: root.to_path_buf(),
                 found: marker.format,
             });
         }
         let index_path = root.join("index");
         if !index_path.join("CURRENT").exists() {
-            return Err(Error::BadMarker {
+            return Err(StoreError::BadMarker {
                 path: index_path,
                 what: "the index is missing; the packs still hold every chunk and object".into(),
             });
@@ -313,14 +208,18 @@ impl Store {
     }
 
     /// Run `f` with the index open read-write, holding the index lock; then refresh the view.
-    pub fn with_writer<T>(&self, f: impl FnOnce(&Index) -> Result<T>) -> Result<T> {
+    /// Generic over the closure's error, so an operation can keep its own error type.
+    pub fn with_writer<T, E: From<StoreError>>(
+        &self,
+        f: impl FnOnce(&Index) -> Result<T, E>,
+    ) -> Result<T, E> {
         let lock_path = self.index_lock_path();
         let guard = lock::exclusive(&lock_path).map_err(io_at(&lock_path))?;
         let out = {
-            let index = Index::open_write(&self.root.join("index"))?;
+            let index = Index::open_write(&self.root.join("index")).map_err(StoreError::from)?;
             let out = f(&index);
             if out.is_ok() {
-                index.flush()?;
+                index.flush().map_err(StoreError::from)?;
             }
             out
         };
@@ -347,7 +246,7 @@ impl Store {
     pub fn read_object(&self, id: ObjectId) -> Result<(u8, Vec<u8>)> {
         self.retry_moved(|| {
             let view = self.view();
-            let loc = view.object(&id)?.ok_or(Error::MissingObject { id })?;
+            let loc = view.object(&id)?.ok_or(StoreError::MissingObject { id })?;
             Ok(self.pack(loc.pack)?.read_object(id, loc.offset)?)
         })
     }
@@ -356,7 +255,7 @@ impl Store {
     /// handle's view was taken), refresh the view once and try again.
     fn retry_moved<T>(&self, mut f: impl FnMut() -> Result<T>) -> Result<T> {
         match f() {
-            Err(Error::Pack(PackError::Io { source, .. }))
+            Err(StoreError::Pack(PackError::Io { source, .. }))
                 if source.kind() == std::io::ErrorKind::NotFound =>
             {
                 self.refresh()?;
@@ -403,8 +302,8 @@ impl Store {
 
     /// Read and verify a chunk's raw bytes, decoding its delta chain when it has one.
     pub fn read_chunk(&self, id: ChunkId) -> Result<Vec<u8>> {
-        let loc = self.chunk_loc(id)?.ok_or(Error::MissingChunk { id })?;
-        let len = usize::try_from(loc.raw_len).map_err(|_| Error::DeltaChain { id })?;
+        let loc = self.chunk_loc(id)?.ok_or(StoreError::MissingChunk { id })?;
+        let len = usize::try_from(loc.raw_len).map_err(|_| StoreError::DeltaChain { id })?;
         if len > crate::codec::MAX_RAW_LEN {
             // Not a chunk this store writes; the verified path reports what is wrong with it.
             return self.retry_moved(|| self.read_chunk_depth(id, 0));
@@ -427,9 +326,10 @@ impl Store {
             }
             let raw = self.read_chunk_depth(id, 0)?;
             if raw.len() != out.len() {
-                return Err(Error::Verify {
-                    path: format!("chunk {id}"),
-                    what: format!("{} bytes where {} are expected", raw.len(), out.len()),
+                return Err(StoreError::ChunkLength {
+                    id,
+                    got: raw.len(),
+                    want: out.len(),
                 });
             }
             out.copy_from_slice(&raw);
@@ -444,7 +344,7 @@ impl Store {
         let mut next = Some(id);
         while let Some(cur) = next {
             if chain.len() > 64 {
-                return Err(Error::DeltaChain { id });
+                return Err(StoreError::DeltaChain { id });
             }
             let Some(loc) = self.chunk_loc(cur)? else {
                 return Ok(false);
@@ -480,9 +380,9 @@ impl Store {
 
     fn read_chunk_depth(&self, id: ChunkId, depth: u32) -> Result<Vec<u8>> {
         if depth > 64 {
-            return Err(Error::DeltaChain { id });
+            return Err(StoreError::DeltaChain { id });
         }
-        let loc = self.chunk_loc(id)?.ok_or(Error::MissingChunk { id })?;
+        let loc = self.chunk_loc(id)?.ok_or(StoreError::MissingChunk { id })?;
         let base = match loc.base {
             Some(b) if loc.encoding.needs_base() => Some(self.read_chunk_depth(b, depth + 1)?),
             _ => None,
@@ -546,14 +446,14 @@ impl Store {
         self.with_writer(|index| {
             let current = index.get_ref(full)?;
             if current != expected {
-                return Err(Error::RefMoved {
+                return Err(StoreError::RefMoved {
                     name: full.to_string(),
                     expected: expected.map_or("nothing".into(), |c| c.to_hex()),
                     found: current.map_or("nothing".into(), |c| c.to_hex()),
                 });
             }
             if index.object(&new.into())?.is_none() {
-                return Err(Error::MissingObject { id: new.into() });
+                return Err(StoreError::MissingObject { id: new.into() });
             }
             self.append_reflog(&ReflogEntry {
                 name: full.to_string(),
@@ -577,7 +477,7 @@ impl Store {
         let full = refs::branch_ref(branch)?;
         self.with_writer(|index| {
             if index.get_ref(&full)?.is_none() {
-                return Err(Error::NoSuchRef { name: full.clone() });
+                return Err(StoreError::NoSuchRef { name: full.clone() });
             }
             let old = index
                 .meta(META_HEAD)?

@@ -27,10 +27,11 @@
 //!   waits before its next chunk while `add_tensors` or `add_bytes` copies, so the copy is not
 //!   slowed by it; the pause holds no lock and publishes nothing.
 
+use crate::error::{Error, Result};
 use crate::formats::safetensors;
 use crate::model::dtype::DType;
 use crate::ops::commit::{CommitBuilder, CommitOptions, CommitOutcome, Gate, check_tensor_len};
-use crate::storage::store::{Error, Result, Store};
+use crate::storage::store::Store;
 use std::collections::BTreeMap;
 use std::sync::mpsc;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};

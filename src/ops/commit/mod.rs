@@ -26,6 +26,7 @@ pub mod sharded;
 pub use options::{AutoGc, CommitOptions, CommitOutcome, DeltaBase, TensorInput};
 
 use crate::codec::{self, DELTA_DEPTH_LIMIT, Encoding, MAX_DELTA_DEPTH};
+use crate::error::{Error, Result, io_at};
 use crate::formats::safetensors;
 use crate::model::chunker;
 use crate::model::dtype::DType;
@@ -35,10 +36,11 @@ use crate::model::object::{
 };
 use crate::model::path::check_rel_path;
 use crate::ops::progress::{NoProgress, Progress};
+use crate::storage::error::StoreError;
 use crate::storage::index::{ChunkLoc, CommitRow};
 use crate::storage::pack::{PackWriter, SealedPack, TARGET_PACK_SIZE};
 use crate::storage::refs::{self, ReflogEntry};
-use crate::storage::store::{Error, Result, Store, io_at, now_ns};
+use crate::storage::store::{Store, now_ns};
 use rayon::prelude::*;
 use sha2::{Digest, Sha256};
 use std::collections::{BTreeSet, HashSet};
@@ -852,13 +854,13 @@ impl<'s> CommitBuilder<'s> {
         let reused = w.reused;
         let new_chunks = w.new_chunks;
         let new_chunk_bytes = w.new_chunk_bytes;
-        let (final_id, parent, reparented) = store.with_writer(|index| {
+        let (final_id, parent, reparented) = store.with_writer(|index| -> Result<_> {
             let mut b = index.batch()?;
             for id in &w.reused_ids {
                 // Holding writers.lock kept gc from deleting it; a deferred gc may have marked
                 // it dead meanwhile, and reusing it brings it back to life.
                 if index.chunk(id)?.is_none() {
-                    return Err(Error::MissingChunk { id: *id });
+                    return Err(StoreError::MissingChunk { id: *id }.into());
                 }
                 if index.mark(id)?.is_some() {
                     b.delete_mark(id)?;
@@ -1496,7 +1498,7 @@ pub fn heal_from(store: &Store, path: &Path) -> Result<u64> {
     let sealed = w.seal_all()?;
     // Every entry of these packs is a damaged chunk: indexing them re-points each one at
     // its good copy and clears its damaged record.
-    store.with_writer(|index| {
+    store.with_writer(|index| -> Result<_> {
         let mut b = index.batch()?;
         for p in &sealed {
             crate::storage::index::index_pack(index, &mut b, p)?;

@@ -1,10 +1,10 @@
 //! What a caller asks of a commit ([`CommitOptions`], [`TensorInput`]) and what it gets back
 //! ([`CommitOutcome`]).
 
+use crate::error::{Error, Result};
 use crate::model::dtype::DType;
 use crate::model::id::{CommitId, PackId, TreeId};
 use crate::model::object::Metadata;
-use crate::storage::store::{Error, Result};
 use serde::Serialize;
 
 /// A tensor handed over from memory.

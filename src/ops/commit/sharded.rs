@@ -17,14 +17,16 @@
 
 use super::options::CommitOptions;
 pub use super::options::{TxnPart, TxnStatus};
+use crate::error::{Error, Result, io_at};
 use crate::model::id::{ChunkId, CommitId, ObjectId, TreeId};
 use crate::model::object::{Commit, KIND_COMMIT, KIND_TREE, Tree};
+use crate::storage::error::StoreError;
 use crate::storage::index::CommitRow;
 use crate::storage::pack::{PackWriter, SealedPack};
 use crate::storage::refs::{self, ReflogEntry};
 pub use crate::storage::staging::{ABANDON_AFTER_NS, Pending, abandon, pending};
 use crate::storage::staging::{Manifest, part_tree, read_manifests, sealed_of, txn_dir};
-use crate::storage::store::{Error, Result, Store, io_at, now_ns};
+use crate::storage::store::{Store, now_ns};
 
 /// Stage a part; commit the transaction when it is the last one.
 pub(crate) fn stage(
@@ -156,7 +158,7 @@ fn finalize(store: &Store, id: &str, parts: &[Manifest]) -> Result<(CommitId, Op
     }
     let branch_ref = refs::branch_ref(&first.branch)?;
     let reflog_tag = format!("transaction {id} (");
-    store.with_writer(|index| {
+    store.with_writer(|index| -> Result<_> {
         // A crash after the publish but before `done` was written: the reflog names the
         // commit and the index holds it. Publish it once, never twice.
         for e in store.reflog(Some(&branch_ref))?.iter().rev() {
@@ -194,7 +196,7 @@ fn finalize(store: &Store, id: &str, parts: &[Manifest]) -> Result<(CommitId, Op
         for m in parts {
             for c in &m.reused {
                 if index.chunk(c)?.is_none() {
-                    return Err(Error::MissingChunk { id: *c });
+                    return Err(StoreError::MissingChunk { id: *c }.into());
                 }
                 if index.mark(c)?.is_some() {
                     b.delete_mark(c)?;

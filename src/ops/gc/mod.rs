@@ -24,12 +24,14 @@
 //!   one index batch that drops dead chunks, re-points moved ones and records pruned commits;
 //!   pack files are unlinked only after that batch is durable.
 
+use crate::error::{Error, Result, io_at};
 use crate::model::id::{ChunkId, CommitId, PackId};
+use crate::storage::error::StoreError;
 use crate::storage::index::{ChunkLoc, CommitRow, PackInfo};
 use crate::storage::lock;
 use crate::storage::pack::{PackReader, PackWriter, pack_file_name};
 use crate::storage::state::{CommitState, PruneRecord};
-use crate::storage::store::{Error, Result, Store, io_at, now_ns};
+use crate::storage::store::{Store, now_ns};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
@@ -364,7 +366,7 @@ fn first_parent_rows(store: &Store, head: CommitId) -> Result<Vec<(CommitId, Com
         }
         let row = view
             .commit_row(&id)?
-            .ok_or(Error::MissingObject { id: id.into() })?;
+            .ok_or(StoreError::MissingObject { id: id.into() })?;
         next = row.parents.first().copied();
         out.push((id, row));
     }
@@ -425,7 +427,7 @@ fn plan_with_dead(store: &Store, opts: &GcOptions) -> Result<(Plan, Work)> {
             Some(h) => h,
             // The current branch with no commits yet has nothing to decide.
             None if opts.branches.is_empty() => continue,
-            None => return Err(Error::NoSuchRef { name: full.clone() }),
+            None => return Err(StoreError::NoSuchRef { name: full.clone() }.into()),
         };
         let hist = first_parent_rows(store, head)?;
         if opts.retention.prunes() {
@@ -454,7 +456,7 @@ fn plan_with_dead(store: &Store, opts: &GcOptions) -> Result<(Plan, Work)> {
             if protected.insert(id) {
                 let row = view
                     .commit_row(&id)?
-                    .ok_or(Error::MissingObject { id: id.into() })?;
+                    .ok_or(StoreError::MissingObject { id: id.into() })?;
                 todo.extend(row.parents.iter().copied());
             }
         }
@@ -486,7 +488,7 @@ fn plan_with_dead(store: &Store, opts: &GcOptions) -> Result<(Plan, Work)> {
         }
         let row = view
             .commit_row(&id)?
-            .ok_or(Error::MissingObject { id: id.into() })?;
+            .ok_or(StoreError::MissingObject { id: id.into() })?;
         todo.extend(row.parents.iter().copied());
         reachable.insert(id, row);
     }
@@ -922,7 +924,7 @@ fn execute(
     }
 
     let mut unlink: Vec<PackId> = Vec::new();
-    store.with_writer(|index| {
+    store.with_writer(|index| -> Result<_> {
         let mut b = index.batch()?;
         for pc in &plan.commits {
             if !matches!(pc.decision, Decision::Prune | Decision::Slim) {
