@@ -89,7 +89,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
     let sealed = w.seal()?;
     cairn::fsutil::sync_dir(&store.packs_dir())?;
-    store.with_writer(|index: &Index| {
+    store.with_writer(|index: &Index| -> Result<(), cairn::StoreError> {
         let mut b = index.batch()?;
         for (id, e, row) in &entries {
             b.put_object(

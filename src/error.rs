@@ -11,6 +11,21 @@ pub enum Error {
     /// The store directory, its objects, chunks, refs and records.
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// Resolving a revision name.
+    #[error(transparent)]
+    Rev(#[from] crate::ops::rev::RevError),
+    /// Querying the catalog of commits.
+    #[error(transparent)]
+    Catalog(#[from] crate::ops::catalog::CatalogError),
+    /// Reading a commit back: checkout, cat, tensor reads.
+    #[error(transparent)]
+    Read(#[from] crate::ops::read::ReadError),
+    /// Verifying a commit or running its load test.
+    #[error(transparent)]
+    Verification(#[from] crate::ops::verify::VerifyError),
+    /// Writing a tensor out as .npy or .safetensors.
+    #[error(transparent)]
+    Export(#[from] crate::ops::export::ExportError),
     #[error("{path}: {source}")]
     Io {
         path: PathBuf,
@@ -25,14 +40,6 @@ pub enum Error {
     Object(#[from] crate::model::object::ObjectError),
     #[error(transparent)]
     Ref(#[from] crate::storage::refs::RefError),
-    #[error("unknown revision {rev:?}{hint}")]
-    UnknownRevision { rev: String, hint: String },
-    #[error("revision {rev:?} is ambiguous: it matches {matches}")]
-    AmbiguousRevision { rev: String, matches: String },
-    #[error("{rev}: {what}")]
-    BadRevision { rev: String, what: String },
-    #[error("branch {branch} has no commits yet")]
-    UnbornBranch { branch: String },
     #[error("{name} already exists (at {at})")]
     RefExists { name: String, at: String },
     #[error("{path}: {what}")]

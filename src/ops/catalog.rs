@@ -10,34 +10,72 @@
 //!
 //! Invariant: queries read only the index's commit rows (one RocksDB scan), never pack data.
 
-use crate::error::{Error, Result};
+#![warn(missing_docs)]
+
 use crate::model::id::CommitId;
 use crate::storage::error::StoreError;
-use crate::storage::index::CommitRow;
+use crate::storage::index::{CommitRow, IndexError};
 use std::cmp::Ordering;
 
+/// A query the catalog cannot run.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum CatalogError {
+    /// A `--where` condition that does not parse.
+    #[error("--where {expr:?}: {what}")]
+    BadCondition {
+        /// The condition as given.
+        expr: String,
+        /// What is wrong with it.
+        what: String,
+    },
+    /// The store failed while reading commit rows.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+impl From<IndexError> for CatalogError {
+    fn from(e: IndexError) -> CatalogError {
+        CatalogError::Store(e.into())
+    }
+}
+
+type Result<T, E = CatalogError> = std::result::Result<T, E>;
+
+/// A comparison operator of a condition.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Op {
+    /// `<`
     Lt,
+    /// `<=`
     Le,
+    /// `>`
     Gt,
+    /// `>=`
     Ge,
+    /// `=` (numbers numerically, times as times, `git`/`id`/`dataset` by prefix, else exact)
     Eq,
+    /// `!=`
     Ne,
+    /// `~`: the value contains the text
     Contains,
 }
 
 /// One `KEY OP VALUE` condition.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Cond {
+    /// The field, `metric.NAME`, `param.NAME`, `env.NAME`, or a bare name.
     pub key: String,
+    /// How the field compares with the value.
     pub op: Op,
+    /// The value, as typed.
     pub value: String,
 }
 
-fn bad(expr: &str, what: &str) -> Error {
-    Error::Usage {
-        what: format!("--where {expr:?}: {what}"),
+fn bad(expr: &str, what: &str) -> CatalogError {
+    CatalogError::BadCondition {
+        expr: expr.to_string(),
+        what: what.to_string(),
     }
 }
 
@@ -177,11 +215,14 @@ pub fn matches(c: &Cond, v: &Value) -> bool {
 /// Sort key: `KEY` ascending, or `-KEY` descending; commits lacking the key go last.
 #[derive(Clone, Debug)]
 pub struct SortKey {
+    /// The key, spelled as in a condition.
     pub key: String,
+    /// Largest first.
     pub descending: bool,
 }
 
 impl SortKey {
+    /// `KEY` (ascending) or `-KEY` (descending).
     pub fn parse(s: &str) -> SortKey {
         match s.strip_prefix('-') {
             Some(k) => SortKey {
@@ -199,8 +240,11 @@ impl SortKey {
 /// A catalog query.
 #[derive(Clone, Debug, Default)]
 pub struct Query {
+    /// Conditions, all of which must hold.
     pub conds: Vec<Cond>,
+    /// Order of the result; history order when absent.
     pub sort: Option<SortKey>,
+    /// At most this many rows.
     pub limit: Option<usize>,
 }
 
@@ -283,12 +327,19 @@ pub fn history_rows(
 /// One line of `cairn runs`.
 #[derive(Clone, Debug, serde::Serialize)]
 pub struct RunSummary {
+    /// The run id.
     pub run_id: String,
+    /// Commits recorded for it.
     pub commits: u64,
+    /// Time of its first commit, nanoseconds since the Unix epoch.
     pub first_ns: i64,
+    /// Time of its last commit, nanoseconds since the Unix epoch.
     pub last_ns: i64,
+    /// The metric its best commit is judged by, if any.
     pub metric: Option<String>,
+    /// The best value of that metric.
     pub best: Option<f64>,
+    /// Hex id of the commit that reached it.
     pub best_commit: Option<String>,
 }
 

@@ -3,21 +3,27 @@
 //! Invariants: chunks with equal ids are never decoded twice to compare them (they are equal by
 //! construction); numeric statistics are computed streaming, one window of chunks at a time, so
 //! memory stays bounded whatever the tensor size.
+#![warn(missing_docs)]
 
-use crate::error::Result;
 use crate::model::dtype::DType;
 use crate::model::id::CommitId;
 use crate::model::object::{FileEntry, Segment, Tree};
+use crate::storage::error::Result;
 use crate::storage::store::Store;
 use serde::Serialize;
 use std::collections::{BTreeMap, BTreeSet};
 
+/// How a file or tensor of B compares with A.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Status {
+    /// Only in B.
     Added,
+    /// Only in A.
     Removed,
+    /// In both, with different bytes.
     Changed,
+    /// In both, byte-identical.
     Unchanged,
     /// gc released the file's data in one of the commits: nothing can be said.
     Unknown,
@@ -26,9 +32,13 @@ pub enum Status {
 /// How one tensor differs.
 #[derive(Clone, Debug, Serialize)]
 pub struct TensorDiff {
+    /// Tensor name.
     pub name: String,
+    /// How it differs.
     pub status: Status,
+    /// Element type in B (in A when removed).
     pub dtype: Option<String>,
+    /// Shape in B (in A when removed).
     pub shape: Option<Vec<u64>>,
     /// Set when dtype or shape differ: `"F32 [2, 3] -> BF16 [2, 3]"`.
     pub layout_change: Option<String>,
@@ -38,24 +48,33 @@ pub struct TensorDiff {
     pub rel_l2: Option<f64>,
     /// Fraction of elements whose bits differ.
     pub frac_changed: Option<f64>,
+    /// Chunks of B not among A's chunks of the same tensor.
     pub chunks_changed: u64,
 }
 
 /// How one file differs.
 #[derive(Clone, Debug, Serialize)]
 pub struct FileDiff {
+    /// Path in the commits.
     pub path: String,
+    /// How it differs.
     pub status: Status,
+    /// Size in A, bytes.
     pub size_a: Option<u64>,
+    /// Size in B, bytes.
     pub size_b: Option<u64>,
+    /// Per-tensor differences, for files with tensors.
     pub tensors: Vec<TensorDiff>,
 }
 
 /// `diff A B`.
 #[derive(Clone, Debug, Serialize)]
 pub struct DiffOutcome {
+    /// Hex id of A.
     pub a: String,
+    /// Hex id of B.
     pub b: String,
+    /// Every path of either commit.
     pub files: Vec<FileDiff>,
 }
 

@@ -4,20 +4,67 @@
 //! over the target, then the directory is fsynced: an existing file (possibly mapped by another
 //! program) is never truncated in place, and a crash leaves the old file or the new one.
 
-use crate::error::{Error, Result, io_at};
-use crate::formats::safetensors;
+#![warn(missing_docs)]
+
+use crate::formats::safetensors::{self, SafetensorsError};
 use crate::model::dtype::DType;
+use std::path::PathBuf;
+
+/// Why a tensor cannot be written out.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ExportError {
+    /// numpy has no equivalent of the tensor's dtype.
+    #[error(
+        "numpy has no dtype {dtype}; write the tensor as .safetensors instead (-o out.safetensors)"
+    )]
+    NoNpyDtype {
+        /// The tensor's dtype.
+        dtype: DType,
+    },
+    /// The shape does not fit the 64 KiB `.npy` header.
+    #[error("tensor shape too long for an .npy header")]
+    ShapeTooLong,
+    /// An output path that ends in neither `.npy` nor `.safetensors`.
+    #[error("{}: output must end in .npy or .safetensors", path.display())]
+    UnknownFormat {
+        /// The path given.
+        path: PathBuf,
+    },
+    /// An output path with no file name.
+    #[error("{}: not a file path", path.display())]
+    NotAFilePath {
+        /// The path given.
+        path: PathBuf,
+    },
+    /// The safetensors header could not be written for this tensor.
+    #[error("{name}: not a valid safetensors file: {source}")]
+    Safetensors {
+        /// The tensor's name.
+        name: String,
+        /// What the header writer refused.
+        #[source]
+        source: SafetensorsError,
+    },
+    /// Writing the output failed.
+    #[error("{}: {source}", path.display())]
+    Io {
+        /// The output file.
+        path: PathBuf,
+        /// The operating system's error.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+type Result<T, E = ExportError> = std::result::Result<T, E>;
 
 use std::io::Write;
 use std::path::Path;
 
 /// The `.npy` (format 1.0) header for a C-order array.
 pub fn npy_header(dtype: DType, shape: &[u64]) -> Result<Vec<u8>> {
-    let descr = dtype.npy_descr().ok_or_else(|| Error::Usage {
-        what: format!(
-            "numpy has no dtype {dtype}; write the tensor as .safetensors instead (-o out.safetensors)"
-        ),
-    })?;
+    let descr = dtype.npy_descr().ok_or(ExportError::NoNpyDtype { dtype })?;
     let shape_txt = match shape.len() {
         0 => "()".to_string(),
         1 => format!("({},)", shape[0]),
@@ -34,9 +81,7 @@ pub fn npy_header(dtype: DType, shape: &[u64]) -> Result<Vec<u8>> {
     // magic(6) + version(2) + len(2) + dict + padding + '\n', a multiple of 64 bytes.
     let unpadded = 10 + dict.len() + 1;
     let total = unpadded.div_ceil(64) * 64;
-    let header_len = u16::try_from(total - 10).map_err(|_| Error::Usage {
-        what: "tensor shape too long for an .npy header".into(),
-    })?;
+    let header_len = u16::try_from(total - 10).map_err(|_| ExportError::ShapeTooLong)?;
     let mut out = Vec::with_capacity(total);
     out.extend_from_slice(b"\x93NUMPY\x01\x00");
     out.extend_from_slice(&header_len.to_le_bytes());
@@ -49,17 +94,20 @@ pub fn npy_header(dtype: DType, shape: &[u64]) -> Result<Vec<u8>> {
 /// Which format a path asks for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum TensorFormat {
+    /// numpy's `.npy`, format 1.0.
     Npy,
+    /// A one-tensor safetensors file.
     Safetensors,
 }
 
 impl TensorFormat {
+    /// The format a path's extension names.
     pub fn from_path(p: &Path) -> Result<TensorFormat> {
         match p.extension().and_then(|e| e.to_str()) {
             Some("npy") => Ok(TensorFormat::Npy),
             Some("safetensors") => Ok(TensorFormat::Safetensors),
-            _ => Err(Error::Usage {
-                what: format!("{}: output must end in .npy or .safetensors", p.display()),
+            _ => Err(ExportError::UnknownFormat {
+                path: p.to_path_buf(),
             }),
         }
     }
@@ -76,8 +124,8 @@ pub fn tensor_prefix(
         TensorFormat::Npy => npy_header(dtype, shape),
         TensorFormat::Safetensors => {
             safetensors::serialize_header(&[(name.to_string(), dtype, shape.to_vec())], None)
-                .map_err(|source| Error::Safetensors {
-                    path: name.to_string(),
+                .map_err(|source| ExportError::Safetensors {
+                    name: name.to_string(),
                     source,
                 })
         }
@@ -92,8 +140,8 @@ pub fn write_file_atomic(path: &Path, parts: &[&[u8]]) -> Result<()> {
     };
     let name = path
         .file_name()
-        .ok_or_else(|| Error::Usage {
-            what: format!("{}: not a file path", path.display()),
+        .ok_or_else(|| ExportError::NotAFilePath {
+            path: path.to_path_buf(),
         })?
         .to_string_lossy()
         .to_string();
@@ -114,7 +162,10 @@ pub fn write_file_atomic(path: &Path, parts: &[&[u8]]) -> Result<()> {
     if result.is_err() {
         let _ = std::fs::remove_file(&tmp);
     }
-    result.map_err(io_at(path))
+    result.map_err(|source| ExportError::Io {
+        path: path.to_path_buf(),
+        source,
+    })
 }
 
 #[cfg(test)]

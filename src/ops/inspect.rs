@@ -1,9 +1,12 @@
 //! Looking at history: log, show and stats, with the stable JSON shapes scripts rely on
 //! (documented in docs/cli.md).
+//!
+//! Invariant: these read the index and objects only, never write.
+#![warn(missing_docs)]
 
-use crate::error::Result;
 use crate::model::id::CommitId;
 use crate::model::object::{Commit, DatasetRef, FileFormat, GitInfo, SegmentKind};
+use crate::storage::error::Result;
 use crate::storage::store::Store;
 use serde::Serialize;
 use std::collections::{BTreeMap, BTreeSet, HashSet};
@@ -13,29 +16,50 @@ pub use crate::model::time::format_time;
 /// A commit as `log --json` and `show --json` print it.
 #[derive(Clone, Debug, Serialize)]
 pub struct CommitInfo {
+    /// Full hex id.
     pub id: String,
+    /// `cairn://STORE_ID/COMMIT_ID`: names the commit across stores.
     pub uri: String,
+    /// Hex ids of the parents, first parent first.
     pub parents: Vec<String>,
+    /// Hex id of the tree.
     pub tree: String,
+    /// Commit time, RFC 3339 UTC.
     pub time: String,
+    /// Commit time, nanoseconds since the Unix epoch.
     pub time_ns: i64,
+    /// Who committed.
     pub author: String,
+    /// The commit message.
     pub message: String,
+    /// The training run this checkpoint belongs to.
     pub run_id: Option<String>,
+    /// Training epoch (fractional epochs allowed).
     pub epoch: Option<f64>,
+    /// Global training step.
     pub step: Option<u64>,
+    /// Recorded metrics by name (validation loss, accuracy, ...).
     pub metrics: BTreeMap<String, f64>,
+    /// Hyperparameters by name, as given.
     pub params: BTreeMap<String, String>,
+    /// The recorded config, parsed as JSON when it is JSON.
     pub config: Option<serde_json::Value>,
+    /// The code that produced the checkpoint.
     pub git: Option<GitInfo>,
+    /// Fingerprints of the data it was trained on.
     pub datasets: Vec<DatasetRef>,
+    /// Environment facts (host, GPU, library versions).
     pub env: BTreeMap<String, String>,
+    /// Free-form metadata.
     pub extra: BTreeMap<String, String>,
+    /// Sum of the files' sizes, in bytes.
     pub logical_size: u64,
+    /// Number of files.
     pub file_count: u64,
 }
 
 impl CommitInfo {
+    /// The JSON view of commit `c` (with id `id`) of `store`.
     pub fn new(store: &Store, id: CommitId, c: &Commit) -> CommitInfo {
         CommitInfo {
             id: id.to_hex(),
@@ -89,33 +113,46 @@ pub fn log(
 /// One tensor in `show`.
 #[derive(Clone, Debug, Serialize)]
 pub struct TensorInfo {
+    /// Tensor name as in the file.
     pub name: String,
+    /// Element type, safetensors spelling (`F32`, `BF16`, ...).
     pub dtype: String,
+    /// Dimensions, outermost first.
     pub shape: Vec<u64>,
+    /// Byte offset of its data in the file.
     pub offset: u64,
+    /// Length of its data in bytes.
     pub bytes: u64,
 }
 
 /// One file in `show`.
 #[derive(Clone, Debug, Serialize)]
 pub struct FileInfo {
+    /// Path in the commit.
     pub path: String,
+    /// Size in bytes.
     pub size: u64,
+    /// Hex SHA-256 of the whole file.
     pub sha256: String,
     /// opaque, safetensors, torch-zip or fallback.
     pub format: String,
     /// Why a structured-looking file was stored opaque, when it was.
     pub fallback_reason: Option<String>,
+    /// Chunk references that make the file (a repeated chunk counts each time).
     pub chunks: u64,
+    /// Its tensors, in file order (empty for opaque files).
     pub tensors: Vec<TensorInfo>,
 }
 
 /// Everything `show` prints.
 #[derive(Clone, Debug, Serialize)]
 pub struct ShowInfo {
+    /// The commit's metadata.
     #[serde(flatten)]
     pub commit: CommitInfo,
+    /// Every file, by path.
     pub files: Vec<FileInfo>,
+    /// Directories holding no file, restored by checkout.
     pub empty_dirs: Vec<String>,
     /// Sum of file sizes.
     pub logical_bytes: u64,
@@ -131,6 +168,7 @@ pub struct ShowInfo {
     pub state: crate::storage::state::CommitState,
 }
 
+/// Everything about commit `id`: metadata, files, tensors, stored sizes, resume parts, state.
 pub fn show(store: &Store, id: CommitId) -> Result<ShowInfo> {
     let c = store.commit(id)?;
     let tree = store.tree(c.tree)?;
@@ -203,8 +241,11 @@ pub fn show(store: &Store, id: CommitId) -> Result<ShowInfo> {
 /// Store-wide figures for `stats`.
 #[derive(Clone, Debug, Default, Serialize, PartialEq)]
 pub struct Stats {
+    /// Commits in the index.
     pub commits: u64,
+    /// Branches.
     pub branches: u64,
+    /// Tags.
     pub tags: u64,
     /// Sum over all commits of their files' sizes: what plain copies would take.
     pub logical_bytes: u64,
@@ -214,6 +255,7 @@ pub struct Stats {
     pub unique_bytes: u64,
     /// Encoded bytes of the distinct chunks.
     pub chunk_stored_bytes: u64,
+    /// Pack files.
     pub packs: u64,
     /// Size of all pack files on disk.
     pub pack_bytes: u64,
@@ -229,6 +271,7 @@ fn ratio(a: u64, b: u64) -> f64 {
     if b == 0 { 1.0 } else { a as f64 / b as f64 }
 }
 
+/// Store-wide figures, from the index alone (no pack data is read).
 pub fn stats(store: &Store) -> Result<Stats> {
     let view = store.view();
     let mut s = Stats::default();

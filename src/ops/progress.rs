@@ -1,5 +1,6 @@
 //! Progress reporting hooks. The library never prints; a caller that wants a progress bar passes
 //! an implementation (the CLI uses indicatif on a terminal).
+#![warn(missing_docs)]
 
 /// Receives progress of a long operation, in bytes.
 pub trait Progress: Sync {

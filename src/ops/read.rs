@@ -8,10 +8,13 @@
 //! - A tensor read touches only that tensor's chunks (and their delta bases).
 //! - Memory stays bounded: chunks are decoded in windows of about [`WINDOW_BYTES`].
 
-use crate::error::{Error, Result, io_at};
-use crate::model::id::CommitId;
+#![warn(missing_docs)]
+
+use crate::model::id::{ChunkId, CommitId};
 use crate::model::object::{ChunkRef, FileEntry, Segment, Tree};
+use crate::model::path::PathError;
 use crate::ops::progress::{NoProgress, Progress};
+use crate::storage::error::StoreError;
 use crate::storage::store::Store;
 use rayon::prelude::*;
 use serde::Serialize;
@@ -19,6 +22,126 @@ use sha2::{Digest, Sha256};
 use std::collections::BTreeSet;
 use std::io::Write;
 use std::path::{Path, PathBuf};
+
+/// What can go wrong reading a commit back.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ReadError {
+    /// A window or tensor larger than this machine's address space.
+    #[error("{what}: {bytes} bytes do not fit in memory")]
+    TooLarge {
+        /// The chunk or file.
+        what: String,
+        /// Its length.
+        bytes: u64,
+    },
+    /// A chunk reference longer than the rest of its file.
+    #[error("chunk {chunk}: {len} bytes run past the end of the file")]
+    ChunkPastEnd {
+        /// The chunk.
+        chunk: ChunkId,
+        /// Its recorded length.
+        len: u64,
+    },
+    /// Writing, creating or syncing an output file or directory failed.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file or directory.
+        path: PathBuf,
+        /// The operating system's error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The thread writing a file stopped before the decoder.
+    #[error("{path}: the writer stopped")]
+    WriterStopped {
+        /// The file in the commit.
+        path: String,
+    },
+    /// A restored file's size differs from the recorded one.
+    #[error("{path}: restored {got} bytes, expected {want}")]
+    SizeMismatch {
+        /// The file in the commit.
+        path: String,
+        /// Bytes restored.
+        got: u64,
+        /// Bytes recorded.
+        want: u64,
+    },
+    /// A restored file's SHA-256 differs from the recorded one.
+    #[error("{path}: SHA-256 {got} does not match the recorded {want}")]
+    Sha256Mismatch {
+        /// The file in the commit.
+        path: String,
+        /// Hex digest of the restored bytes.
+        got: String,
+        /// Hex digest recorded in the tree.
+        want: String,
+    },
+    /// Checkout into a non-empty directory without `force`.
+    #[error("{} is not empty; check out into a new directory (or pass --force)", dir.display())]
+    NotEmpty {
+        /// The target directory.
+        dir: PathBuf,
+    },
+    /// `cat` of a path the commit does not hold.
+    #[error("{path}: no such file in commit {}", commit.short())]
+    NoSuchFile {
+        /// The path asked for.
+        path: String,
+        /// The commit.
+        commit: CommitId,
+    },
+    /// `FILE:NAME` where FILE holds no tensor NAME.
+    #[error("{file} has no tensor named {name:?}")]
+    NoSuchTensorInFile {
+        /// The file.
+        file: String,
+        /// The tensor name.
+        name: String,
+    },
+    /// No file of the commit holds a tensor of that name.
+    #[error("no tensor named {spec:?} in this commit")]
+    NoSuchTensor {
+        /// The name asked for.
+        spec: String,
+    },
+    /// Several files hold a tensor of that name.
+    #[error("tensor {spec:?} is in several files ({}); name one as FILE:NAME", files.join(", "))]
+    AmbiguousTensor {
+        /// The name asked for.
+        spec: String,
+        /// The files that hold it.
+        files: Vec<String>,
+    },
+    /// A caller's buffer of the wrong length for a tensor.
+    #[error("tensor {tensor} of {file} has {want} bytes; the buffer has {got}")]
+    BufferLength {
+        /// The tensor's name.
+        tensor: String,
+        /// Its file.
+        file: String,
+        /// The tensor's length.
+        want: u64,
+        /// The buffer's length.
+        got: usize,
+    },
+    /// A tree path that breaks the path rules.
+    #[error(transparent)]
+    Path(#[from] PathError),
+    /// The store failed: a missing or damaged chunk, object or record.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+type Result<T, E = ReadError> = std::result::Result<T, E>;
+
+fn io_at(path: &Path) -> impl FnOnce(std::io::Error) -> ReadError + '_ {
+    move |source| ReadError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
 
 /// Raw bytes decoded per parallel window.
 pub const WINDOW_BYTES: u64 = 16 << 20;
@@ -41,9 +164,9 @@ pub fn stream_windows(
             j += 1;
         }
         let mut buf = next_buf();
-        let len = usize::try_from(bytes).map_err(|_| Error::Verify {
-            path: format!("chunk {}", chunks[i].id),
-            what: format!("{bytes} bytes do not fit in memory"),
+        let len = usize::try_from(bytes).map_err(|_| ReadError::TooLarge {
+            what: format!("chunk {}", chunks[i].id),
+            bytes,
         })?;
         if buf.len() < len {
             buf.resize(len, 0);
@@ -65,9 +188,9 @@ fn read_chunks_into(store: &Store, chunks: &[ChunkRef], out: &mut [u8]) -> Resul
         let len = usize::try_from(c.len)
             .ok()
             .filter(|&l| l <= rest.len())
-            .ok_or_else(|| Error::Verify {
-                path: format!("chunk {}", c.id),
-                what: format!("{} bytes run past the end of the file", c.len),
+            .ok_or(ReadError::ChunkPastEnd {
+                chunk: c.id,
+                len: c.len,
             })?;
         let (a, b) = rest.split_at_mut(len);
         slices.push((c.id, a));
@@ -129,7 +252,7 @@ pub fn write_file_to(
         });
         let writer = s.spawn(move || -> Result<()> {
             for window in hashed_rx {
-                out.write_all(&window).map_err(|e| Error::Io {
+                out.write_all(&window).map_err(|e| ReadError::Io {
                     path: PathBuf::from(path),
                     source: e,
                 })?;
@@ -143,9 +266,8 @@ pub fn write_file_to(
             &chunks,
             || back_rx.try_recv().unwrap_or_default(),
             |w| {
-                tx.send(w).map_err(|_| Error::Verify {
+                tx.send(w).map_err(|_| ReadError::WriterStopped {
                     path: path.to_string(),
-                    what: "the writer stopped".into(),
                 })
             },
         );
@@ -159,19 +281,17 @@ pub fn write_file_to(
     produced?;
     let (n, got) = hashed;
     if n != entry.size {
-        return Err(Error::Verify {
+        return Err(ReadError::SizeMismatch {
             path: path.to_string(),
-            what: format!("restored {n} bytes, expected {}", entry.size),
+            got: n,
+            want: entry.size,
         });
     }
     if got != entry.sha256 {
-        return Err(Error::Verify {
+        return Err(ReadError::Sha256Mismatch {
             path: path.to_string(),
-            what: format!(
-                "SHA-256 {} does not match the recorded {}",
-                hex::encode(got),
-                entry.sha256_hex()
-            ),
+            got: hex::encode(got),
+            want: entry.sha256_hex(),
         });
     }
     Ok(())
@@ -189,9 +309,13 @@ pub struct CheckoutOptions {
 /// What a checkout wrote.
 #[derive(Clone, Debug, Serialize)]
 pub struct CheckoutOutcome {
+    /// The commit checked out.
     pub commit: CommitId,
+    /// The directory written into.
     pub dir: PathBuf,
+    /// Files written.
     pub files: u64,
+    /// Bytes written (the files' sizes).
     pub bytes: u64,
     /// Files of a slimmed commit that gc released and `partial` skipped.
     pub released: Vec<String>,
@@ -220,11 +344,8 @@ pub fn checkout(
     if dir.exists() {
         let mut it = std::fs::read_dir(dir).map_err(io_at(dir))?;
         if it.next().is_some() && !opts.force {
-            return Err(Error::Usage {
-                what: format!(
-                    "{} is not empty; check out into a new directory (or pass --force)",
-                    dir.display()
-                ),
+            return Err(ReadError::NotEmpty {
+                dir: dir.to_path_buf(),
             });
         }
     }
@@ -315,8 +436,9 @@ pub fn cat(
     let _reading = store.read_guard();
     let c = store.commit(commit)?;
     let tree = store.tree(c.tree)?;
-    let entry = tree.files.get(path).ok_or_else(|| Error::Usage {
-        what: format!("{path}: no such file in commit {}", commit.short()),
+    let entry = tree.files.get(path).ok_or_else(|| ReadError::NoSuchFile {
+        path: path.to_string(),
+        commit,
     })?;
     write_file_to(store, path, entry, out, &NoProgress)
 }
@@ -324,7 +446,9 @@ pub fn cat(
 /// A tensor found in a tree.
 #[derive(Clone, Debug)]
 pub struct TensorRef {
+    /// The file that holds it.
     pub file: String,
+    /// Its tensor record: name, dtype, shape and chunks.
     pub segment: Segment,
 }
 
@@ -341,8 +465,9 @@ pub fn find_tensor(tree: &Tree, spec: &str) -> Result<TensorRef> {
                 file: file.to_string(),
                 segment: s.clone(),
             })
-            .ok_or_else(|| Error::Usage {
-                what: format!("{file} has no tensor named {name:?}"),
+            .ok_or_else(|| ReadError::NoSuchTensorInFile {
+                file: file.to_string(),
+                name: name.to_string(),
             });
     }
     let mut found: Vec<TensorRef> = Vec::new();
@@ -358,27 +483,21 @@ pub fn find_tensor(tree: &Tree, spec: &str) -> Result<TensorRef> {
     }
     match found.len() {
         1 => Ok(found.remove(0)),
-        0 => Err(Error::Usage {
-            what: format!("no tensor named {spec:?} in this commit"),
+        0 => Err(ReadError::NoSuchTensor {
+            spec: spec.to_string(),
         }),
-        _ => Err(Error::Usage {
-            what: format!(
-                "tensor {spec:?} is in several files ({}); name one as FILE:NAME",
-                found
-                    .iter()
-                    .map(|t| t.file.as_str())
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            ),
+        _ => Err(ReadError::AmbiguousTensor {
+            spec: spec.to_string(),
+            files: found.into_iter().map(|t| t.file).collect(),
         }),
     }
 }
 
 /// Read one tensor's bytes, touching only its own chunks.
 pub fn read_tensor(store: &Store, t: &TensorRef) -> Result<Vec<u8>> {
-    let len = usize::try_from(t.segment.len()).map_err(|_| Error::Verify {
-        path: t.file.clone(),
-        what: format!("{} bytes do not fit in memory", t.segment.len()),
+    let len = usize::try_from(t.segment.len()).map_err(|_| ReadError::TooLarge {
+        what: t.file.clone(),
+        bytes: t.segment.len(),
     })?;
     let mut out = vec![0u8; len];
     read_tensor_into(store, t, &mut out)?;
@@ -390,14 +509,15 @@ pub fn read_tensor(store: &Store, t: &TensorRef) -> Result<Vec<u8>> {
 /// chunks straight into `out`; each is verified against its id.
 pub fn read_tensor_into(store: &Store, t: &TensorRef, out: &mut [u8]) -> Result<()> {
     if out.len() as u64 != t.segment.len() {
-        return Err(Error::Usage {
-            what: format!(
-                "tensor {} of {} has {} bytes; the buffer has {}",
-                t.segment.tensor().map_or("?", |(name, _, _)| name),
-                t.file,
-                t.segment.len(),
-                out.len()
-            ),
+        return Err(ReadError::BufferLength {
+            tensor: t
+                .segment
+                .tensor()
+                .map_or("?", |(name, _, _)| name)
+                .to_string(),
+            file: t.file.clone(),
+            want: t.segment.len(),
+            got: out.len(),
         });
     }
     let _reading = store.read_guard();

@@ -6,11 +6,62 @@
 //! branch and tag names that look like hex are refused when created, so the order never hides a
 //! commit.
 
-use crate::error::{Error, Result};
+#![warn(missing_docs)]
+
 use crate::model::id::{CommitId, MIN_PREFIX};
+use crate::storage::error::StoreError;
+use crate::storage::index::IndexError;
 use crate::storage::refs;
 use crate::storage::store::Store;
 
+/// A revision that names no commit, or names one ambiguously.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum RevError {
+    /// Nothing is called `rev`.
+    #[error("unknown revision {rev:?}{hint}")]
+    UnknownRevision {
+        /// The revision as given.
+        rev: String,
+        /// Why nothing matched, starting with ": ".
+        hint: String,
+    },
+    /// A commit id prefix that matches more than one commit.
+    #[error("revision {rev:?} is ambiguous: it matches {matches}")]
+    AmbiguousRevision {
+        /// The revision as given.
+        rev: String,
+        /// Short ids of (up to three of) the matches.
+        matches: String,
+    },
+    /// A revision that breaks the grammar, or walks past the first commit.
+    #[error("{rev}: {what}")]
+    BadRevision {
+        /// The revision as given.
+        rev: String,
+        /// What is wrong with it.
+        what: String,
+    },
+    /// `HEAD` on a branch with no commit yet.
+    #[error("branch {branch} has no commits yet")]
+    UnbornBranch {
+        /// The current branch.
+        branch: String,
+    },
+    /// The store failed while resolving.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+impl From<IndexError> for RevError {
+    fn from(e: IndexError) -> RevError {
+        RevError::Store(e.into())
+    }
+}
+
+type Result<T, E = RevError> = std::result::Result<T, E>;
+
+/// One `~N` or `^N` suffix.
 #[derive(Debug, PartialEq, Eq)]
 enum Step {
     Ancestor(u32),
@@ -18,7 +69,7 @@ enum Step {
 }
 
 fn split(rev: &str) -> Result<(&str, Vec<Step>)> {
-    let bad = |what: &str| Error::BadRevision {
+    let bad = |what: &str| RevError::BadRevision {
         rev: rev.to_string(),
         what: what.to_string(),
     };
@@ -53,7 +104,7 @@ fn split(rev: &str) -> Result<(&str, Vec<Step>)> {
 
 fn resolve_base(store: &Store, base: &str, rev: &str) -> Result<CommitId> {
     if base == "HEAD" {
-        return store.head()?.ok_or_else(|| Error::UnbornBranch {
+        return store.head()?.ok_or_else(|| RevError::UnbornBranch {
             branch: store.current_branch().unwrap_or_default(),
         });
     }
@@ -77,11 +128,11 @@ fn resolve_base(store: &Store, base: &str, rev: &str) -> Result<CommitId> {
             .collect();
         return match found.len() {
             1 => Ok(found[0]),
-            0 => Err(Error::UnknownRevision {
+            0 => Err(RevError::UnknownRevision {
                 rev: rev.to_string(),
                 hint: ": no commit id starts with it".into(),
             }),
-            _ => Err(Error::AmbiguousRevision {
+            _ => Err(RevError::AmbiguousRevision {
                 rev: rev.to_string(),
                 matches: found
                     .iter()
@@ -91,7 +142,7 @@ fn resolve_base(store: &Store, base: &str, rev: &str) -> Result<CommitId> {
             }),
         };
     }
-    Err(Error::UnknownRevision {
+    Err(RevError::UnknownRevision {
         rev: rev.to_string(),
         hint: ": not HEAD, a branch, a tag or a commit id prefix of 4+ hex digits".into(),
     })
@@ -114,7 +165,7 @@ pub fn resolve(store: &Store, rev: &str) -> Result<CommitId> {
             id = *c
                 .parents
                 .get(nth as usize - 1)
-                .ok_or_else(|| Error::BadRevision {
+                .ok_or_else(|| RevError::BadRevision {
                     rev: rev.to_string(),
                     what: format!("commit {} has no parent number {nth}", id.short()),
                 })?;

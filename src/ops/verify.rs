@@ -2,10 +2,35 @@
 //! user's load test on a checkout. The outcomes are kept in the commit's state record
 //! ([`crate::storage::state`]).
 
-use crate::error::{Error, Result};
+#![warn(missing_docs)]
+
 use crate::model::id::CommitId;
 use crate::ops::progress::Progress;
+use crate::ops::read::ReadError;
+use crate::storage::error::StoreError;
 use crate::storage::store::{Store, now_ns};
+
+/// What stops a verification or a load test from running (problems it finds are recorded in
+/// its outcome instead).
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum VerifyError {
+    /// `sh` could not be started for `--verify-cmd`.
+    #[error("--verify-cmd: cannot run sh: {source}")]
+    Shell {
+        /// The operating system's error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The checkout for the load test failed.
+    #[error(transparent)]
+    Read(#[from] ReadError),
+    /// The commit or its tree could not be read.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+type Result<T, E = VerifyError> = std::result::Result<T, E>;
 
 pub use crate::storage::state::{
     CheckRecord, CommitState, PruneRecord, StateLogEntry, VerifyRecord, put_state, state,
@@ -59,9 +84,7 @@ pub fn run_check(
             .env("CAIRN_CHECKOUT", &dir)
             .env("CAIRN_COMMIT", id.to_hex())
             .status()
-            .map_err(|e| Error::Usage {
-                what: format!("--verify-cmd: cannot run sh: {e}"),
-            })?;
+            .map_err(|source| VerifyError::Shell { source })?;
         Ok(CheckRecord {
             command: command.to_string(),
             exit_code: status.code(),

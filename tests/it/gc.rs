@@ -512,7 +512,7 @@ fn gc_that_cannot_list_roots_deletes_nothing() {
     // A ref pointing at a commit that does not exist: the walk from the roots fails.
     {
         let s = cairn::Store::open(&root).unwrap();
-        s.with_writer(|index| {
+        s.with_writer(|index| -> Result<(), cairn::StoreError> {
             let mut b = index.batch()?;
             b.put_ref("refs/heads/ghost", &cairn::CommitId([7; 32]))?;
             index.write(b)?;
@@ -787,7 +787,7 @@ fn fsck_structural_damage_kinds() {
     let victim = tree.files["optimizer.pt"].chunks().next().unwrap().id;
     let loc = store.chunk_loc(victim).unwrap().unwrap();
     store
-        .with_writer(|i| {
+        .with_writer(|i| -> Result<_, cairn::StoreError> {
             let mut b = i.batch()?;
             b.delete_chunk(&victim)?;
             i.write(b)?;
@@ -797,7 +797,7 @@ fn fsck_structural_damage_kinds() {
     assert_eq!(kinds(&root), vec!["missing-chunk"]);
     // An index entry pointing past its pack's entries: bad-index-entry.
     store
-        .with_writer(|i| {
+        .with_writer(|i| -> Result<_, cairn::StoreError> {
             let mut b = i.batch()?;
             b.put_chunk(
                 &victim,
@@ -812,7 +812,7 @@ fn fsck_structural_damage_kinds() {
         .unwrap();
     assert_eq!(kinds(&root), vec!["bad-index-entry"]);
     store
-        .with_writer(|i| {
+        .with_writer(|i| -> Result<_, cairn::StoreError> {
             let mut b = i.batch()?;
             b.put_chunk(&victim, &loc)?;
             i.write(b)?;
@@ -849,7 +849,7 @@ fn fsck_structural_damage_kinds() {
     assert!(kinds(&root).is_empty());
     // A commit object gone (its pack's index entry removed): missing-object.
     store
-        .with_writer(|i| {
+        .with_writer(|i| -> Result<_, cairn::StoreError> {
             let mut b = i.batch()?;
             b.delete_object(&head.into())?;
             i.write(b)?;
