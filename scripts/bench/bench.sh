@@ -2,14 +2,14 @@
 # Side-by-side benchmark: cairn against cp + sync, zstd -3 per file, restic and borg on generated
 # checkpoint series (docs/benchmarks.md, "Side-by-side series").
 #
-#   scripts/bench.sh [--scale small|default] [--out DIR] [--tools 'cairn,cp+sync,...'] [--keep]
-#                    [--series 'finetune-fp32,...'] [--delta-depth K]
-#                    [--delta-base root|parent]
+#   scripts/bench/bench.sh [--scale small|default] [--out DIR] [--tools 'cairn,cp+sync,...']
+#                          [--keep] [--series 'finetune-fp32,...'] [--delta-depth K]
+#                          [--delta-base root|parent]
 #
 # The cairn binary is $CAIRN_BIN, else $CARGO_TARGET_DIR/debug/cairn (built if missing), else
 # `cairn` on PATH. Installs the peers (restic, borgbackup, zstd, GNU time) and numpy when missing.
 set -euo pipefail
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/../.."
 source scripts/env.sh
 
 need_apt=()
@@ -51,5 +51,5 @@ if ((!has_out)); then
 fi
 echo "== cairn: $CAIRN_BIN"
 echo "== uptime at start: $(uptime)"
-python3 scripts/bench_sidebyside.py --cairn "$CAIRN_BIN" "${args[@]}"
+python3 scripts/bench/bench_sidebyside.py --cairn "$CAIRN_BIN" "${args[@]}"
 echo "== uptime at end: $(uptime)"
