@@ -38,9 +38,17 @@ if [[ -z "${CAIRN_BIN:-}" ]]; then
   fi
 fi
 
-# The library-level tensor read (examples/bench_read), next to the CLI's.
+# The library-level tensor read (benches/read.rs in its --store mode), next to the CLI's: the
+# bench binary built in the shared dev profile, at the path cargo reports for it. Without it
+# (a failed build) the run goes on and reports the CLI's read only.
 if [[ -z "${CAIRN_BENCH_READ:-}" ]] && command -v cargo >/dev/null; then
-  cargo build --quiet --example bench_read && export CAIRN_BENCH_READ="$CARGO_TARGET_DIR/debug/examples/bench_read"
+  if read_bin="$(cargo bench --quiet --profile dev --no-run --bench read --message-format=json |
+    python3 -c 'import json, sys
+for m in map(json.loads, sys.stdin):
+    if m.get("reason") == "compiler-artifact" and m["target"]["name"] == "read" and m.get("executable"):
+        print(m["executable"])')" && [[ -n "$read_bin" ]]; then
+    export CAIRN_BENCH_READ="$read_bin"
+  fi
 fi
 
 args=("$@")
