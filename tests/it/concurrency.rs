@@ -177,7 +177,7 @@ fn gc_beside_committers_loses_nothing() {
 /// Two commits overlap their expensive phase: both write a pack at the same moment, so neither
 /// waits for the other until its short publish. Observed from outside (two `*.pack.tmp` files
 /// exist at once, each held by its live writer), not timed: the wall-time ratio is a benchmark
-/// (docs/benchmarks.md, `scripts/bench_concurrent.sh`).
+/// (docs/benchmarks.md, `scripts/bench/bench_concurrent.sh`).
 #[test]
 fn two_commits_write_their_packs_at_the_same_time() {
     let t = tempfile::tempdir().unwrap();

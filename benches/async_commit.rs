@@ -12,7 +12,18 @@
 //! and with both running at once.
 //! Figures and their reading: docs/benchmarks.md.
 //!
-//! Run: `cargo run --example bench_async -- [MIB (512)] [RUNS (7)] [DIR (temp)]`
+//! Not a criterion benchmark (`harness = false`, it prints its own table): what it reports is
+//! the ratio of a stall to a memcpy timed a few hundred ms apart in the same run, the first
+//! commit through a slot apart from the later ones, and stalls that depend on what the previous
+//! commit is doing when the next one starts. Criterion times one routine repeated back to
+//! back, which here would only measure commits queueing behind each other.
+//!
+//! Run: `cargo bench --profile dev --bench async_commit -- [MIB (512)] [RUNS (7)] [DIR (temp)]`
+//! (`--profile dev`: the shared build, see docs/benchmarks.md). Without the `--bench` flag that
+//! `cargo bench` passes, as under `cargo test --all-targets`, it makes one quick run (64 MiB,
+//! 3 runs) to check that it still works, like criterion's test mode. Arguments meant for the
+//! criterion targets when `cargo bench -- ARGS` runs every target are honoured the way
+//! criterion would: a filter that does not match `async_commit` skips it, options skip it.
 
 use cairn::async_commit::{AsyncCommitter, AsyncOptions, TensorSlice};
 use cairn::{CommitOptions, DType, Store};
@@ -69,14 +80,64 @@ fn slices<'a>(
         .collect()
 }
 
+/// What the arguments ask for: a run with these sizes, or nothing.
+enum Plan {
+    Run {
+        mib: u64,
+        runs: usize,
+        dir: Option<std::path::PathBuf>,
+    },
+    Skip(String),
+}
+
+fn plan(args: &[String]) -> Result<Plan, Box<dyn std::error::Error>> {
+    let flag = |f: &str| args.iter().any(|a| a == f);
+    if flag("--list") {
+        println!("async_commit: benchmark");
+        return Ok(Plan::Skip(String::new()));
+    }
+    // `cargo bench` passes `--bench`; `cargo test` does not (criterion's test mode, the same).
+    let test_mode = !flag("--bench") || flag("--test");
+    let others: Vec<&String> = args
+        .iter()
+        .filter(|a| a.starts_with('-') && !matches!(a.as_str(), "--bench" | "--test"))
+        .collect();
+    if !others.is_empty() {
+        return Ok(Plan::Skip(format!(
+            "async_commit: skipped: options {others:?} are for criterion targets; this one takes \
+             [MIB] [RUNS] [DIR]"
+        )));
+    }
+    let pos: Vec<&String> = args.iter().filter(|a| !a.starts_with('-')).collect();
+    let mut pos = pos.into_iter().peekable();
+    // A first argument that is not a number is a criterion-style filter (a substring of the
+    // benchmark name), as `cargo bench -- FILTER` passes to every target.
+    if let Some(f) = pos.next_if(|a| a.parse::<u64>().is_err())
+        && !"async_commit".contains(f.as_str())
+    {
+        return Ok(Plan::Skip(format!("async_commit: skipped: filter {f:?}")));
+    }
+    let (mib, runs) = if test_mode { (64, 3) } else { (512, 7) };
+    let mib = pos.next().map_or(Ok(mib), |a| a.parse())?;
+    let runs: usize = pos.next().map_or(Ok(runs), |a| a.parse())?;
+    let dir = pos.next().map(std::path::PathBuf::from);
+    Ok(Plan::Run { mib, runs, dir })
+}
+
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let args: Vec<String> = std::env::args().collect();
-    let mib: u64 = args.get(1).map_or(Ok(512), |a| a.parse())?;
-    let runs: usize = args.get(2).map_or(Ok(7), |a| a.parse())?;
-    let dir = match args.get(3) {
-        Some(d) => std::path::PathBuf::from(d),
-        None => std::env::temp_dir().join(format!("cairn-bench-async-{}", std::process::id())),
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let (mib, runs, given_dir) = match plan(&args)? {
+        Plan::Run { mib, runs, dir } => (mib, runs, dir),
+        Plan::Skip(why) => {
+            if !why.is_empty() {
+                eprintln!("{why}");
+            }
+            return Ok(());
+        }
     };
+    let dir = given_dir.clone().unwrap_or_else(|| {
+        std::env::temp_dir().join(format!("cairn-bench-async-{}", std::process::id()))
+    });
     let count = (mib / 64).max(1) as usize;
     let total = count << 26;
     let mut tensors: Vec<Vec<f32>> = (0..count)
@@ -250,7 +311,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     drop(overlapped);
     drop(overlapped_1);
     drop(store);
-    if args.get(3).is_none() {
+    if given_dir.is_none() {
         std::fs::remove_dir_all(&dir)?;
     }
     Ok(())

@@ -2,14 +2,14 @@
 # Side-by-side benchmark: cairn against cp + sync, zstd -3 per file, restic and borg on generated
 # checkpoint series (docs/benchmarks.md, "Side-by-side series").
 #
-#   scripts/bench.sh [--scale small|default] [--out DIR] [--tools 'cairn,cp+sync,...'] [--keep]
-#                    [--series 'finetune-fp32,...'] [--delta-depth K]
-#                    [--delta-base root|parent]
+#   scripts/bench/bench.sh [--scale small|default] [--out DIR] [--tools 'cairn,cp+sync,...']
+#                          [--keep] [--series 'finetune-fp32,...'] [--delta-depth K]
+#                          [--delta-base root|parent]
 #
 # The cairn binary is $CAIRN_BIN, else $CARGO_TARGET_DIR/debug/cairn (built if missing), else
 # `cairn` on PATH. Installs the peers (restic, borgbackup, zstd, GNU time) and numpy when missing.
 set -euo pipefail
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/../.."
 source scripts/env.sh
 
 need_apt=()
@@ -38,9 +38,17 @@ if [[ -z "${CAIRN_BIN:-}" ]]; then
   fi
 fi
 
-# The library-level tensor read (examples/bench_read), next to the CLI's.
+# The library-level tensor read (benches/read.rs in its --store mode), next to the CLI's: the
+# bench binary built in the shared dev profile, at the path cargo reports for it. Without it
+# (a failed build) the run goes on and reports the CLI's read only.
 if [[ -z "${CAIRN_BENCH_READ:-}" ]] && command -v cargo >/dev/null; then
-  cargo build --quiet --example bench_read && export CAIRN_BENCH_READ="$CARGO_TARGET_DIR/debug/examples/bench_read"
+  if read_bin="$(cargo bench --quiet --profile dev --no-run --bench read --message-format=json |
+    python3 -c 'import json, sys
+for m in map(json.loads, sys.stdin):
+    if m.get("reason") == "compiler-artifact" and m["target"]["name"] == "read" and m.get("executable"):
+        print(m["executable"])')" && [[ -n "$read_bin" ]]; then
+    export CAIRN_BENCH_READ="$read_bin"
+  fi
 fi
 
 args=("$@")
@@ -51,5 +59,5 @@ if ((!has_out)); then
 fi
 echo "== cairn: $CAIRN_BIN"
 echo "== uptime at start: $(uptime)"
-python3 scripts/bench_sidebyside.py --cairn "$CAIRN_BIN" "${args[@]}"
+python3 scripts/bench/bench_sidebyside.py --cairn "$CAIRN_BIN" "${args[@]}"
 echo "== uptime at end: $(uptime)"

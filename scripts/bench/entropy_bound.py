@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """How far from its bound is cairn's float codec on one checkpoint step?
 
-    python3 scripts/entropy_bound.py PARENT_DIR CHILD_DIR
+    python3 scripts/bench/entropy_bound.py PARENT_DIR CHILD_DIR
 
 Reads the float32 tensors of every `*.safetensors` file in CHILD_DIR and the same-named tensors
 of PARENT_DIR, cuts each into the 1 MiB chunks cairn stores, and for each chunk computes, in

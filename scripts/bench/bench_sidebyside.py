@@ -567,7 +567,8 @@ def cairn_extras(tool, sinfo, dirs, work):
                             ms_all=[round(1000 * t, 1) for t in times])
         os.remove(out)
         # The same tensor through the library, in one process (no start-up, no output file):
-        # examples/bench_read, when $CAIRN_BENCH_READ names it.
+        # the read bench's --store mode (benches/read.rs), when $CAIRN_BENCH_READ names its
+        # binary (scripts/bench/bench.sh sets it).
         lib = os.environ.get("CAIRN_BENCH_READ")
         if lib and os.path.exists(lib):
             r = subprocess.run([lib, "--store", tool.repo, last, f"model.safetensors:{tname}", "9"],

@@ -1,35 +1,29 @@
-//! Catalog benchmark: a store with N commits (default 100 000), then the time of catalog
-//! queries through the real `cairn` binary, median of 7 runs each.
+//! Catalog queries (docs/catalog.md) over a store of N commits (default 100 000), each timed
+//! through the real `cairn` binary: process start, the read-only open of the index, the scan of
+//! the commit rows, and the JSON output.
 //!
-//! The commits are real commit objects (varied run ids, steps, metrics, params, git and dataset
-//! fingerprints) sharing one tree, written to one pack and published in one index batch: what N
-//! `cairn commit` calls would leave in the index, without waiting for N commits.
+//! The commits are real commit objects (50 run ids, per-commit step, epoch, two metrics, a
+//! param, a git sha and a dataset fingerprint) sharing one tree, written to one pack and
+//! published in one index batch: what N `cairn commit` calls would leave in the index, without
+//! waiting for N commits. The store is built once, on the first query that the filter selects.
+//! Throughput is in commits: every query reads every commit row.
 //!
-//! Usage: `bench_catalog [N] [CAIRN_BINARY]`
+//! Run: `cargo bench --profile dev --bench catalog [-- FILTER]` (`--profile dev`: the shared
+//! build, see docs/benchmarks.md). Environment: `CAIRN_BENCH_COMMITS` (N; 1 000 under
+//! `cargo test`, which runs each query once), `CAIRN_BIN` (the binary to time; default the
+//! `cairn` cargo built beside this bench), `KEEP` (keep the store and print its path).
 
 use cairn::index::{CommitRow, Index, ObjectLoc, PackInfo};
 use cairn::object::{Commit, KIND_COMMIT, Metadata};
 use cairn::pack::PackWriter;
 use cairn::{CommitBuilder, CommitOptions, Store};
+use criterion::{Criterion, SamplingMode, Throughput};
+use std::cell::OnceCell;
+use std::path::PathBuf;
 use std::time::Instant;
 
-fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let args: Vec<String> = std::env::args().collect();
-    let n: u64 = args
-        .get(1)
-        .map(|s| s.parse())
-        .transpose()?
-        .unwrap_or(100_000);
-    let bin = args.get(2).cloned().unwrap_or_else(|| {
-        let exe = std::env::current_exe().expect("exe path");
-        exe.parent()
-            .and_then(|p| p.parent())
-            .expect("target dir")
-            .join("cairn")
-            .display()
-            .to_string()
-    });
-    let dir = std::env::temp_dir().join(format!("cairn-bench-catalog-{}", std::process::id()));
+/// Writes a store of `n` + 1 commits (the first one carries the tree) under `dir`.
+fn build(dir: &std::path::Path, n: u64) -> Result<PathBuf, Box<dyn std::error::Error>> {
     let root = dir.join("store");
     let store = Store::init(&root)?;
     let mut b = CommitBuilder::new(&store, CommitOptions::default());
@@ -122,10 +116,30 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         n + 1,
         started.elapsed().as_secs_f64()
     );
+    Ok(root)
+}
+
+fn catalog(c: &mut Criterion) {
+    // `cargo bench` passes `--bench`; without it (`cargo test`) criterion runs each query once.
+    let test_mode = !std::env::args().any(|a| a == "--bench");
+    let n: u64 = match std::env::var("CAIRN_BENCH_COMMITS") {
+        Ok(v) => v
+            .parse()
+            .expect("CAIRN_BENCH_COMMITS is a number of commits"),
+        Err(_) if test_mode => 1_000,
+        Err(_) => 100_000,
+    };
+    let bin = std::env::var_os("CAIRN_BIN")
+        .map_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_cairn")), PathBuf::from);
+    let dir = tempfile::Builder::new()
+        .prefix("cairn-bench-catalog-")
+        .tempdir()
+        .expect("a temp dir");
+    let store: OnceCell<PathBuf> = OnceCell::new();
 
     let queries: Vec<(&str, Vec<&str>)> = vec![
         (
-            "where val_loss<0.01 and run=r7, sort, limit 10",
+            "where-val_loss-run-sort-limit10",
             vec![
                 "log",
                 "--all",
@@ -141,7 +155,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             ],
         ),
         (
-            "where dataset and git prefix, limit 10",
+            "where-dataset-git-prefix-limit10",
             vec![
                 "log",
                 "--all",
@@ -155,41 +169,44 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             ],
         ),
         (
-            "sort by -acc over all, limit 10",
+            "sort-desc-acc-limit10",
             vec!["log", "--all", "--sort=-acc", "--limit", "10", "--json"],
         ),
         (
-            "history of HEAD, where step >= 990000",
+            "history-of-head-where-step",
             vec!["log", "--where", "step >= 990000", "--json"],
         ),
         ("runs", vec!["runs", "--json"]),
     ];
-    println!(
-        "| query over {} commits | median of 7 (ms) | min (ms) |",
-        n + 1
-    );
-    println!("|---|---|---|");
-    for (name, q) in queries {
-        let mut times = Vec::new();
-        for _ in 0..7 {
-            let t = Instant::now();
-            let out = std::process::Command::new(&bin)
-                .arg("--store")
-                .arg(&root)
-                .args(&q)
-                .output()?;
-            times.push(t.elapsed().as_secs_f64() * 1000.0);
-            if !out.status.success() {
-                return Err(format!("{name}: {}", String::from_utf8_lossy(&out.stderr)).into());
-            }
-        }
-        times.sort_by(|a, b| a.partial_cmp(b).expect("no NaN"));
-        println!("| {name} | {:.0} | {:.0} |", times[3], times[0]);
+    let mut g = c.benchmark_group(format!("catalog-{}-commits", n + 1));
+    // Each query is a process that takes a good fraction of a second at 100 000 commits.
+    g.sampling_mode(SamplingMode::Flat);
+    g.sample_size(10);
+    g.throughput(Throughput::Elements(n + 1));
+    for (name, q) in &queries {
+        g.bench_function(*name, |b| {
+            let root = store.get_or_init(|| build(dir.path(), n).expect("build the store"));
+            b.iter(|| {
+                let out = std::process::Command::new(&bin)
+                    .arg("--store")
+                    .arg(root)
+                    .args(q)
+                    .output()
+                    .expect("run cairn");
+                assert!(
+                    out.status.success(),
+                    "{name}: {}",
+                    String::from_utf8_lossy(&out.stderr)
+                );
+            })
+        });
     }
-    if std::env::var_os("KEEP").is_none() {
-        std::fs::remove_dir_all(&dir)?;
-    } else {
-        eprintln!("kept {}", root.display());
+    g.finish();
+    if std::env::var_os("KEEP").is_some() {
+        let kept = dir.keep();
+        eprintln!("kept {}", kept.join("store").display());
     }
-    Ok(())
 }
+
+criterion::criterion_group!(benches, catalog);
+criterion::criterion_main!(benches);

@@ -3,9 +3,9 @@
 # once (two processes, two branches, one store) over the wall time of committing one of them
 # alone, each on a fresh store. Medians of ROUNDS runs; sizes in MiB of f32 weights per
 # checkpoint. The ratio is what issue 5 asks about ("well under twice one commit's time").
-#   scripts/bench_concurrent.sh [MIB=256] [ROUNDS=5]
+#   scripts/bench/bench_concurrent.sh [MIB=256] [ROUNDS=5]
 set -euo pipefail
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/../.."
 source scripts/env.sh
 cargo build --quiet --bin cairn
 CAIRN="$CARGO_TARGET_DIR/debug/cairn"

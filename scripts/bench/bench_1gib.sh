@@ -4,9 +4,9 @@
 # times, on a fresh store: cp -r + sync, commit (new data), commit again (unchanged, so every
 # chunk deduplicates and every file's SHA-256 comes from the parent), the same bytes as a fresh
 # copy (a rewritten file: new inode, new mtime), and a verified checkout.
-# Prints each round and the medians.   scripts/bench_1gib.sh [ROUNDS=5]
+# Prints each round and the medians.   scripts/bench/bench_1gib.sh [ROUNDS=5]
 set -euo pipefail
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/../.."
 source scripts/env.sh
 cargo build --quiet --bin cairn
 CAIRN="${CAIRN_BIN:-$CARGO_TARGET_DIR/debug/cairn}"
