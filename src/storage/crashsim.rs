@@ -22,7 +22,9 @@
 //! `CAIRN_TEST_CRASH_BACKUP=DIR` (same filesystem as the store) holds the hard links that let a
 //! simulated crash restore removed files; it defaults to the system temp dir.
 //!
-//! Invariant: when disabled, [`op`] is one relaxed load and a call; nothing is recorded.
+//! Invariant: when disabled, [`op`] is one atomic load (the check that the environment was
+//! read) and a call; nothing is recorded.
+#![warn(missing_docs)]
 
 use std::collections::HashMap;
 use std::fs;
@@ -156,7 +158,8 @@ fn sim() -> Option<&'static Sim> {
     .as_ref()
 }
 
-/// Whether crash simulation is on in this process.
+/// Whether crash simulation is on in this process: `CAIRN_TEST_CRASH_AT` or
+/// `CAIRN_TEST_CRASH_LOG` was set when the first operation ran (read once per process).
 pub fn enabled() -> bool {
     sim().is_some()
 }
@@ -177,15 +180,19 @@ fn point(sim: &Sim, what: &Op<'_>) {
     }
 }
 
-/// A failpoint with nothing to journal (a synced RocksDB batch is about to be written).
+/// A failpoint with nothing to journal: numbers `what` (in practice [`Op::DbWrite`] or
+/// [`Op::DbWritten`], around a synced RocksDB batch) and crashes there if it is the chosen
+/// operation. Does nothing when simulation is off.
 pub fn failpoint(what: Op<'_>) {
     if let Some(sim) = sim() {
         point(sim, &what);
     }
 }
 
-/// Run the file operation `f`, which does `what` (anything but a removal): a failpoint when
-/// simulation is on, and its effect is journalled until it is durable.
+/// Run the file operation `f`, which does `what` (anything but a removal; use [`remove`]): a
+/// failpoint when simulation is on, and its effect is journalled until it is durable. Returns
+/// what `f` returns; under simulation it also fails when the backup hard link of a file a
+/// rename replaces cannot be made (the rename then does not run). When off, it only calls `f`.
 pub fn op<T>(what: Op<'_>, f: impl FnOnce() -> io::Result<T>) -> io::Result<T> {
     let Some(sim) = sim() else {
         return f();
@@ -269,7 +276,8 @@ pub fn op<T>(what: Op<'_>, f: impl FnOnce() -> io::Result<T>) -> io::Result<T> {
 
 /// Remove a file or directory tree (`what` is [`Op::Remove`] or [`Op::RemoveDir`]) with `f`.
 /// Under simulation the removal is a move into the backup directory, which a crash before the
-/// directory's fsync moves back.
+/// directory's fsync moves back; it fails if that move fails (the backup directory must be on
+/// the store's file system), or if `what` is not a removal. When off, it only calls `f`.
 pub fn remove(what: Op<'_>, f: impl FnOnce() -> io::Result<()>) -> io::Result<()> {
     let Some(sim) = sim() else {
         return f();
@@ -354,7 +362,8 @@ fn crash(sim: &Sim, n: u64, what: &Op<'_>) -> ! {
     std::process::abort()
 }
 
-/// At a clean exit: log every effect that was never made durable.
+/// Call at a clean exit: writes one `pending ...` line to the `CAIRN_TEST_CRASH_LOG` file for
+/// every effect that was never made durable. Does nothing when that log is not set.
 pub fn finish() {
     let Some(sim) = sim() else { return };
     let Some(log) = &sim.log else { return };

@@ -1,6 +1,7 @@
 //! [`StoreError`]: what can go wrong opening a store and reading or moving what it holds.
 //! Errors of the parts it is built from ([`IndexError`], [`PackError`], [`RefError`],
 //! [`ObjectError`]) are wrapped, not flattened, so their messages and kinds survive.
+#![warn(missing_docs)]
 
 use crate::model::id::{ChunkId, CommitId, ObjectId};
 use crate::model::object::ObjectError;
@@ -18,7 +19,7 @@ pub enum StoreError {
     /// `path` has no `CAIRN` marker.
     #[error("{path} is not a cairn store (no {MARKER} file); create one with `cairn init`")]
     NotAStore {
-        /// The directory that was opened.
+        /// The directory that was opened as a store.
         path: PathBuf,
     },
     /// Discovery walked up from `start` without finding a store.
@@ -26,27 +27,27 @@ pub enum StoreError {
         "no cairn store found in {start} or any parent directory (looked for {DEFAULT_DIR}); create one with `cairn init` or pass --store"
     )]
     NoStoreFound {
-        /// Where the walk began.
+        /// The directory the walk began in (the working directory).
         start: PathBuf,
     },
     /// `init` on a directory that already is a store.
     #[error("{path} is already a cairn store")]
     AlreadyAStore {
-        /// The directory.
+        /// The directory `init` was asked to create a store in.
         path: PathBuf,
     },
     /// `init` on a directory that holds someone else's files.
     #[error("{path} exists and is not empty; cairn init wants a new or empty directory")]
     NotEmpty {
-        /// The directory.
+        /// The directory `init` was asked to create a store in.
         path: PathBuf,
     },
     /// The store was written by another format version.
     #[error("store {path} has format version {found}; this cairn reads version {FORMAT_VERSION}")]
     FormatVersion {
-        /// The store.
+        /// The store's root directory.
         path: PathBuf,
-        /// The version its marker names.
+        /// The format version its marker names.
         found: u32,
     },
     /// The marker or the index directory is damaged or missing.
@@ -60,7 +61,7 @@ pub enum StoreError {
     /// A file operation failed.
     #[error("{path}: {source}")]
     Io {
-        /// The file or directory.
+        /// The file or directory the failed operation was on.
         path: PathBuf,
         /// The operating system's error.
         #[source]
@@ -81,16 +82,17 @@ pub enum StoreError {
     /// The index has no entry for a chunk a tree needs.
     #[error("chunk {id} is missing from the store")]
     MissingChunk {
-        /// The chunk.
+        /// The chunk the index has no location for.
         id: ChunkId,
     },
     /// The index has no entry for an object.
     #[error("object {id} is missing from the store")]
     MissingObject {
-        /// The object.
+        /// The commit or tree the index has no location for.
         id: ObjectId,
     },
-    /// A chunk's delta chain is longer than any writer makes, or loops.
+    /// A chunk's delta chain is longer than any writer makes (more than 64 links), or loops;
+    /// also a chunk whose raw length does not fit in memory's address range.
     #[error("chunk {id}: delta chain too deep or cyclic")]
     DeltaChain {
         /// The chunk whose chain was followed.
@@ -99,33 +101,33 @@ pub enum StoreError {
     /// A chunk decoded to the wrong length.
     #[error("chunk {id}: {got} bytes where {want} are expected")]
     ChunkLength {
-        /// The chunk.
+        /// The chunk that was read.
         id: ChunkId,
-        /// The length it decoded to.
+        /// Bytes it decoded to.
         got: usize,
-        /// The length asked for.
+        /// Bytes asked for: the length of the caller's buffer.
         want: usize,
     },
     /// A ref that was asked for does not exist.
     #[error("{name} does not exist")]
     NoSuchRef {
-        /// The full ref name.
+        /// The full ref name that was looked up (`refs/heads/...`).
         name: String,
     },
     /// A compare-and-swap of a ref found it elsewhere than expected.
     #[error("{name} moved: expected {expected}, found {found}")]
     RefMoved {
-        /// The full ref name.
+        /// The full ref name that was to move.
         name: String,
-        /// Where the caller last saw it.
+        /// Hex id the caller expected it at, or `nothing` when it expected no ref.
         expected: String,
-        /// Where it is.
+        /// Hex id it is at now, or `nothing` when it does not exist.
         found: String,
     },
     /// A commit's state record does not decode.
     #[error("state of {commit}: {what}")]
     BadState {
-        /// The commit.
+        /// The commit whose state record is damaged.
         commit: CommitId,
         /// The decoder's message.
         what: String,
@@ -138,18 +140,18 @@ pub enum StoreError {
         /// The decoder's message.
         what: String,
     },
-    /// gc released all of a commit's data.
+    /// A checkout was asked of a commit whose data gc released entirely.
     #[error(
         "commit {} was pruned by gc at {when} ({reason}): its data is released; its metadata remains (cairn show {})",
         commit.short(),
         commit.short()
     )]
     Pruned {
-        /// The commit.
+        /// The pruned commit (its commit and tree objects remain).
         commit: CommitId,
         /// When gc released it (RFC 3339).
         when: String,
-        /// Why no retention rule kept it.
+        /// The retention plan's description of why no rule kept it.
         reason: String,
     },
     /// gc released some of a commit's files, and a whole checkout was asked for.
@@ -159,21 +161,21 @@ pub enum StoreError {
         released.join(", ")
     )]
     Slimmed {
-        /// The commit.
+        /// The slimmed commit.
         commit: CommitId,
         /// When gc slimmed it (RFC 3339).
         when: String,
-        /// Why.
+        /// The retention plan's description of why those files were released.
         reason: String,
-        /// The files released.
+        /// Paths, within the commit's tree, of the files whose data was released.
         released: Vec<String>,
     },
 }
 
-/// Results of the storage layer.
+/// Results of the storage layer; the error defaults to [`StoreError`].
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
 
-/// Wrap an I/O error with the path it happened at.
+/// A closure for `map_err` that turns an I/O error at `path` into [`StoreError::Io`].
 pub fn io_at(path: &Path) -> impl FnOnce(std::io::Error) -> StoreError + '_ {
     move |source| StoreError::Io {
         path: path.to_path_buf(),

@@ -4,23 +4,29 @@
 //! crash: it is written under a temporary name, fsynced, renamed into place, and its directory is
 //! fsynced. Nothing here truncates or rewrites a file in place. Every operation on a store file
 //! goes through [`crate::storage::crashsim`], so the crash tests can fail at each one.
+//!
+//! A function fails with the `io::Error` of the step that failed, without the path: callers add
+//! it.
+#![warn(missing_docs)]
 
 use crate::storage::crashsim::{self, Op};
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
 use std::path::Path;
 
-/// fsync a directory so the names created, renamed or removed in it survive a crash.
+/// fsync the directory `dir` so the names created, renamed or removed in it survive a crash.
 pub fn sync_dir(dir: &Path) -> io::Result<()> {
     crashsim::op(Op::SyncDir(dir), || File::open(dir)?.sync_all())
 }
 
-/// Rename `from` to `to` (same directory). The caller fsyncs the directory.
+/// Rename `from` to `to` (same directory), replacing any file at `to`. The caller fsyncs the
+/// directory before it relies on the new name.
 pub fn rename(from: &Path, to: &Path) -> io::Result<()> {
     crashsim::op(Op::Rename(from, to), || fs::rename(from, to))
 }
 
-/// Create a new file for writing; fails if it exists. The caller fsyncs it and its directory.
+/// Create a new file at `path`, open for writing; fails if `path` exists. The caller fsyncs it
+/// and its directory.
 pub fn create_new(path: &Path) -> io::Result<File> {
     crashsim::op(Op::Create(path), || {
         OpenOptions::new().write(true).create_new(true).open(path)
@@ -37,22 +43,26 @@ pub fn flush(w: &mut impl Write, path: &Path) -> io::Result<()> {
     crashsim::op(Op::Write(path), || w.flush())
 }
 
-/// fsync the file `f`, open at `path`.
-pub fn sync_file(f: &File, path: &Path) -> io::Result<()> {
+/// fsync the file `f`, open at `path` (data and metadata): after it, a crash leaves all of
+/// its bytes.
+pub(crate) fn sync_file(f: &File, path: &Path) -> io::Result<()> {
     crashsim::op(Op::SyncFile(path), || f.sync_all())
 }
 
-/// Remove a file. The caller fsyncs the directory when the removal must be durable.
+/// Remove the file `path`; fails if it does not exist. The caller fsyncs the directory when
+/// the removal must be durable.
 pub fn remove_file(path: &Path) -> io::Result<()> {
     crashsim::remove(Op::Remove(path), || fs::remove_file(path))
 }
 
-/// Remove a directory and everything under it.
+/// Remove the directory `path` and everything under it. The caller fsyncs its parent when the
+/// removal must be durable.
 pub fn remove_dir_all(path: &Path) -> io::Result<()> {
     crashsim::remove(Op::RemoveDir(path), || fs::remove_dir_all(path))
 }
 
-/// Create `path` and any missing parents.
+/// Create the directory `path` and any missing parents; nothing to do when it exists. The
+/// directories are not fsynced: callers that need them to survive a crash fsync their parents.
 pub fn create_dir_all(path: &Path) -> io::Result<()> {
     let mut first_missing = None;
     for a in path.ancestors() {
@@ -67,7 +77,10 @@ pub fn create_dir_all(path: &Path) -> io::Result<()> {
     }
 }
 
-/// Write `bytes` to `path` so that after a crash it holds either its old content or `bytes`.
+/// Write `bytes` to `path` so that after a crash it holds either its old content (or is absent)
+/// or `bytes`: temporary file beside it, fsync, rename over `path`, fsync of the directory.
+/// Fails when `path` has no parent directory or file name, or any step fails; the temporary
+/// file is then removed.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
     let dir = path
         .parent()
@@ -98,8 +111,10 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
     result
 }
 
-/// Append `line` to `path` and fsync it (the reflog). A new file's name is fsynced too.
-pub fn append_synced(path: &Path, line: &[u8]) -> io::Result<()> {
+/// Append `line` to `path` (created if missing) and fsync its data: the journals (`reflog`,
+/// `statelog`) are written this way. A new file's directory is fsynced too, so its name
+/// survives a crash. A crash mid-append can leave a torn last line, which readers skip.
+pub(crate) fn append_synced(path: &Path, line: &[u8]) -> io::Result<()> {
     let is_new = !path.exists();
     let open = || OpenOptions::new().create(true).append(true).open(path);
     let mut f = if is_new {
@@ -117,10 +132,10 @@ pub fn append_synced(path: &Path, line: &[u8]) -> io::Result<()> {
 }
 
 /// Bytes written between two early writeback requests of a [`WritebackFile`].
-pub const WRITEBACK_EVERY: u64 = 64 << 20;
+const WRITEBACK_EVERY: u64 = 64 << 20;
 
 /// A file being written that asks the kernel to write its bytes back early, from a thread of
-/// its own (`fdatasync` every [`WRITEBACK_EVERY`] bytes), while the writer goes on: the final
+/// its own (`fdatasync` every 64 MiB written), while the writer goes on: the final
 /// fsync then finds little left, so writing overlaps the disk instead of waiting for it at the
 /// end. Purely a speed-up: durability still rests on the caller's final fsync, and the crash
 /// simulation ignores these early syncs (it assumes none happened).
@@ -131,6 +146,7 @@ pub struct WritebackFile {
 }
 
 impl WritebackFile {
+    /// Wrap `file`, open for writing. The helper thread starts only once 64 MiB were written.
     pub fn new(file: File) -> WritebackFile {
         WritebackFile {
             file,
@@ -139,7 +155,7 @@ impl WritebackFile {
         }
     }
 
-    /// The file, for its final fsync.
+    /// The file, for its final fsync (flush the writer in front of it first).
     pub fn file(&self) -> &File {
         &self.file
     }

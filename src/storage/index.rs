@@ -1,15 +1,29 @@
-//! The index: RocksDB column families over the packs, plus refs and per-commit state.
+//! The index: RocksDB column families over the packs, plus refs, HEAD, per-commit state and
+//! gc's and fsck's chunk marks.
+//!
+//! Column families (values are postcard encodings unless said otherwise):
+//! - `chunks`: chunk id (32 bytes) → [`ChunkLoc`];
+//! - `objects`: object id (32 bytes) → [`ObjectLoc`];
+//! - `commits`: commit id (32 bytes) → [`CommitRow`];
+//! - `packs`: pack id (16 bytes) → [`PackInfo`];
+//! - `refs`: full ref name (`refs/heads/x`, `refs/tags/y`) → commit id (32 raw bytes);
+//! - `meta`: [`META_HEAD`] → the current branch's full ref name;
+//! - `states`: commit id (32 bytes) → its [`crate::storage::state::CommitState`];
+//! - `marks`: chunk id (32 bytes) → when gc marked it dead (i64 little-endian, nanoseconds
+//!   since the Unix epoch);
+//! - `damaged`: chunk id (32 bytes) → empty, for chunks whose stored copy fsck found corrupt.
 //!
 //! Invariants:
 //! - The index only ever points at sealed, fsynced packs: a writer adds entries for a pack in
 //!   the same synced batch that first mentions it, after the pack and its directory were fsynced.
 //! - Everything in `chunks`, `objects`, `commits` and `packs` can be rebuilt from the packs; refs
-//!   and HEAD from the reflog. `states` holds mutable per-commit records (pruned, verified, ...),
-//!   never part of a hashed object.
+//!   and HEAD from the reflog; `states` from the statelog. `states` holds mutable per-commit
+//!   records (pruned, verified, ...), never part of a hashed object. `marks` and `damaged` are
+//!   not rebuilt: the next gc marks again, and fsck `--read-data` finds damage again.
+//! - Every batch is a synced write ([`Index::write`]): once it returns, it survives power loss.
 //! - One process at a time opens the index read-write, holding `locks/index.lock`; everyone else
 //!   opens it read-only and never blocks on a writer.
-//!
-//! Column families and their value encodings are listed in docs/format.md ("The index").
+#![warn(missing_docs)]
 
 use crate::codec::Encoding;
 use crate::model::id::{ChunkId, CommitId, ObjectId, PackId};
@@ -17,19 +31,27 @@ use rocksdb::{ColumnFamilyDescriptor, DB, IteratorMode, Options, WriteBatch, Wri
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 
-pub const CF_CHUNKS: &str = "chunks";
+/// Chunk id → [`ChunkLoc`].
+const CF_CHUNKS: &str = "chunks";
+/// Object id → [`ObjectLoc`]; pass it to [`Index::for_each`] or [`Index::ids`] to walk objects.
 pub const CF_OBJECTS: &str = "objects";
-pub const CF_COMMITS: &str = "commits";
-pub const CF_REFS: &str = "refs";
-pub const CF_META: &str = "meta";
-pub const CF_PACKS: &str = "packs";
-pub const CF_STATES: &str = "states";
+/// Commit id → [`CommitRow`].
+const CF_COMMITS: &str = "commits";
+/// Full ref name → commit id.
+const CF_REFS: &str = "refs";
+/// Store-wide settings; today only [`META_HEAD`].
+const CF_META: &str = "meta";
+/// Pack id → [`PackInfo`].
+const CF_PACKS: &str = "packs";
+/// Commit id → encoded per-commit state record.
+const CF_STATES: &str = "states";
 /// Chunks gc found dead while writers were running: deleted by a later gc unless a writer
 /// reuses them first (it clears the mark).
 pub const CF_MARKS: &str = "marks";
 /// Chunks fsck found corrupt: commits and `repair --from` write a good copy instead of
 /// deduplicating against them.
 pub const CF_DAMAGED: &str = "damaged";
+/// Every column family, in creation order; an index opens with all of them.
 pub const ALL_CFS: [&str; 9] = [
     CF_CHUNKS, CF_OBJECTS, CF_COMMITS, CF_REFS, CF_META, CF_PACKS, CF_STATES, CF_MARKS, CF_DAMAGED,
 ];
@@ -37,54 +59,84 @@ pub const ALL_CFS: [&str; 9] = [
 /// Key in `meta` of the symbolic HEAD (the current branch's ref name).
 pub const META_HEAD: &[u8] = b"HEAD";
 
+/// What can go wrong opening, reading or writing the index.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum IndexError {
+    /// RocksDB refused an open, read or write.
     #[error("index at {path}: {source}")]
     Rocks {
+        /// The index directory (`index/` of the store).
         path: PathBuf,
+        /// RocksDB's error.
         #[source]
         source: rocksdb::Error,
     },
+    /// The database lacks one of [`ALL_CFS`].
     #[error("index at {path}: column family {cf} is missing")]
-    MissingCf { path: PathBuf, cf: &'static str },
+    MissingCf {
+        /// The index directory.
+        path: PathBuf,
+        /// The missing column family's name.
+        cf: &'static str,
+    },
+    /// A value did not decode as the record its column family holds.
     #[error("index at {path}: record {key} in {cf} does not decode: {what}")]
     BadRecord {
+        /// The index directory.
         path: PathBuf,
+        /// The column family the record is in.
         cf: &'static str,
+        /// The record's key, in hex.
         key: String,
+        /// The decoder's message.
         what: String,
     },
 }
 
-/// Where a chunk is stored and how.
+/// Where a chunk is stored and how: a copy of its pack entry's header fields, so a read needs
+/// no header lookup to plan, and the header check can compare lengths.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ChunkLoc {
+    /// The sealed pack holding the chunk.
     pub pack: PackId,
-    /// Offset of the payload in the pack.
+    /// Byte offset of the payload in the pack file (just past its entry header).
     pub offset: u64,
+    /// Bytes of the payload in the pack.
     pub stored_len: u64,
+    /// Bytes of the decoded chunk.
     pub raw_len: u64,
+    /// How the payload encodes the chunk.
     pub encoding: Encoding,
+    /// The chunk it is a delta of, when `encoding` needs a base.
     pub base: Option<ChunkId>,
+    /// Delta links below this chunk down to a standalone encoding (0 for one).
     pub depth: u32,
 }
 
-/// Where an object is stored.
+/// Where an object (a commit or a tree) is stored.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ObjectLoc {
+    /// The sealed pack holding the object.
     pub pack: PackId,
+    /// Byte offset of the payload in the pack file (just past its entry header).
     pub offset: u64,
+    /// Bytes of the payload in the pack.
     pub stored_len: u64,
+    /// Bytes of the object's canonical encoding, decoded.
     pub raw_len: u64,
+    /// The object kind byte (1 = commit, 2 = tree).
     pub kind: u8,
 }
 
 /// What the index keeps about each pack.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PackInfo {
+    /// Bytes the pack file takes on disk, footer included.
     pub size: u64,
+    /// Chunk entries the pack holds, copies of chunks also stored elsewhere included.
     pub chunks: u64,
+    /// Object entries the pack holds.
     pub objects: u64,
 }
 
@@ -92,23 +144,36 @@ pub struct PackInfo {
 /// column family instead of reading commit objects. Derived from the commit object (rebuildable).
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct CommitRow {
+    /// Commit time, nanoseconds since the Unix epoch (UTC).
     pub time_ns: i64,
+    /// Sum of the sizes of the commit's files, in bytes.
     pub logical_size: u64,
+    /// Parent commits, first parent first.
     pub parents: Vec<CommitId>,
+    /// Training step from the commit's metadata.
     pub step: Option<u64>,
+    /// Training epoch from the commit's metadata.
     pub epoch: Option<f64>,
+    /// Run id from the commit's metadata.
     pub run_id: Option<String>,
+    /// Metrics (name → value) from the commit's metadata.
     pub metrics: std::collections::BTreeMap<String, f64>,
+    /// Hyperparameters (name → text) from the commit's metadata.
     pub params: std::collections::BTreeMap<String, String>,
+    /// Captured environment (name → text) from the commit's metadata.
     pub env: std::collections::BTreeMap<String, String>,
+    /// The git commit hash of the training code, when it was captured.
     pub git: Option<String>,
+    /// Fingerprints of the datasets the commit names.
     pub datasets: Vec<String>,
+    /// The commit's author.
     pub author: String,
     /// First line of the message.
     pub message: String,
 }
 
 impl CommitRow {
+    /// The row of commit `c`, every field copied from it (the message cut to its first line).
     pub fn of(c: &crate::model::object::Commit) -> CommitRow {
         CommitRow {
             time_ns: c.time_ns,
@@ -164,13 +229,16 @@ fn db_options() -> Options {
 }
 
 impl Index {
-    /// Create the index of a new store.
+    /// Create the index of a new store at `path` (RocksDB creates the directory), opened
+    /// read-write; the caller holds `locks/index.lock`. Also opens an existing index. Fails
+    /// when RocksDB cannot create or open it.
     pub fn create(path: &Path) -> Result<Index, IndexError> {
         Self::open_write(path)
     }
 
-    /// Open read-write. The caller holds `locks/index.lock`.
-    pub fn open_write(path: &Path) -> Result<Index, IndexError> {
+    /// Open read-write, creating missing column families. The caller holds `locks/index.lock`
+    /// (RocksDB refuses a second read-write opener). Fails when RocksDB cannot open it.
+    pub(crate) fn open_write(path: &Path) -> Result<Index, IndexError> {
         let opts = db_options();
         let cfs = ALL_CFS
             .iter()
@@ -186,8 +254,10 @@ impl Index {
         })
     }
 
-    /// Open read-only: a consistent view as of now, never blocked by a writer.
-    pub fn open_read(path: &Path) -> Result<Index, IndexError> {
+    /// Open read-only: a consistent view as of now, never blocked by a writer. Retries for
+    /// about a second while a writer's compaction deletes files under the open; fails when the
+    /// index is missing or damaged, or still cannot be opened.
+    pub(crate) fn open_read(path: &Path) -> Result<Index, IndexError> {
         let mut opts = db_options();
         opts.create_if_missing(false);
         // A writer's compaction may delete a table file between our reading the manifest and
@@ -224,9 +294,11 @@ impl Index {
         })
     }
 
+    /// The index directory.
     pub fn path(&self) -> &Path {
         &self.path
     }
+    /// Whether this handle was opened read-write.
     pub fn is_writable(&self) -> bool {
         self.writable
     }
@@ -275,22 +347,29 @@ impl Index {
         }
     }
 
+    /// Where chunk `id` is stored, or `None` when the index has no entry for it. Fails when
+    /// RocksDB fails or the record does not decode (so for every getter below).
     pub fn chunk(&self, id: &ChunkId) -> Result<Option<ChunkLoc>, IndexError> {
         self.get(CF_CHUNKS, id.as_bytes())
     }
+    /// Where object `id` is stored, or `None`.
     pub fn object(&self, id: &ObjectId) -> Result<Option<ObjectLoc>, IndexError> {
         self.get(CF_OBJECTS, id.as_bytes())
     }
+    /// Commit `id`'s catalog row, or `None`.
     pub fn commit_row(&self, id: &CommitId) -> Result<Option<CommitRow>, IndexError> {
         self.get(CF_COMMITS, id.as_bytes())
     }
+    /// The index's record of pack `id`, or `None` when the pack is not indexed.
     pub fn pack(&self, id: &PackId) -> Result<Option<PackInfo>, IndexError> {
         self.get(CF_PACKS, &id.0)
     }
+    /// Commit `id`'s encoded state record, undecoded (`storage::state` decodes it), or `None`.
     pub fn state_raw(&self, id: &CommitId) -> Result<Option<Vec<u8>>, IndexError> {
         self.get_raw(CF_STATES, id.as_bytes())
     }
-    /// When gc marked this chunk dead (deferred deletion), if it did.
+    /// When gc marked this chunk dead (deferred deletion), in nanoseconds since the Unix epoch,
+    /// if it did.
     pub fn mark(&self, id: &ChunkId) -> Result<Option<i64>, IndexError> {
         Ok(self
             .get_raw(CF_MARKS, id.as_bytes())?
@@ -301,7 +380,8 @@ impl Index {
     pub fn is_damaged(&self, id: &ChunkId) -> Result<bool, IndexError> {
         Ok(self.get_raw(CF_DAMAGED, id.as_bytes())?.is_some())
     }
-    /// Every key of a column family of 32-byte ids.
+    /// Every key of column family `cf` that is 32 bytes long (ids), in key order; other keys
+    /// are skipped.
     pub fn ids(&self, cf: &'static str) -> Result<Vec<[u8; 32]>, IndexError> {
         let mut out = Vec::new();
         self.for_each(cf, |k, _| {
@@ -313,7 +393,7 @@ impl Index {
         Ok(out)
     }
 
-    /// The commit a ref points at.
+    /// The commit the full ref name `name` points at, or `None` when there is no such ref.
     pub fn get_ref(&self, name: &str) -> Result<Option<CommitId>, IndexError> {
         Ok(self
             .get_raw(CF_REFS, name.as_bytes())?
@@ -341,11 +421,12 @@ impl Index {
         Ok(out)
     }
 
+    /// The raw value of `key` in `meta` (see [`META_HEAD`]), or `None`.
     pub fn meta(&self, key: &[u8]) -> Result<Option<Vec<u8>>, IndexError> {
         self.get_raw(CF_META, key)
     }
 
-    /// Commit ids whose bytes start with `prefix` (at most `limit`).
+    /// Commit ids whose bytes start with `prefix` (at most `limit`), in id order.
     pub fn commits_with_prefix(
         &self,
         prefix: &[u8],
@@ -368,7 +449,8 @@ impl Index {
         Ok(out)
     }
 
-    /// Visit every record of a column family.
+    /// Visit every record (key, value) of column family `cf` in key order; stops at the first
+    /// error `f` returns, and returns it.
     pub fn for_each(
         &self,
         cf: &'static str,
@@ -382,7 +464,8 @@ impl Index {
         Ok(())
     }
 
-    /// Every chunk with its location.
+    /// Visit every indexed chunk with its location, in id order. Fails at the first record that
+    /// does not decode.
     pub fn chunks(&self, mut f: impl FnMut(ChunkId, ChunkLoc)) -> Result<(), IndexError> {
         self.for_each(CF_CHUNKS, |k, v| {
             let loc: ChunkLoc = self.decode(CF_CHUNKS, k, v)?;
@@ -393,7 +476,7 @@ impl Index {
         })
     }
 
-    /// Every commit row.
+    /// Every commit row, in id order.
     pub fn commit_rows(&self) -> Result<Vec<(CommitId, CommitRow)>, IndexError> {
         let mut out = Vec::new();
         self.for_each(CF_COMMITS, |k, v| {
@@ -406,7 +489,7 @@ impl Index {
         Ok(out)
     }
 
-    /// Every pack the index knows.
+    /// Every pack the index knows, in id order.
     pub fn packs(&self) -> Result<Vec<(PackId, PackInfo)>, IndexError> {
         let mut out = Vec::new();
         self.for_each(CF_PACKS, |k, v| {
@@ -419,7 +502,8 @@ impl Index {
         Ok(out)
     }
 
-    /// Write a batch and wait until it is on disk.
+    /// Write a batch atomically and wait until it is on disk (WAL fsync). Fails when RocksDB
+    /// refuses it (a read-only handle always does).
     pub fn write(&self, batch: Batch) -> Result<(), IndexError> {
         let mut wo = WriteOptions::default();
         // The batch publishes data that callers will acknowledge: it must survive power loss.
@@ -433,8 +517,8 @@ impl Index {
 
     /// Write every memtable to table files, so the write-ahead log holds nothing a reader's
     /// read-only open would have to replay (a large last batch otherwise costs every later
-    /// `open_read` the replay).
-    pub fn flush(&self) -> Result<(), IndexError> {
+    /// `open_read` the replay). Also compacts a column family once it holds 32 table files.
+    pub(crate) fn flush(&self) -> Result<(), IndexError> {
         let cfs: Vec<&rocksdb::ColumnFamily> = ALL_CFS
             .iter()
             .map(|n| self.cf(n))
@@ -470,7 +554,8 @@ impl Index {
         Ok(())
     }
 
-    /// A batch builder bound to this index's column families.
+    /// An empty batch for this index; it does not fail today (column families are checked as
+    /// records are added).
     pub fn batch(&self) -> Result<Batch<'_>, IndexError> {
         Ok(Batch {
             inner: WriteBatch::default(),
@@ -479,7 +564,8 @@ impl Index {
     }
 }
 
-/// Index updates applied together by [`Index::write`].
+/// Index updates applied together, atomically, by [`Index::write`]. Each method queues one
+/// put or delete; it fails only when the column family is missing.
 pub struct Batch<'a> {
     inner: WriteBatch,
     index: &'a Index,
@@ -500,55 +586,75 @@ impl Batch<'_> {
         self.inner.delete_cf(h, k);
         Ok(())
     }
+    /// Set where chunk `id` is stored, replacing any earlier location.
     pub fn put_chunk(&mut self, id: &ChunkId, loc: &ChunkLoc) -> Result<(), IndexError> {
         self.put(CF_CHUNKS, id.as_bytes(), &enc(loc))
     }
+    /// Forget chunk `id` (gc, once it is dead).
     pub fn delete_chunk(&mut self, id: &ChunkId) -> Result<(), IndexError> {
         self.delete(CF_CHUNKS, id.as_bytes())
     }
+    /// Set where object `id` is stored, replacing any earlier location.
     pub fn put_object(&mut self, id: &ObjectId, loc: &ObjectLoc) -> Result<(), IndexError> {
         self.put(CF_OBJECTS, id.as_bytes(), &enc(loc))
     }
+    /// Forget object `id`.
     pub fn delete_object(&mut self, id: &ObjectId) -> Result<(), IndexError> {
         self.delete(CF_OBJECTS, id.as_bytes())
     }
+    /// Set commit `id`'s catalog row.
     pub fn put_commit_row(&mut self, id: &CommitId, row: &CommitRow) -> Result<(), IndexError> {
         self.put(CF_COMMITS, id.as_bytes(), &enc(row))
     }
+    /// Record pack `id`, which must be sealed and fsynced with its directory.
     pub fn put_pack(&mut self, id: &PackId, info: &PackInfo) -> Result<(), IndexError> {
         self.put(CF_PACKS, &id.0, &enc(info))
     }
+    /// Forget pack `id` (gc, before it unlinks the file).
     pub fn delete_pack(&mut self, id: &PackId) -> Result<(), IndexError> {
         self.delete(CF_PACKS, &id.0)
     }
+    /// Point the full ref name `name` at commit `id`. Callers check the ref's old value under
+    /// the index lock (compare-and-swap) and append the move to the reflog first.
     pub fn put_ref(&mut self, name: &str, id: &CommitId) -> Result<(), IndexError> {
         self.put(CF_REFS, name.as_bytes(), id.as_bytes())
     }
+    /// Remove the full ref name `name`.
     pub fn delete_ref(&mut self, name: &str) -> Result<(), IndexError> {
         self.delete(CF_REFS, name.as_bytes())
     }
+    /// Set `key` in `meta` to the raw value `v` (see [`META_HEAD`]).
     pub fn put_meta(&mut self, key: &[u8], v: &[u8]) -> Result<(), IndexError> {
         self.put(CF_META, key, v)
     }
+    /// Set commit `id`'s encoded state record; `storage::state::put_state` journals it first.
     pub fn put_state_raw(&mut self, id: &CommitId, v: &[u8]) -> Result<(), IndexError> {
         self.put(CF_STATES, id.as_bytes(), v)
     }
+    /// Mark chunk `id` dead as of `time_ns` (nanoseconds since the Unix epoch), for a later gc
+    /// to delete.
     pub fn put_mark(&mut self, id: &ChunkId, time_ns: i64) -> Result<(), IndexError> {
         self.put(CF_MARKS, id.as_bytes(), &time_ns.to_le_bytes())
     }
+    /// Clear chunk `id`'s dead mark (a writer reuses it, or gc deleted it).
     pub fn delete_mark(&mut self, id: &ChunkId) -> Result<(), IndexError> {
         self.delete(CF_MARKS, id.as_bytes())
     }
+    /// Record that chunk `id`'s stored copy is corrupt, so writers store a good copy instead of
+    /// deduplicating against it.
     pub fn put_damaged(&mut self, id: &ChunkId) -> Result<(), IndexError> {
         self.put(CF_DAMAGED, id.as_bytes(), b"")
     }
+    /// Clear chunk `id`'s damaged record (a good copy was indexed).
     pub fn delete_damaged(&mut self, id: &ChunkId) -> Result<(), IndexError> {
         self.delete(CF_DAMAGED, id.as_bytes())
     }
 }
 
 /// Add every entry of a sealed pack to `b` (chunks the index lacks, or whose stored copy is
-/// damaged; objects it lacks) and the pack's record.
+/// damaged; objects it lacks) and the pack's record. Lookups go to `index`, so entries the
+/// same batch already added are not seen: a chunk stored twice in `p` is put twice, the later
+/// entry winning. Fails when a lookup fails.
 pub fn index_pack(
     index: &Index,
     b: &mut Batch<'_>,

@@ -13,12 +13,18 @@
 //! - `gc.lock`, exclusive: one gc at a time.
 //! - each `packs/<id>.pack.tmp`, exclusive: held by the writer of that pack, so cleanup of crash
 //!   leftovers never removes a live writer's pack.
+//! - each `txn/<id>/lock`, exclusive: held while a part of sharded transaction `<id>` stages
+//!   its manifest or finalizes the commit.
+//!
+//! Every function here opens (and, except [`is_locked`], creates) the lock file itself, so a
+//! store on a read-only file system cannot be locked: callers decide what that means.
+#![warn(missing_docs)]
 
 use std::fs::{File, OpenOptions};
 use std::io;
 use std::path::Path;
 
-/// A held lock; dropping it releases the lock.
+/// A held lock on one file; dropping it closes the file, which releases the lock.
 #[derive(Debug)]
 pub struct LockGuard {
     _file: File,
@@ -33,21 +39,25 @@ fn open(path: &Path) -> io::Result<File> {
         .open(path)
 }
 
-/// Take an exclusive lock, waiting for other holders.
+/// Take an exclusive lock on `path` (created if missing), waiting as long as any other holder
+/// has it. Fails when the file cannot be opened or created, or the `flock` call fails.
 pub fn exclusive(path: &Path) -> io::Result<LockGuard> {
     let file = open(path)?;
     file.lock()?;
     Ok(LockGuard { _file: file })
 }
 
-/// Take a shared lock, waiting while someone holds it exclusively.
+/// Take a shared lock on `path` (created if missing), waiting while someone holds it
+/// exclusively. Fails when the file cannot be opened or created, or the `flock` call fails.
 pub fn shared(path: &Path) -> io::Result<LockGuard> {
     let file = open(path)?;
     file.lock_shared()?;
     Ok(LockGuard { _file: file })
 }
 
-/// Take an exclusive lock if nobody holds it.
+/// Take an exclusive lock on `path` (created if missing) without waiting: `Ok(None)` when
+/// another holder has it, shared or exclusive. Fails when the file cannot be opened or
+/// created, or the `flock` call fails for another reason.
 pub fn try_exclusive(path: &Path) -> io::Result<Option<LockGuard>> {
     let file = open(path)?;
     match file.try_lock() {
@@ -57,7 +67,9 @@ pub fn try_exclusive(path: &Path) -> io::Result<Option<LockGuard>> {
     }
 }
 
-/// Whether some process holds a lock on an existing file (without creating it).
+/// Whether some process (or another open handle in this one) holds a lock, shared or
+/// exclusive, on the existing file `path`. Takes and at once drops an exclusive lock to find
+/// out. Fails, without creating anything, when `path` does not exist or cannot be opened.
 pub fn is_locked(path: &Path) -> io::Result<bool> {
     let file = OpenOptions::new().read(true).write(true).open(path)?;
     match file.try_lock() {

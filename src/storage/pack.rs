@@ -7,10 +7,13 @@
 //! - A pack is self-describing: each entry carries its own header (kind, encoding, id, lengths,
 //!   delta base, header checksum), and the footer repeats every header in a table whose blake3 is
 //!   in the trailer. The index can be rebuilt from packs alone.
-//! - Every read returns bytes only after their id hash checked out; a mismatch names chunk and
-//!   pack.
+//! - [`PackReader::read_chunk`] and [`PackReader::read_object`] return bytes only after they
+//!   hashed to their id; a mismatch names chunk (or object) and pack.
+//!   [`PackReader::chunk_payload`] and [`PackReader::payload`] hand out stored bytes unverified,
+//!   for callers that verify the decoded result themselves (the store's delta-chain read).
 //!
-//! The byte layout is in docs/format.md ("Pack files").
+//! The byte layout is in docs/format.md ("Pack files"); all integers are little-endian.
+#![warn(missing_docs)]
 
 use crate::codec::{self, Encoding};
 use crate::model::id::{ChunkId, ObjectId, PackId};
@@ -19,45 +22,74 @@ use std::fs::File;
 use std::io::{self, BufWriter};
 use std::path::{Path, PathBuf};
 
-pub const PACK_MAGIC: &[u8; 8] = b"CAIRNPK\0";
-pub const PACK_VERSION: u32 = 1;
-pub const HEADER_LEN: u64 = 32;
-pub const ENTRY_MAGIC: &[u8; 4] = b"CENT";
-pub const ENTRY_HEADER_LEN: u64 = 96;
-pub const TRAILER_MAGIC: &[u8; 8] = b"CAIRNEND";
-pub const TRAILER_LEN: u64 = 56;
+/// First 8 bytes of every pack file.
+const PACK_MAGIC: &[u8; 8] = b"CAIRNPK\0";
+/// The pack format version at bytes 8..12; readers refuse any other.
+const PACK_VERSION: u32 = 1;
+/// Bytes of the pack header (magic, version, reserved, pack id); the first entry starts here.
+const HEADER_LEN: u64 = 32;
+/// First 4 bytes of every entry header.
+const ENTRY_MAGIC: &[u8; 4] = b"CENT";
+/// Bytes of an entry header, which precedes each payload and is repeated in the footer table.
+const ENTRY_HEADER_LEN: u64 = 96;
+/// Last 8 bytes of a sealed pack.
+const TRAILER_MAGIC: &[u8; 8] = b"CAIRNEND";
+/// Bytes of the trailer: table offset, entry count, table hash, magic.
+const TRAILER_LEN: u64 = 56;
 /// A table row: the entry's payload offset, then a copy of its header. The offset comes first so
 /// that a scan of entries (used when the footer is damaged) stops at the table: its first bytes
 /// are not an entry magic.
-pub const TABLE_ROW_LEN: u64 = ENTRY_HEADER_LEN + 8;
-/// Writers start a new pack past this size.
+const TABLE_ROW_LEN: u64 = ENTRY_HEADER_LEN + 8;
+/// Bytes (1 GiB) past which writers seal the current pack and start a new one; a pack can end
+/// a little larger, by its last entry and its footer.
 pub const TARGET_PACK_SIZE: u64 = 1 << 30;
 
-/// Entry kind byte.
+/// [`EntryHeader::kind`] of an entry holding a chunk.
 pub const ENTRY_CHUNK: u8 = 1;
+/// [`EntryHeader::kind`] of an entry holding an object (a commit or a tree).
 pub const ENTRY_OBJECT: u8 = 2;
 
+/// What can go wrong writing or reading a pack.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum PackError {
+    /// A file operation on a pack failed; a pack that is gone shows up here as `NotFound`.
     #[error("pack {path}: {source}")]
     Io {
+        /// The pack file (`*.pack`, or `*.pack.tmp` while it is written).
         path: PathBuf,
+        /// The operating system's error.
         #[source]
         source: io::Error,
     },
+    /// The pack as a whole is damaged: bad magic, version or id in its header, or a damaged
+    /// footer.
     #[error("pack {pack}: {what}")]
-    Corrupt { pack: String, what: String },
-    #[error("chunk {chunk} in pack {pack} is corrupt: {what}")]
-    BadChunk {
-        chunk: ChunkId,
-        pack: PackId,
+    Corrupt {
+        /// The pack id, in hex.
+        pack: String,
+        /// What check failed.
         what: String,
     },
+    /// A chunk's entry is damaged: bad header, not where the index says, runs past the end,
+    /// does not decode, or does not hash to its id.
+    #[error("chunk {chunk} in pack {pack} is corrupt: {what}")]
+    BadChunk {
+        /// The chunk that was asked for.
+        chunk: ChunkId,
+        /// The pack it was read from.
+        pack: PackId,
+        /// What check failed.
+        what: String,
+    },
+    /// An object's entry is damaged, in the same ways as [`PackError::BadChunk`].
     #[error("object {object} in pack {pack} is corrupt: {what}")]
     BadObject {
+        /// The object that was asked for.
         object: ObjectId,
+        /// The pack it was read from.
         pack: PackId,
+        /// What check failed.
         what: String,
     },
 }
@@ -69,16 +101,21 @@ fn io_err(path: &Path) -> impl FnOnce(io::Error) -> PackError + '_ {
     }
 }
 
-/// One entry's header, as stored before its payload and in the footer table.
+/// One entry's header, as stored before its payload and in the footer table (96 bytes on disk,
+/// the last 4 a checksum of the rest).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct EntryHeader {
+    /// [`ENTRY_CHUNK`] or [`ENTRY_OBJECT`]; a header with any other kind does not parse.
     pub kind: u8,
+    /// How the payload encodes the raw bytes; objects use no delta encodings.
     pub encoding: Encoding,
-    /// For objects, the object kind byte; 0 for chunks.
+    /// For objects, the object kind byte (1 = commit, 2 = tree); 0 for chunks.
     pub object_kind: u8,
     /// Chunk id or object id bytes.
     pub id: [u8; 32],
+    /// Bytes of the decoded (raw) chunk or object.
     pub raw_len: u64,
+    /// Bytes of the payload that follows the header in the pack.
     pub stored_len: u64,
     /// Delta base chunk, for encodings that need one.
     pub base: Option<ChunkId>,
@@ -87,7 +124,8 @@ pub struct EntryHeader {
 }
 
 impl EntryHeader {
-    pub fn to_bytes(&self) -> [u8; ENTRY_HEADER_LEN as usize] {
+    /// The 96 bytes of this header as stored, checksum included.
+    fn to_bytes(self) -> [u8; ENTRY_HEADER_LEN as usize] {
         let mut b = [0u8; ENTRY_HEADER_LEN as usize];
         b[0..4].copy_from_slice(ENTRY_MAGIC);
         b[4] = self.kind;
@@ -106,6 +144,8 @@ impl EntryHeader {
         b
     }
 
+    /// Parse the header at the start of `b` (extra bytes are ignored). Fails when `b` is
+    /// shorter than 96 bytes, or the magic, checksum, encoding or entry kind is wrong.
     pub fn from_bytes(b: &[u8]) -> Result<EntryHeader, String> {
         if b.len() < ENTRY_HEADER_LEN as usize {
             return Err("entry header is truncated".into());
@@ -140,8 +180,10 @@ impl EntryHeader {
 /// Where an entry's payload lies.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Entry {
+    /// The entry's header, as stored in the pack.
     pub header: EntryHeader,
-    /// Offset of the payload (just past the entry header).
+    /// Byte offset of the payload in the pack file (just past the entry header); the index
+    /// records this offset.
     pub offset: u64,
 }
 
@@ -156,21 +198,29 @@ pub struct PackWriter {
     sealed: bool,
 }
 
-/// A sealed pack as its writer left it.
+/// A sealed pack and its entries, as [`PackWriter::seal`] returns it (renamed to its final name
+/// and fsynced; its directory not yet fsynced) or as read back from disk.
 #[derive(Clone, Debug)]
 pub struct SealedPack {
+    /// The pack's id, also in its header and file name.
     pub id: PackId,
+    /// Its final path, `<dir>/<id>.pack`.
     pub path: PathBuf,
+    /// Bytes the pack file takes on disk, footer and trailer included.
     pub size: u64,
+    /// Every entry, in the order written.
     pub entries: Vec<Entry>,
 }
 
+/// The file name of sealed pack `id` in `packs/`: `<32 hex digits>.pack`.
 pub fn pack_file_name(id: PackId) -> String {
     format!("{id}.pack")
 }
 
 impl PackWriter {
-    /// Start a pack in `dir`, holding an exclusive lock on it until sealed or dropped.
+    /// Start a pack under a fresh random id in `dir`, as `<id>.pack.tmp`, holding an exclusive
+    /// lock on it until sealed or dropped, and write its header. Fails when the file cannot be
+    /// created, locked or written.
     pub fn create(dir: &Path) -> Result<PackWriter, PackError> {
         let id = PackId::random();
         let final_path = dir.join(pack_file_name(id));
@@ -200,12 +250,16 @@ impl PackWriter {
         })
     }
 
+    /// The pack's id, chosen at random by [`PackWriter::create`].
     pub fn id(&self) -> PackId {
         self.id
     }
+    /// Bytes written so far (header and entries; the footer comes at sealing), buffered ones
+    /// included.
     pub fn len(&self) -> u64 {
         self.len
     }
+    /// Whether no entry was appended yet.
     pub fn is_empty(&self) -> bool {
         self.entries.is_empty()
     }
@@ -226,7 +280,10 @@ impl PackWriter {
         Ok(entry)
     }
 
-    /// Append an encoded chunk. `stored` is the payload in `encoding`.
+    /// Append chunk `id`: `stored` is its payload in `encoding`, `raw_len` the length of its
+    /// decoded bytes, `base` its delta base when the encoding needs one and `depth` the
+    /// number of delta links below it. Nothing is verified here. Returns where the payload
+    /// lies; fails when the write fails.
     #[allow(clippy::too_many_arguments)]
     pub fn append_chunk(
         &mut self,
@@ -252,7 +309,8 @@ impl PackWriter {
         )
     }
 
-    /// Append an object's canonical bytes (compressed when that pays).
+    /// Append object `id` of kind `kind` (1 = commit, 2 = tree) from its canonical bytes,
+    /// compressed when that pays. Returns where the payload lies; fails when the write fails.
     pub fn append_object(
         &mut self,
         id: ObjectId,
@@ -281,7 +339,8 @@ impl PackWriter {
     }
 
     /// Write the footer, fsync, and rename into place. The caller fsyncs the directory (once
-    /// for all packs of a commit) before publishing anything that points into this pack.
+    /// for all packs of a commit) before publishing anything that points into this pack. Fails
+    /// when a write, the fsync or the rename fails; the temporary file is then removed.
     pub fn seal(mut self) -> Result<SealedPack, PackError> {
         let table_offset = self.len;
         let mut table = Vec::with_capacity(self.entries.len() * TABLE_ROW_LEN as usize);
@@ -322,13 +381,17 @@ impl Drop for PackWriter {
     }
 }
 
-/// A sealed pack opened for reading.
+/// A sealed pack opened for reading, through a read-only map of the whole file.
 pub struct PackReader {
+    /// The pack's id, checked against its header on open.
     pub id: PackId,
     map: PackMap,
 }
 
 impl PackReader {
+    /// Open and map the sealed pack `id` at `path`. Fails with [`PackError::Io`] when the file
+    /// cannot be opened or mapped, and with [`PackError::Corrupt`] when it is shorter than a
+    /// header and trailer, or its magic, version or id is wrong. The footer is not checked here.
     pub fn open(path: &Path, id: PackId) -> Result<PackReader, PackError> {
         let file = File::open(path).map_err(io_err(path))?;
         let map = PackMap::new(&file).map_err(io_err(path))?;
@@ -356,6 +419,7 @@ impl PackReader {
         Ok(r)
     }
 
+    /// Bytes of the pack file, footer and trailer included.
     pub fn size(&self) -> u64 {
         self.map.bytes().len() as u64
     }
@@ -374,7 +438,8 @@ impl PackReader {
         EntryHeader::from_bytes(&b[start..end])
     }
 
-    /// The stored payload at `offset` of `len` bytes, bounds-checked.
+    /// The stored payload at `offset` of `len` bytes, bounds-checked; not decoded, not
+    /// verified. Fails when the range runs past the end of the pack.
     pub fn payload(&self, offset: u64, len: u64) -> Result<&[u8], String> {
         let b = self.map.bytes();
         let end = offset.checked_add(len).ok_or("length overflows")?;
@@ -410,8 +475,11 @@ impl PackReader {
         Ok((h, stored))
     }
 
-    /// Decode and verify a chunk at `offset`. `base` is the raw bytes of its delta base, when its
-    /// encoding needs one.
+    /// Decode and verify chunk `id` whose payload is at `offset`. `base` is the raw bytes of its
+    /// delta base, when its encoding needs one; `expect`, when given, is the header the caller
+    /// expects, whose lengths must match. Fails with [`PackError::BadChunk`] when the entry
+    /// header is damaged or names another entry, the lengths differ, the payload does not
+    /// decode, or the result does not hash to `id`. Releases the payload's pages afterwards.
     pub fn read_chunk(
         &self,
         id: ChunkId,
@@ -435,7 +503,9 @@ impl PackReader {
     }
 
     /// The encoding and stored bytes of the chunk at `offset`, whose raw length must be
-    /// `raw_len`, after checking its entry header. Not decoded, not verified.
+    /// `raw_len`, after checking its entry header. Not decoded, not verified. Fails with
+    /// [`PackError::BadChunk`] when the header is damaged, names another entry or records
+    /// another raw length, or the payload runs past the end.
     pub fn chunk_payload(
         &self,
         id: ChunkId,
@@ -455,7 +525,9 @@ impl PackReader {
         Ok((h.encoding, stored))
     }
 
-    /// Decode and verify an object at `offset`.
+    /// Decode and verify object `id` whose payload is at `offset`: its kind byte and raw bytes.
+    /// Fails with [`PackError::BadObject`] when the entry header is damaged or names another
+    /// entry, the payload does not decode, or kind and bytes do not hash to `id`.
     pub fn read_object(&self, id: ObjectId, offset: u64) -> Result<(u8, Vec<u8>), PackError> {
         let bad = |what: String| PackError::BadObject {
             object: id,
@@ -478,7 +550,8 @@ impl PackReader {
     }
 
     /// Every entry, from the footer table (checked against its hash); when the footer is
-    /// damaged, by scanning entry headers from the start.
+    /// damaged, by scanning entry headers from the start, stopping at the first that does not
+    /// parse (so a damaged pack gives the entries before the damage). The scan never fails.
     pub fn entries(&self) -> Result<Vec<Entry>, PackError> {
         match self.entries_from_footer() {
             Ok(v) => Ok(v),
@@ -486,6 +559,9 @@ impl PackReader {
         }
     }
 
+    /// Every entry, from the footer table only. Fails with [`PackError::Corrupt`] when the
+    /// trailer magic is wrong, the table does not end at the trailer or does not match its hash,
+    /// or a row does not parse or points outside the entries.
     pub fn entries_from_footer(&self) -> Result<Vec<Entry>, PackError> {
         let b = self.map.bytes();
         let corrupt = |what: &str| PackError::Corrupt {
@@ -546,7 +622,8 @@ impl PackReader {
         Ok(out)
     }
 
-    /// Let go of the pages of `[offset, offset+len)` (see [`PackMap::release`]).
+    /// Let go of this process's pages of the `len` bytes from `offset`: they leave the
+    /// resident set and stay in the page cache. Ranges past the end are ignored.
     pub fn release(&self, offset: u64, len: u64) {
         self.map.release(offset as usize, len as usize);
     }

@@ -2,20 +2,27 @@
 //!
 //! Layout of a store directory (docs/format.md has the bytes):
 //! ```text
-//! CAIRN          format marker: JSON {"format": 1, "store_id": ...}; checked on open
+//! CAIRN          format marker: JSON {"format": 1, "store_id", "created_ns"}; written last
+//!                by init, checked on open
 //! packs/         sealed packs <id>.pack; <id>.pack.tmp while a writer holds it locked
-//! index/         RocksDB: the index over the packs, refs, HEAD, per-commit state
+//! index/         RocksDB: the index over the packs, refs, HEAD, per-commit state, gc marks
 //! reflog         every ref move, one JSON line each, appended and fsynced before the index
-//! locks/         index.lock (exclusive while the index is open read-write)
+//! statelog       every per-commit state update, one JSON line each, fsynced before the index
+//! locks/         index.lock, writers.lock, readers.lock, gc.lock (see storage::lock)
 //! tmp/           scratch space of running commands
+//! txn/<id>/      a sharded commit's staged parts (see storage::staging)
+//! retention      the stored retention policy (gc)
+//! doomed-packs   packs gc unindexed but could not unlink yet, for a later run
 //! ```
+//! `repair --rebuild-index` also leaves the replaced index as `index.old-<ns>`.
 //!
 //! Invariants:
 //! - Readers open the index read-only and never wait for a writer. A writer holds
 //!   `locks/index.lock` for the few milliseconds it has the index open read-write.
 //! - Every byte handed out by the read path was verified against its blake3 id.
 //! - Refs move by compare-and-swap: [`Store::update_ref`] fails with [`StoreError::RefMoved`] when
-//!   the ref is not where the caller last saw it.
+//!   the ref is not where the caller last saw it; every move is in the reflog before the index.
+#![warn(missing_docs)]
 
 use crate::model::id::{ChunkId, CommitId, ObjectId, PackId, TreeId};
 use crate::model::object::{Commit, KIND_COMMIT, KIND_TREE, ObjectError, Tree, kind_name};
@@ -31,17 +38,21 @@ use std::sync::{Arc, Mutex, RwLock};
 
 pub use crate::storage::{DEFAULT_DIR, FORMAT_VERSION, MARKER};
 
-/// Contents of the `CAIRN` marker file.
+/// Contents of the `CAIRN` marker file (JSON).
 #[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct Marker {
-    pub format: u32,
-    pub store_id: String,
-    pub created_ns: i64,
+struct Marker {
+    /// The store's format version; must equal [`FORMAT_VERSION`] to open.
+    format: u32,
+    /// 32 random hex digits naming this store, chosen at init.
+    store_id: String,
+    /// When the store was created, nanoseconds since the Unix epoch.
+    created_ns: i64,
 }
 
 pub use crate::model::time::now_ns;
 
-/// An open store. Cheap to share across threads (`&Store` is `Sync`).
+/// An open store: its root, a read-only view of the index and a cache of open packs. Cheap
+/// to share across threads (`&Store` is `Sync`).
 pub struct Store {
     root: PathBuf,
     marker: Marker,
@@ -50,7 +61,9 @@ pub struct Store {
 }
 
 /// Where to find a store: `explicit` (a `--store` flag), else `env` (`$CAIRN_STORE`, which the
-/// caller reads), else the nearest `.cairn` from `cwd` upward.
+/// caller reads), else the nearest `.cairn` holding a marker, from `cwd` upward. An explicit
+/// or environment path is returned unchecked. Fails with [`StoreError::NoStoreFound`] when
+/// the walk finds none.
 pub fn discover(explicit: Option<&Path>, env: Option<&Path>, cwd: &Path) -> Result<PathBuf> {
     if let Some(p) = explicit.or(env) {
         return Ok(p.to_path_buf());
@@ -69,7 +82,10 @@ pub fn discover(explicit: Option<&Path>, env: Option<&Path>, cwd: &Path) -> Resu
 }
 
 impl Store {
-    /// Create a store at `root` (a new or empty directory) with branch `main` checked out.
+    /// Create a store at `root` (a new or empty directory, or one a crashed init left) with
+    /// branch `main` checked out, and open it. Fails with [`StoreError::AlreadyAStore`] when
+    /// `root` has a marker, [`StoreError::NotEmpty`] when it holds other files, and otherwise
+    /// when a directory, the index or the marker cannot be created.
     pub fn init(root: &Path) -> Result<Store> {
         if root.join(MARKER).exists() {
             return Err(StoreError::AlreadyAStore {
@@ -119,7 +135,9 @@ impl Store {
         Store::open(root)
     }
 
-    /// Open an existing store.
+    /// Open an existing store at `root`. Fails with [`StoreError::NotAStore`] without a marker,
+    /// [`StoreError::BadMarker`] when the marker does not parse or the index is missing,
+    /// [`StoreError::FormatVersion`] for another format, and when the index cannot be opened.
     pub fn open(root: &Path) -> Result<Store> {
         let marker_path = root.join(MARKER);
         let bytes = match std::fs::read(&marker_path) {
@@ -157,27 +175,33 @@ impl Store {
         })
     }
 
+    /// The store's root directory, as it was opened.
     pub fn root(&self) -> &Path {
         &self.root
     }
+    /// The store's id from its marker: 32 hex digits chosen at init.
     pub fn store_id(&self) -> &str {
         &self.marker.store_id
     }
+    /// `packs/`, where sealed packs live.
     pub fn packs_dir(&self) -> PathBuf {
         self.root.join("packs")
     }
+    /// `tmp/`, scratch space for running commands (load-test checkouts).
     pub fn tmp_dir(&self) -> PathBuf {
         self.root.join("tmp")
     }
-    pub fn reflog_path(&self) -> PathBuf {
+    fn reflog_path(&self) -> PathBuf {
         self.root.join("reflog")
     }
-    pub fn index_lock_path(&self) -> PathBuf {
+    fn index_lock_path(&self) -> PathBuf {
         self.root.join("locks/index.lock")
     }
+    /// `locks/writers.lock`: every commit holds it shared; gc tries it exclusively.
     pub fn writers_lock_path(&self) -> PathBuf {
         self.root.join("locks/writers.lock")
     }
+    /// `locks/readers.lock`: see [`Store::read_guard`].
     pub fn readers_lock_path(&self) -> PathBuf {
         self.root.join("locks/readers.lock")
     }
@@ -197,7 +221,8 @@ impl Store {
             .clone()
     }
 
-    /// Reopen the read-only view so it sees everything published so far.
+    /// Reopen the read-only view so it sees everything published so far. Fails when the index
+    /// cannot be opened; the old view then stays.
     pub fn refresh(&self) -> Result<()> {
         let fresh = Arc::new(Index::open_read(&self.root.join("index"))?);
         *self
@@ -208,7 +233,9 @@ impl Store {
     }
 
     /// Run `f` with the index open read-write, holding the index lock; then refresh the view.
-    /// Generic over the closure's error, so an operation can keep its own error type.
+    /// Generic over the closure's error, so an operation can keep its own error type. When `f`
+    /// succeeds the memtables are flushed before the lock is released. Fails when the lock or
+    /// the index cannot be taken or opened, `f` fails, or the flush or the refresh fails.
     pub fn with_writer<T, E: From<StoreError>>(
         &self,
         f: impl FnOnce(&Index) -> Result<T, E>,
@@ -242,7 +269,9 @@ impl Store {
         Ok(r)
     }
 
-    /// Read and verify an object's bytes.
+    /// Read and verify object `id`: its kind byte and canonical bytes. Fails with
+    /// [`StoreError::MissingObject`] when it is not indexed, and with a pack error when its
+    /// entry is damaged or does not hash to `id`.
     pub fn read_object(&self, id: ObjectId) -> Result<(u8, Vec<u8>)> {
         self.retry_moved(|| {
             let view = self.view();
@@ -265,10 +294,13 @@ impl Store {
         }
     }
 
+    /// Whether the index has object `id` (its bytes are not read).
     pub fn has_object(&self, id: ObjectId) -> Result<bool> {
         Ok(self.view().object(&id)?.is_some())
     }
 
+    /// Read, verify and decode commit `id`. Fails as [`Store::read_object`] does, and when the
+    /// object is not a commit or does not decode.
     pub fn commit(&self, id: CommitId) -> Result<Commit> {
         let (kind, bytes) = self.read_object(id.into())?;
         if kind != KIND_COMMIT {
@@ -282,6 +314,8 @@ impl Store {
         Ok(Commit::decode(id.into(), &bytes)?)
     }
 
+    /// Read, verify and decode tree `id`. Fails as [`Store::read_object`] does, and when the
+    /// object is not a tree or does not decode.
     pub fn tree(&self, id: TreeId) -> Result<Tree> {
         let (kind, bytes) = self.read_object(id.into())?;
         if kind != KIND_TREE {
@@ -295,12 +329,15 @@ impl Store {
         Ok(Tree::decode(id.into(), &bytes)?)
     }
 
-    /// Where a chunk is stored, if it is.
+    /// Where chunk `id` is stored, or `None` when it is not indexed.
     pub fn chunk_loc(&self, id: ChunkId) -> Result<Option<ChunkLoc>> {
         Ok(self.view().chunk(&id)?)
     }
 
-    /// Read and verify a chunk's raw bytes, decoding its delta chain when it has one.
+    /// Read and verify chunk `id`'s raw bytes, decoding its delta chain when it has one. Fails
+    /// with [`StoreError::MissingChunk`] when it (or a base) is not indexed,
+    /// [`StoreError::DeltaChain`] for a chain too deep, and a pack error naming the damaged
+    /// chunk.
     pub fn read_chunk(&self, id: ChunkId) -> Result<Vec<u8>> {
         let loc = self.chunk_loc(id)?.ok_or(StoreError::MissingChunk { id })?;
         let len = usize::try_from(loc.raw_len).map_err(|_| StoreError::DeltaChain { id })?;
@@ -318,7 +355,8 @@ impl Store {
     /// A delta chain decodes into `out` itself: its root first, then each delta over it in place,
     /// and only the end result is hashed, which proves every link (a chunk's id is the hash of
     /// its raw bytes). When that check fails, the chain is decoded again link by link, each link
-    /// verified against its own id, so the error names the damaged chunk.
+    /// verified against its own id, so the error names the damaged chunk. Fails also with
+    /// [`StoreError::ChunkLength`] when the chunk is not `out.len()` bytes long.
     pub fn read_chunk_into(&self, id: ChunkId, out: &mut [u8]) -> Result<()> {
         self.retry_moved(|| {
             if self.decode_chain_into(id, out)? && ChunkId::of(out) == id {
@@ -393,7 +431,7 @@ impl Store {
     }
 
     /// The full name of the current branch (`refs/heads/...`).
-    pub fn head_ref(&self) -> Result<String> {
+    fn head_ref(&self) -> Result<String> {
         let v = self.view().meta(META_HEAD)?;
         Ok(v.and_then(|b| String::from_utf8(b).ok())
             .unwrap_or_else(|| format!("{}{}", refs::HEADS, refs::DEFAULT_BRANCH)))
@@ -410,10 +448,12 @@ impl Store {
         Ok(self.view().get_ref(&r)?)
     }
 
+    /// The commit the full ref name `full` points at, or `None` when there is no such ref.
     pub fn get_ref(&self, full: &str) -> Result<Option<CommitId>> {
         Ok(self.view().get_ref(full)?)
     }
 
+    /// Every branch, by short name with its commit, sorted by name.
     pub fn branches(&self) -> Result<Vec<(String, CommitId)>> {
         Ok(self
             .view()
@@ -423,6 +463,7 @@ impl Store {
             .collect())
     }
 
+    /// Every tag, by short name with its commit, sorted by name.
     pub fn tags(&self) -> Result<Vec<(String, CommitId)>> {
         Ok(self
             .view()
@@ -433,7 +474,10 @@ impl Store {
     }
 
     /// Move ref `full` from `expected` to `new` by compare-and-swap, recording it in the reflog.
-    /// `expected = None` means the ref must not exist yet.
+    /// `expected = None` means the ref must not exist yet. `who`, `action` and `message` go to
+    /// the reflog entry. Fails with [`StoreError::RefMoved`] when the ref is elsewhere,
+    /// [`StoreError::MissingObject`] when `new` is not indexed, and when the reflog append or
+    /// the index write fails (the reflog may then name a move the index never made).
     pub fn update_ref(
         &self,
         full: &str,
@@ -471,8 +515,9 @@ impl Store {
         })
     }
 
-    /// Make `branch` the current branch. It must exist, unless the store has no commits on the
-    /// current branch yet.
+    /// Make `branch` (a short name) the current branch, recording the switch in the reflog as
+    /// `HEAD` by `who`. Fails with a [`StoreError::Ref`] for a bad name and
+    /// [`StoreError::NoSuchRef`] when the branch has no commit yet.
     pub fn switch(&self, branch: &str, who: &str) -> Result<()> {
         let full = refs::branch_ref(branch)?;
         self.with_writer(|index| {
@@ -503,7 +548,8 @@ impl Store {
         refs::append_reflog(&p, e).map_err(io_at(&p))
     }
 
-    /// The reflog, oldest first, optionally only for one ref.
+    /// The reflog, oldest first, optionally only for one full ref name (`HEAD` for switches).
+    /// Fails when the reflog cannot be read or a line other than the last is damaged.
     pub fn reflog(&self, full: Option<&str>) -> Result<Vec<ReflogEntry>> {
         let p = self.reflog_path();
         let all = refs::read_reflog(&p).map_err(io_at(&p))?;
