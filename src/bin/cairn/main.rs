@@ -1,370 +1,19 @@
 //! The `cairn` command: flags → options → one library call → outcome → text or `--json`.
 
+mod args;
+mod render;
+
 use anyhow::{Context, Result, anyhow, bail};
+use args::*;
 use cairn::commit::{CommitBuilder, CommitOptions};
 use cairn::inspect::{self, CommitInfo};
 use cairn::object::DatasetRef;
-use cairn::progress::{NoProgress, Progress};
 use cairn::read::{self, CheckoutOptions};
 use cairn::{Store, refs, rev};
-use clap::{Parser, Subcommand};
-use std::io::{IsTerminal, Write};
+use clap::Parser;
+use render::{human, out, print_json, progress};
+use std::io::Write;
 use std::path::{Path, PathBuf};
-
-#[derive(Parser)]
-#[command(
-    name = "cairn",
-    version,
-    about = "Git for model checkpoints: a content-addressed, deduplicating checkpoint store"
-)]
-struct Cli {
-    /// The store directory (else $CAIRN_STORE, else the nearest .cairn from here upward).
-    #[arg(long, global = true, value_name = "PATH")]
-    store: Option<PathBuf>,
-    #[command(subcommand)]
-    cmd: Cmd,
-}
-
-#[derive(Subcommand)]
-enum Cmd {
-    /// Create a store (default ./.cairn).
-    Init {
-        #[arg(long)]
-        json: bool,
-    },
-    /// Commit a checkpoint directory or file.
-    Commit(Box<CommitArgs>),
-    /// Show history from REV (default HEAD), newest first, following first parents.
-    Log {
-        rev: Option<String>,
-        #[arg(short = 'n', long)]
-        limit: Option<usize>,
-        /// KEY OP VALUE filter (docs/catalog.md), repeatable; conditions are ANDed.
-        #[arg(long = "where", value_name = "COND")]
-        conds: Vec<String>,
-        /// Order by KEY (a metric, param or field); -KEY for descending.
-        #[arg(long, allow_hyphen_values = true)]
-        sort: Option<String>,
-        /// Search every commit in the store, not just the history of REV.
-        #[arg(long)]
-        all: bool,
-        #[arg(long)]
-        json: bool,
-    },
-    /// One line per run id: commits, first and last time, best metric.
-    Runs {
-        /// METRIC[:min|max] to rank by (default: eval_loss, val_loss or loss, minimized).
-        #[arg(long)]
-        metric: Option<String>,
-        #[arg(long)]
-        json: bool,
-    },
-    /// Re-read every file of a commit and check every hash; records the result.
-    Verify {
-        #[arg(default_value = "HEAD")]
-        rev: String,
-        #[arg(long)]
-        json: bool,
-    },
-    /// Show a commit: metadata, files and tensors, stored vs logical size.
-    Show {
-        #[arg(default_value = "HEAD")]
-        rev: String,
-        #[arg(long)]
-        json: bool,
-    },
-    /// Compare two commits per file and per tensor.
-    Diff {
-        a: String,
-        b: String,
-        #[arg(long)]
-        json: bool,
-    },
-    /// Write a commit's files into DIR, byte for byte (HEAD does not move).
-    Checkout {
-        rev: String,
-        dir: PathBuf,
-        /// Write into a non-empty directory, replacing files of the same names.
-        #[arg(long)]
-        force: bool,
-        /// Also write the commit's metadata as JSON to FILE.
-        #[arg(long, value_name = "FILE")]
-        meta: Option<PathBuf>,
-        /// For a slimmed commit, restore the remaining files (exit 0) instead of refusing.
-        #[arg(long)]
-        partial: bool,
-        #[arg(long)]
-        json: bool,
-    },
-    /// Write one file of a commit to stdout: REV:PATH.
-    Cat { spec: String },
-    /// Write one tensor to a .npy or .safetensors file, reading only its chunks.
-    Tensor {
-        rev: String,
-        /// NAME or FILE:NAME.
-        name: String,
-        #[arg(short = 'o', long = "output")]
-        output: PathBuf,
-        #[arg(long)]
-        json: bool,
-    },
-    /// List branches, or create NAME at REV (default HEAD).
-    Branch {
-        name: Option<String>,
-        rev: Option<String>,
-        #[arg(long)]
-        json: bool,
-    },
-    /// Make BRANCH the current branch.
-    Switch { branch: String },
-    /// List tags, or create NAME at REV (default HEAD).
-    Tag {
-        name: Option<String>,
-        rev: Option<String>,
-        /// Move an existing tag (compare-and-swap against its current target).
-        #[arg(long = "move")]
-        move_: bool,
-        #[arg(long)]
-        json: bool,
-    },
-    /// Every ref move, oldest first (optionally of one ref: a branch, tag, or HEAD).
-    Reflog {
-        name: Option<String>,
-        #[arg(long)]
-        json: bool,
-    },
-    /// Logical vs stored bytes, dedup and compression ratios, chunks, packs.
-    Stats {
-        #[arg(long)]
-        json: bool,
-    },
-    /// Apply retention rules and reclaim space: print the plan with --dry-run, else run it.
-    Gc(Box<GcArgs>),
-    /// Show, set or clear the retention policy applied after every commit.
-    Retention {
-        #[command(subcommand)]
-        cmd: RetentionCmd,
-    },
-    /// Check the store: structure always, chunk data with --read-data.
-    Fsck {
-        /// Decode and re-hash every chunk.
-        #[arg(long)]
-        read_data: bool,
-        /// Re-hash only slice I of N (e.g. 3/7); N runs cover everything.
-        #[arg(long, value_name = "I/N")]
-        read_data_subset: Option<String>,
-        #[arg(long)]
-        json: bool,
-    },
-    /// Repair: rebuild the index from the packs and logs, or heal corrupt chunks from files.
-    Repair {
-        /// Rebuild the RocksDB index from packs, reflog and statelog.
-        #[arg(long)]
-        rebuild_index: bool,
-        /// Re-chunk the files under PATH and write a good copy of every damaged chunk they hold.
-        #[arg(long, value_name = "PATH")]
-        from: Option<PathBuf>,
-        #[arg(long)]
-        json: bool,
-    },
-}
-
-#[derive(clap::Args)]
-struct GcArgs {
-    #[arg(long)]
-    keep_last: Option<usize>,
-    /// K:METRIC:min|max, repeatable.
-    #[arg(long, value_name = "K:METRIC:DIR")]
-    keep_best: Vec<String>,
-    /// METRIC:min|max, repeatable.
-    #[arg(long, value_name = "METRIC:DIR")]
-    keep_improving: Vec<String>,
-    #[arg(long, value_name = "N")]
-    keep_every: Option<u64>,
-    /// A duration: 7d, 12h, 30m.
-    #[arg(long, value_name = "DURATION")]
-    keep_within: Option<String>,
-    /// Release files matching GLOB from older commits (keeping the rest), repeatable.
-    #[arg(long, value_name = "GLOB")]
-    slim: Vec<String>,
-    /// Commits of the branch exempt from --slim, newest first.
-    #[arg(long, value_name = "N")]
-    slim_keep_last: Option<usize>,
-    /// Apply the rules to this branch (repeatable; default the current branch).
-    #[arg(long)]
-    branch: Vec<String>,
-    /// Apply the rules to every branch.
-    #[arg(long)]
-    all: bool,
-    /// Use the stored retention policy as the rules.
-    #[arg(long)]
-    policy: bool,
-    /// Repack packs with more than this fraction of dead bytes.
-    #[arg(long, default_value_t = 0.3)]
-    repack_threshold: f64,
-    #[arg(long)]
-    dry_run: bool,
-    #[arg(long)]
-    json: bool,
-}
-
-#[derive(Subcommand)]
-enum RetentionCmd {
-    /// Print the stored policy.
-    Show,
-    /// Store a policy, e.g. 'keep-last 5, keep-best 3:val_loss:min'.
-    Set { policy: String },
-    /// Remove the stored policy.
-    Clear,
-}
-
-#[derive(clap::Args)]
-struct CommitArgs {
-    /// Checkpoint directory (or a single file).
-    path: PathBuf,
-    #[arg(short = 'm', long, default_value = "")]
-    message: String,
-    #[arg(long)]
-    step: Option<u64>,
-    #[arg(long)]
-    epoch: Option<f64>,
-    /// NAME=VALUE, repeatable.
-    #[arg(long = "metric", value_name = "NAME=VALUE")]
-    metrics: Vec<String>,
-    /// NAME=VALUE hyperparameter, repeatable.
-    #[arg(long = "param", value_name = "NAME=VALUE")]
-    params: Vec<String>,
-    /// A JSON file of hyperparameters/config, stored canonically with the commit.
-    #[arg(long)]
-    config: Option<PathBuf>,
-    /// A dataset directory or file to fingerprint ([NAME=]PATH), repeatable.
-    #[arg(long = "dataset", value_name = "[NAME=]PATH")]
-    datasets: Vec<String>,
-    /// A dataset fingerprint computed elsewhere ([NAME=]STR), repeatable.
-    #[arg(long = "dataset-fingerprint", value_name = "[NAME=]STR")]
-    dataset_fingerprints: Vec<String>,
-    /// The training code's git commit: a SHA, or `auto` to read it from the repository around
-    /// the current directory (or --git-repo).
-    #[arg(long)]
-    git: Option<String>,
-    #[arg(long)]
-    git_repo: Option<PathBuf>,
-    #[arg(long)]
-    run_id: Option<String>,
-    /// KEY=VALUE environment fact, repeatable (machine facts are captured automatically).
-    #[arg(long = "env", value_name = "KEY=VALUE")]
-    env: Vec<String>,
-    /// Branch to commit to (default: the current branch).
-    #[arg(long)]
-    branch: Option<String>,
-    /// Store files matching GLOB as plain bytes, repeatable.
-    #[arg(long = "opaque", value_name = "GLOB")]
-    opaque: Vec<String>,
-    /// Author (default $CAIRN_AUTHOR, else user@host).
-    #[arg(long)]
-    author: Option<String>,
-    /// With --git auto on a dirty tree, store the diff as `_cairn/git.diff` in the commit.
-    #[arg(long)]
-    git_diff: bool,
-    /// A requirements.txt, environment.yml, lock file or image digest file, stored as
-    /// `_cairn/env/<name>` in the commit; repeatable.
-    #[arg(long = "env-file", value_name = "FILE")]
-    env_files: Vec<PathBuf>,
-    /// PART=GLOB: files matching GLOB provide resume PART (weights, optimizer, scheduler, rng,
-    /// trainer_state, config), for layouts cairn does not recognise; repeatable.
-    #[arg(long = "holds", value_name = "PART=GLOB")]
-    holds: Vec<String>,
-    /// Do not take step, epoch and metrics from trainer_state.json.
-    #[arg(long)]
-    no_trainer_state: bool,
-    /// Stage this as one part of sharded commit ID (one process per rank); with --part.
-    #[arg(long, value_name = "ID", requires = "part")]
-    txn: Option<String>,
-    /// I/N: this process's part of the sharded commit (1-based); the commit appears when all N
-    /// parts are staged.
-    #[arg(long, value_name = "I/N", requires = "txn")]
-    part: Option<String>,
-    /// K (1 to 32; default 4): a chunk is stored standalone at least every K versions, so a
-    /// read decodes at most K chunks (2 with the default --delta-base root). 1 stores every
-    /// chunk standalone: fastest reads, more disk.
-    #[arg(long, value_name = "K")]
-    delta_depth: Option<u32>,
-    /// What a changed chunk is delta-coded against: "root" (default), the standalone root of
-    /// the parent chunk's chain, so a read decodes at most one base; or "parent", the parent's
-    /// chunk itself: about 2% smaller, but a read at depth d decodes d+1 chunks.
-    #[arg(long, value_name = "root|parent", default_value = "root")]
-    delta_base: cairn::commit::DeltaBase,
-    /// After publishing, re-read every file in a fresh process and record the result.
-    #[arg(long)]
-    verify: bool,
-    /// After publishing, check the commit out to a temporary directory and run CMD there
-    /// (sh -c); its exit status is recorded, and a failure fails this command.
-    #[arg(long, value_name = "CMD")]
-    verify_cmd: Option<String>,
-    #[arg(long)]
-    json: bool,
-}
-
-/// `println!` that returns an error instead of panicking when stdout is closed (`| head`).
-macro_rules! out {
-    ($($t:tt)*) => {
-        writeln!(std::io::stdout().lock(), $($t)*)?
-    };
-}
-
-struct Bar(indicatif::ProgressBar);
-
-impl Progress for Bar {
-    fn begin(&self, what: &str, total: u64) {
-        self.0.set_length(total);
-        self.0.set_position(0);
-        self.0.set_message(what.to_string());
-    }
-    fn advance(&self, n: u64) {
-        self.0.inc(n);
-    }
-    fn end(&self) {
-        self.0.finish_and_clear();
-    }
-}
-
-fn progress() -> Box<dyn Progress> {
-    if std::io::stderr().is_terminal() {
-        let bar = indicatif::ProgressBar::new(0);
-        bar.set_style(
-            indicatif::ProgressStyle::with_template(
-                "{msg:>9} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} {eta}",
-            )
-            .expect("template is valid")
-            .progress_chars("=> "),
-        );
-        Box::new(Bar(bar))
-    } else {
-        Box::new(NoProgress)
-    }
-}
-
-fn human(n: u64) -> String {
-    let units = ["B", "KiB", "MiB", "GiB", "TiB"];
-    let mut v = n as f64;
-    let mut u = 0;
-    while v >= 1024.0 && u + 1 < units.len() {
-        v /= 1024.0;
-        u += 1;
-    }
-    if u == 0 {
-        format!("{n} B")
-    } else {
-        format!("{v:.1} {}", units[u])
-    }
-}
-
-fn print_json<T: serde::Serialize>(v: &T) -> Result<()> {
-    let mut out = std::io::stdout().lock();
-    serde_json::to_writer_pretty(&mut out, v)?;
-    writeln!(out)?;
-    Ok(())
-}
 
 fn split_kv<'a>(flag: &str, s: &'a str) -> Result<(&'a str, &'a str)> {
     match s.split_once('=') {
@@ -664,7 +313,7 @@ fn cmd_commit(cli_store: &Option<PathBuf>, a: CommitArgs) -> Result<()> {
 fn run(cli: Cli) -> Result<()> {
     let s = &cli.store;
     match cli.cmd {
-        Cmd::Init { json } => {
+        Cmd::Init(InitArgs { json }) => {
             let path = match s
                 .clone()
                 .or_else(|| std::env::var_os("CAIRN_STORE").map(PathBuf::from))
@@ -682,14 +331,14 @@ fn run(cli: Cli) -> Result<()> {
             }
         }
         Cmd::Commit(a) => cmd_commit(s, *a)?,
-        Cmd::Log {
+        Cmd::Log(LogArgs {
             rev,
             limit,
             conds,
             sort,
             all,
             json,
-        } if !conds.is_empty() || sort.is_some() || all => {
+        }) if !conds.is_empty() || sort.is_some() || all => {
             let store = open(s)?;
             let query = cairn::catalog::Query {
                 conds: conds
@@ -724,9 +373,9 @@ fn run(cli: Cli) -> Result<()> {
                 }
             }
         }
-        Cmd::Log {
+        Cmd::Log(LogArgs {
             rev, limit, json, ..
-        } => {
+        }) => {
             let store = open(s)?;
             let start = match rev {
                 Some(r) => rev::resolve(&store, &r)?,
@@ -755,7 +404,7 @@ fn run(cli: Cli) -> Result<()> {
                 }
             }
         }
-        Cmd::Show { rev, json } => {
+        Cmd::Show(ShowArgs { rev, json }) => {
             let store = open(s)?;
             let id = rev::resolve(&store, &rev)?;
             let info = inspect::show(&store, id)?;
@@ -765,7 +414,7 @@ fn run(cli: Cli) -> Result<()> {
                 print_show(&info)?;
             }
         }
-        Cmd::Diff { a, b, json } => {
+        Cmd::Diff(DiffArgs { a, b, json }) => {
             let store = open(s)?;
             let ia = rev::resolve(&store, &a)?;
             let ib = rev::resolve(&store, &b)?;
@@ -776,14 +425,14 @@ fn run(cli: Cli) -> Result<()> {
                 print_diff(&d)?;
             }
         }
-        Cmd::Checkout {
+        Cmd::Checkout(CheckoutArgs {
             rev,
             dir,
             force,
             meta,
             partial,
             json,
-        } => {
+        }) => {
             let store = open(s)?;
             let id = rev::resolve(&store, &rev)?;
             let p = progress();
@@ -814,7 +463,7 @@ fn run(cli: Cli) -> Result<()> {
                 );
             }
         }
-        Cmd::Cat { spec } => {
+        Cmd::Cat(CatArgs { spec }) => {
             let store = open(s)?;
             let (r, path) = spec
                 .split_once(':')
@@ -824,12 +473,12 @@ fn run(cli: Cli) -> Result<()> {
             read::cat(&store, id, path, &mut out)?;
             out.flush()?;
         }
-        Cmd::Tensor {
+        Cmd::Tensor(TensorArgs {
             rev,
             name,
             output,
             json,
-        } => {
+        }) => {
             let store = open(s)?;
             let id = rev::resolve(&store, &rev)?;
             let format = cairn::export::TensorFormat::from_path(&output)?;
@@ -856,7 +505,7 @@ fn run(cli: Cli) -> Result<()> {
                 );
             }
         }
-        Cmd::Branch { name, rev, json } => {
+        Cmd::Branch(BranchArgs { name, rev, json }) => {
             let store = open(s)?;
             match name {
                 None => {
@@ -896,17 +545,17 @@ fn run(cli: Cli) -> Result<()> {
                 }
             }
         }
-        Cmd::Switch { branch } => {
+        Cmd::Switch(SwitchArgs { branch }) => {
             let store = open(s)?;
             store.switch(&branch, &author(None))?;
             out!("switched to branch {branch}");
         }
-        Cmd::Tag {
+        Cmd::Tag(TagArgs {
             name,
             rev,
             move_,
             json,
-        } => {
+        }) => {
             let store = open(s)?;
             match name {
                 None => {
@@ -955,7 +604,7 @@ fn run(cli: Cli) -> Result<()> {
                 }
             }
         }
-        Cmd::Reflog { name, json } => {
+        Cmd::Reflog(ReflogArgs { name, json }) => {
             let store = open(s)?;
             let full = match name.as_deref() {
                 None => None,
@@ -1004,7 +653,7 @@ fn run(cli: Cli) -> Result<()> {
                 }
             }
         }
-        Cmd::Runs { metric, json } => {
+        Cmd::Runs(RunsArgs { metric, json }) => {
             let store = open(s)?;
             let (m, dir) = match metric
                 .as_deref()
@@ -1033,7 +682,7 @@ fn run(cli: Cli) -> Result<()> {
                 }
             }
         }
-        Cmd::Verify { rev, json } => {
+        Cmd::Verify(VerifyArgs { rev, json }) => {
             let store = open(s)?;
             let id = rev::resolve(&store, &rev)?;
             let p = progress();
@@ -1082,11 +731,11 @@ fn run(cli: Cli) -> Result<()> {
                 }
             }
         }
-        Cmd::Fsck {
+        Cmd::Fsck(FsckArgs {
             read_data,
             read_data_subset,
             json,
-        } => {
+        }) => {
             let store = open(s)?;
             let subset = match read_data_subset.as_deref() {
                 None => None,
@@ -1144,11 +793,11 @@ fn run(cli: Cli) -> Result<()> {
                 out!("no problems found");
             }
         }
-        Cmd::Repair {
+        Cmd::Repair(RepairArgs {
             rebuild_index,
             from,
             json,
-        } => {
+        }) => {
             if !rebuild_index && from.is_none() {
                 bail!("repair needs --rebuild-index or --from PATH");
             }
@@ -1186,7 +835,7 @@ fn run(cli: Cli) -> Result<()> {
                 }
             }
         }
-        Cmd::Stats { json } => {
+        Cmd::Stats(StatsArgs { json }) => {
             let store = open(s)?;
             let st = inspect::stats(&store)?;
             if json {
