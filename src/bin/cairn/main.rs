@@ -1,53 +1,19 @@
 //! The `cairn` command: flags → options → one library call → outcome → text or `--json`.
 
 mod args;
+mod commands;
 mod render;
 
-use anyhow::{Context, Result, anyhow, bail};
+use anyhow::{Result, anyhow, bail};
 use args::*;
-use cairn::commit::{CommitBuilder, CommitOptions};
 use cairn::inspect::{self, CommitInfo};
-use cairn::object::DatasetRef;
 use cairn::read::{self, CheckoutOptions};
 use cairn::{Store, refs, rev};
 use clap::Parser;
+use commands::{author, open, store_path};
 use render::{human, out, print_json, progress};
 use std::io::Write;
-use std::path::{Path, PathBuf};
-
-fn split_kv<'a>(flag: &str, s: &'a str) -> Result<(&'a str, &'a str)> {
-    match s.split_once('=') {
-        Some((k, v)) if !k.is_empty() => Ok((k, v)),
-        _ => bail!("{flag} {s:?}: expected NAME=VALUE"),
-    }
-}
-
-fn author(explicit: Option<String>) -> String {
-    explicit
-        .or_else(|| std::env::var("CAIRN_AUTHOR").ok())
-        .unwrap_or_else(|| {
-            let user = std::env::var("USER").unwrap_or_else(|_| "unknown".into());
-            let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
-                .map(|h| h.trim().to_string())
-                .unwrap_or_else(|_| "localhost".into());
-            format!("{user}@{host}")
-        })
-}
-
-fn store_path(cli_store: &Option<PathBuf>) -> Result<PathBuf> {
-    let env = std::env::var_os("CAIRN_STORE").map(PathBuf::from);
-    let cwd = std::env::current_dir().context("reading the current directory")?;
-    Ok(cairn::store::discover(
-        cli_store.as_deref(),
-        env.as_deref(),
-        &cwd,
-    )?)
-}
-
-fn open(cli_store: &Option<PathBuf>) -> Result<Store> {
-    let p = store_path(cli_store)?;
-    Ok(Store::open(&p)?)
-}
+use std::path::PathBuf;
 
 fn print_log_line(id: &cairn::CommitId, c: &cairn::object::Commit) -> Result<()> {
     let mut facts = Vec::new();
@@ -74,242 +40,6 @@ fn print_log_line(id: &cairn::CommitId, c: &cairn::object::Commit) -> Result<()>
     Ok(())
 }
 
-fn cmd_commit(cli_store: &Option<PathBuf>, a: CommitArgs) -> Result<()> {
-    let store = open(cli_store)?;
-    let mut opts = CommitOptions {
-        message: a.message,
-        author: author(a.author),
-        branch: a.branch,
-        opaque: a.opaque,
-        ignore_trainer_state: a.no_trainer_state,
-        delta_depth: a.delta_depth,
-        delta_base: a.delta_base,
-        txn: match (&a.txn, &a.part) {
-            (Some(id), Some(p)) => Some(cairn::txn::TxnPart::parse(id, p)?),
-            _ => None,
-        },
-        ..Default::default()
-    };
-    let m = &mut opts.meta;
-    m.step = a.step;
-    m.epoch = a.epoch;
-    m.run_id = a.run_id;
-    for kv in &a.metrics {
-        let (k, v) = split_kv("--metric", kv)?;
-        let x: f64 = v
-            .parse()
-            .map_err(|_| anyhow!("--metric {kv}: {v:?} is not a number"))?;
-        m.metrics.insert(k.to_string(), x);
-    }
-    for kv in &a.params {
-        let (k, v) = split_kv("--param", kv)?;
-        m.params.insert(k.to_string(), v.to_string());
-    }
-    if let Some(p) = &a.config {
-        let text = std::fs::read(p).with_context(|| format!("reading --config {}", p.display()))?;
-        let v: serde_json::Value = serde_json::from_slice(&text)
-            .with_context(|| format!("--config {}: not valid JSON", p.display()))?;
-        m.config = Some(serde_json::to_string(&v)?);
-    }
-    for d in &a.datasets {
-        let (name, path) = match d.split_once('=') {
-            Some((n, p)) if !n.is_empty() && !Path::new(d).exists() => {
-                (n.to_string(), PathBuf::from(p))
-            }
-            _ => {
-                let p = PathBuf::from(d);
-                let n = p
-                    .file_name()
-                    .map(|n| n.to_string_lossy().to_string())
-                    .unwrap_or_else(|| d.clone());
-                (n, p)
-            }
-        };
-        m.datasets
-            .push(cairn::provenance::dataset_fingerprint(&name, &path)?);
-    }
-    for d in &a.dataset_fingerprints {
-        let (name, fp) = match d.split_once('=') {
-            Some((n, f)) if !n.is_empty() => (n.to_string(), f.to_string()),
-            _ => ("dataset".to_string(), d.clone()),
-        };
-        m.datasets.push(DatasetRef {
-            name,
-            fingerprint: fp,
-            files: None,
-            bytes: None,
-        });
-    }
-    match a.git.as_deref() {
-        None => {}
-        Some("auto") => {
-            let repo = match &a.git_repo {
-                Some(r) => r.clone(),
-                None => std::env::current_dir()?,
-            };
-            m.git = Some(cairn::provenance::git_info(&repo)?);
-        }
-        Some(sha) => {
-            if sha.len() < 4 || !sha.chars().all(|c| c.is_ascii_hexdigit()) {
-                bail!("--git {sha:?}: expected a commit SHA (hex) or `auto`");
-            }
-            m.git = Some(cairn::object::GitInfo {
-                commit: sha.to_ascii_lowercase(),
-                ..Default::default()
-            });
-        }
-    }
-    let mut extra_files: Vec<(String, Vec<u8>)> = Vec::new();
-    if a.git_diff {
-        match &m.git {
-            Some(g) if g.dirty => {
-                let repo = match &a.git_repo {
-                    Some(r) => r.clone(),
-                    None => std::env::current_dir()?,
-                };
-                extra_files.push((
-                    "_cairn/git.diff".into(),
-                    cairn::provenance::git_diff(&repo)?,
-                ));
-            }
-            Some(_) => {}
-            None => bail!("--git-diff needs --git auto"),
-        }
-    }
-    m.env = cairn::provenance::environment();
-    for kv in &a.env {
-        let (k, v) = split_kv("--env", kv)?;
-        m.env.insert(k.to_string(), v.to_string());
-    }
-    for f in &a.env_files {
-        let bytes =
-            std::fs::read(f).with_context(|| format!("reading --env-file {}", f.display()))?;
-        let name = f
-            .file_name()
-            .ok_or_else(|| anyhow!("--env-file {}: not a file name", f.display()))?
-            .to_string_lossy()
-            .to_string();
-        m.env.insert(
-            format!("file.{name}"),
-            blake3::hash(&bytes).to_hex().to_string(),
-        );
-        extra_files.push((format!("_cairn/env/{name}"), bytes));
-    }
-    for kv in &a.holds {
-        let (part, glob) = split_kv("--holds", kv)?;
-        if !cairn::provenance::RESUME_PARTS.contains(&part) {
-            bail!(
-                "--holds {kv}: unknown part {part:?}; expected one of {}",
-                cairn::provenance::RESUME_PARTS.join(", ")
-            );
-        }
-        m.extra.insert(format!("holds.{part}"), glob.to_string());
-    }
-    let meta =
-        std::fs::metadata(&a.path).with_context(|| format!("reading {}", a.path.display()))?;
-    let p = progress();
-    let mut b = CommitBuilder::new(&store, opts).progress(p.as_ref());
-    if meta.is_dir() {
-        b.add_dir(&a.path)?;
-    } else {
-        let name = a
-            .path
-            .file_name()
-            .ok_or_else(|| anyhow!("{}: not a file name", a.path.display()))?
-            .to_string_lossy()
-            .to_string();
-        b.add_path(&a.path, &name)?;
-    }
-    for (rel, bytes) in extra_files {
-        b.add_bytes(&rel, bytes)?;
-    }
-    let out = b.commit()?;
-    if let Some(t) = out.txn.as_ref().filter(|t| t.commit.is_none()) {
-        if a.json {
-            let mut v = serde_json::to_value(&out)?;
-            v["commit"] = serde_json::Value::Null;
-            print_json(&v)?;
-        } else {
-            out!(
-                "staged part {}/{} of transaction {} ({} of {} parts staged; the commit appears when all are)",
-                t.part,
-                t.total,
-                t.id,
-                t.staged,
-                t.total
-            );
-        }
-        return Ok(());
-    }
-    if a.json {
-        let mut v = serde_json::to_value(&out)?;
-        v["uri"] = format!("cairn://{}/{}", store.store_id(), out.commit).into();
-        print_json(&v)?;
-    } else {
-        out!(
-            "[{} {}] {} files, {} logical; {} new chunks ({}), {} reused; +{} on disk{}",
-            out.branch,
-            out.commit.short(),
-            out.files,
-            human(out.logical_bytes),
-            out.new_chunks,
-            human(out.new_chunk_bytes),
-            out.reused_chunks,
-            human(out.stored_bytes_added),
-            if out.reparented {
-                " (branch had moved: committed on its new head)"
-            } else {
-                ""
-            }
-        );
-    }
-    let mut failed = Vec::new();
-    if a.verify {
-        // A fresh process, so nothing cached in this one can vouch for the data.
-        let status = std::process::Command::new(std::env::current_exe()?)
-            .arg("--store")
-            .arg(store.root())
-            .args(["verify", &out.commit.to_hex()])
-            .stdout(if a.json {
-                std::process::Stdio::null()
-            } else {
-                std::process::Stdio::inherit()
-            })
-            .status()
-            .context("running cairn verify")?;
-        if !status.success() {
-            failed.push(format!(
-                "VERIFY FAILED: commit {} was published but does not read back intact; it is marked unverified (cairn show {})",
-                out.commit.short(),
-                out.commit.short()
-            ));
-        }
-    }
-    if let Some(cmd) = &a.verify_cmd {
-        let rec = cairn::verify::run_check(&store, out.commit, cmd, p.as_ref())?;
-        cairn::verify::update_state(&store, out.commit, |s| s.check = Some(rec.clone()))?;
-        if !a.json {
-            out!(
-                "load test {}: `{cmd}` exited {} after {:.1}s",
-                if rec.ok { "passed" } else { "FAILED" },
-                rec.exit_code.map_or("by signal".into(), |c| c.to_string()),
-                rec.seconds
-            );
-        }
-        if !rec.ok {
-            failed.push(format!(
-                "load test failed for commit {}: `{cmd}` exited {}",
-                out.commit.short(),
-                rec.exit_code.map_or("by signal".into(), |c| c.to_string())
-            ));
-        }
-    }
-    if !failed.is_empty() {
-        bail!(failed.join("\n"));
-    }
-    Ok(())
-}
-
 fn run(cli: Cli) -> Result<()> {
     let s = &cli.store;
     match cli.cmd {
@@ -330,7 +60,7 @@ fn run(cli: Cli) -> Result<()> {
                 out!("Initialized empty cairn store in {}", path.display());
             }
         }
-        Cmd::Commit(a) => cmd_commit(s, *a)?,
+        Cmd::Commit(a) => commands::commit::run(s.as_deref(), *a)?,
         Cmd::Log(LogArgs {
             rev,
             limit,
@@ -339,7 +69,7 @@ fn run(cli: Cli) -> Result<()> {
             all,
             json,
         }) if !conds.is_empty() || sort.is_some() || all => {
-            let store = open(s)?;
+            let store = open(s.as_deref())?;
             let query = cairn::catalog::Query {
                 conds: conds
                     .iter()
@@ -376,7 +106,7 @@ fn run(cli: Cli) -> Result<()> {
         Cmd::Log(LogArgs {
             rev, limit, json, ..
         }) => {
-            let store = open(s)?;
+            let store = open(s.as_deref())?;
             let start = match rev {
                 Some(r) => rev::resolve(&store, &r)?,
                 None => match store.head()? {
@@ -405,7 +135,7 @@ fn run(cli: Cli) -> Result<()> {
             }
         }
         Cmd::Show(ShowArgs { rev, json }) => {
-            let store = open(s)?;
+            let store = open(s.as_deref())?;
             let id = rev::resolve(&store, &rev)?;
             let info = inspect::show(&store, id)?;
             if json {
@@ -415,7 +145,7 @@ fn run(cli: Cli) -> Result<()> {
             }
         }
         Cmd::Diff(DiffArgs { a, b, json }) => {
-            let store = open(s)?;
+            let store = open(s.as_deref())?;
             let ia = rev::resolve(&store, &a)?;
             let ib = rev::resolve(&store, &b)?;
             let d = cairn::diff::diff(&store, ia, ib)?;
@@ -433,7 +163,7 @@ fn run(cli: Cli) -> Result<()> {
             partial,
             json,
         }) => {
-            let store = open(s)?;
+            let store = open(s.as_deref())?;
             let id = rev::resolve(&store, &rev)?;
             let p = progress();
             let out = read::checkout(
@@ -464,7 +194,7 @@ fn run(cli: Cli) -> Result<()> {
             }
         }
         Cmd::Cat(CatArgs { spec }) => {
-            let store = open(s)?;
+            let store = open(s.as_deref())?;
             let (r, path) = spec
                 .split_once(':')
                 .ok_or_else(|| anyhow!("{spec:?}: expected REV:PATH"))?;
@@ -479,7 +209,7 @@ fn run(cli: Cli) -> Result<()> {
             output,
             json,
         }) => {
-            let store = open(s)?;
+            let store = open(s.as_deref())?;
             let id = rev::resolve(&store, &rev)?;
             let format = cairn::export::TensorFormat::from_path(&output)?;
             let tree = store.tree(store.commit(id)?.tree)?;
@@ -506,7 +236,7 @@ fn run(cli: Cli) -> Result<()> {
             }
         }
         Cmd::Branch(BranchArgs { name, rev, json }) => {
-            let store = open(s)?;
+            let store = open(s.as_deref())?;
             match name {
                 None => {
                     let cur = store.current_branch()?;
@@ -546,7 +276,7 @@ fn run(cli: Cli) -> Result<()> {
             }
         }
         Cmd::Switch(SwitchArgs { branch }) => {
-            let store = open(s)?;
+            let store = open(s.as_deref())?;
             store.switch(&branch, &author(None))?;
             out!("switched to branch {branch}");
         }
@@ -556,7 +286,7 @@ fn run(cli: Cli) -> Result<()> {
             move_,
             json,
         }) => {
-            let store = open(s)?;
+            let store = open(s.as_deref())?;
             match name {
                 None => {
                     let list = store.tags()?;
@@ -605,7 +335,7 @@ fn run(cli: Cli) -> Result<()> {
             }
         }
         Cmd::Reflog(ReflogArgs { name, json }) => {
-            let store = open(s)?;
+            let store = open(s.as_deref())?;
             let full = match name.as_deref() {
                 None => None,
                 Some("HEAD") => Some("HEAD".to_string()),
@@ -654,7 +384,7 @@ fn run(cli: Cli) -> Result<()> {
             }
         }
         Cmd::Runs(RunsArgs { metric, json }) => {
-            let store = open(s)?;
+            let store = open(s.as_deref())?;
             let (m, dir) = match metric
                 .as_deref()
                 .map(|x| x.split_once(':').unwrap_or((x, "min")))
@@ -683,7 +413,7 @@ fn run(cli: Cli) -> Result<()> {
             }
         }
         Cmd::Verify(VerifyArgs { rev, json }) => {
-            let store = open(s)?;
+            let store = open(s.as_deref())?;
             let id = rev::resolve(&store, &rev)?;
             let p = progress();
             let rec = cairn::verify::verify_commit(&store, id, p.as_ref())?;
@@ -711,7 +441,7 @@ fn run(cli: Cli) -> Result<()> {
         }
         Cmd::Gc(a) => cmd_gc(s, *a)?,
         Cmd::Retention { cmd } => {
-            let store = open(s)?;
+            let store = open(s.as_deref())?;
             match cmd {
                 RetentionCmd::Show => match cairn::gc::stored_policy(&store)? {
                     Some(r) => out!("{}", r.to_text()),
@@ -736,7 +466,7 @@ fn run(cli: Cli) -> Result<()> {
             read_data_subset,
             json,
         }) => {
-            let store = open(s)?;
+            let store = open(s.as_deref())?;
             let subset = match read_data_subset.as_deref() {
                 None => None,
                 Some(x) => {
@@ -801,7 +531,7 @@ fn run(cli: Cli) -> Result<()> {
             if !rebuild_index && from.is_none() {
                 bail!("repair needs --rebuild-index or --from PATH");
             }
-            let root = store_path(s)?;
+            let root = store_path(s.as_deref())?;
             if rebuild_index {
                 if !root.join(cairn::store::MARKER).is_file() {
                     return Err(cairn::Error::NotAStore { path: root }.into());
@@ -836,7 +566,7 @@ fn run(cli: Cli) -> Result<()> {
             }
         }
         Cmd::Stats(StatsArgs { json }) => {
-            let store = open(s)?;
+            let store = open(s.as_deref())?;
             let st = inspect::stats(&store)?;
             if json {
                 print_json(&st)?;
@@ -868,7 +598,7 @@ fn run(cli: Cli) -> Result<()> {
 }
 
 fn cmd_gc(s: &Option<PathBuf>, a: GcArgs) -> Result<()> {
-    let store = open(s)?;
+    let store = open(s.as_deref())?;
     let mut r = if a.policy {
         cairn::gc::stored_policy(&store)?.ok_or_else(|| {
             anyhow!("--policy: no retention policy is stored (cairn retention set ...)")
