@@ -3,7 +3,14 @@
 //! what they share: finding and opening the store, and the default author. Those read the
 //! environment, which the library never does.
 
+pub mod check;
+pub mod checkout;
 pub mod commit;
+pub mod gc;
+pub mod init;
+pub mod log;
+pub mod refs;
+pub mod show;
 
 use anyhow::{Context, Result};
 use cairn::Store;
