@@ -115,7 +115,9 @@ pub fn parse_cond(expr: &str) -> Result<Cond> {
 /// A value of a commit field.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Value {
+    /// A number (step, epoch, metric, numeric param).
     Num(f64),
+    /// Text (run, author, message, git, id, env, other params).
     Text(String),
     /// Several texts (dataset fingerprints): the condition holds if it holds for one.
     Many(Vec<String>),

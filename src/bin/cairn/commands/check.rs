@@ -1,0 +1,160 @@
+//! Checking and repairing: `cairn verify` (re-read one commit and record the result),
+//! `cairn fsck` (the whole store) and `cairn repair` (rebuild the index, or heal damaged
+//! chunks from good copies of the files). Problems found fail the command.
+
+use super::{open, store_path};
+use crate::args::{FsckArgs, RepairArgs, VerifyArgs};
+use crate::render::{human, out, print_json, progress};
+use anyhow::{Result, anyhow, bail};
+use cairn::fsck::FsckReport;
+use cairn::{Store, rev};
+use std::path::Path;
+
+pub fn verify(cli_store: Option<&Path>, a: VerifyArgs) -> Result<()> {
+    let store = open(cli_store)?;
+    let id = rev::resolve(&store, &a.rev)?;
+    let p = progress();
+    let rec = cairn::verify::verify_commit(&store, id, p.as_ref())?;
+    cairn::verify::update_state(&store, id, |st| st.verify = Some(rec.clone()))?;
+    if a.json {
+        print_json(&rec)?;
+    } else if rec.ok {
+        out!(
+            "verified {}: {} files, {} intact",
+            id.short(),
+            rec.files,
+            human(rec.bytes)
+        );
+    }
+    if !rec.ok {
+        for p in &rec.problems {
+            eprintln!("  {p}");
+        }
+        bail!(
+            "commit {} FAILED verification: {} problem(s)",
+            id.short(),
+            rec.problems.len()
+        );
+    }
+    Ok(())
+}
+
+pub fn fsck(cli_store: Option<&Path>, a: FsckArgs) -> Result<()> {
+    let store = open(cli_store)?;
+    let subset = a
+        .read_data_subset
+        .as_deref()
+        .map(parse_subset)
+        .transpose()?;
+    let p = progress();
+    let rep = cairn::fsck::fsck(
+        &store,
+        &cairn::fsck::FsckOptions {
+            read_data: a.read_data || subset.is_some(),
+            subset,
+        },
+        p.as_ref(),
+    )?;
+    if a.json {
+        print_json(&rep)?;
+    } else {
+        print_fsck(&rep)?;
+    }
+    if !rep.ok() {
+        bail!("fsck found {} problem(s)", rep.problems.len());
+    }
+    if !a.json {
+        out!("no problems found");
+    }
+    Ok(())
+}
+
+/// `--read-data-subset I/N`, 1-based.
+fn parse_subset(x: &str) -> Result<(u64, u64)> {
+    x.split_once('/')
+        .and_then(|(i, n)| Some((i.parse::<u64>().ok()?, n.parse::<u64>().ok()?)))
+        .filter(|(i, n)| *n >= 1 && *i >= 1 && i <= n)
+        .ok_or_else(|| anyhow!("--read-data-subset {x:?}: expected I/N with 1 <= I <= N"))
+}
+
+fn print_fsck(rep: &FsckReport) -> Result<()> {
+    out!(
+        "{} refs, {} commits, {} trees, {} chunks referenced, {} indexed, {} packs; {} chunks re-hashed ({})",
+        rep.refs,
+        rep.commits,
+        rep.trees,
+        rep.chunks_referenced,
+        rep.chunks_indexed,
+        rep.packs,
+        rep.chunks_read,
+        human(rep.bytes_read)
+    );
+    for pr in &rep.problems {
+        out!(
+            "{}: {}{}: {}",
+            pr.kind,
+            pr.subject,
+            pr.pack
+                .as_deref()
+                .map(|p| format!(" (pack {p})"))
+                .unwrap_or_default(),
+            pr.detail
+        );
+    }
+    Ok(())
+}
+
+/// Finds the store without opening it: `--rebuild-index` must work when the index is what
+/// is broken.
+pub fn repair(cli_store: Option<&Path>, a: RepairArgs) -> Result<()> {
+    if !a.rebuild_index && a.from.is_none() {
+        bail!("repair needs --rebuild-index or --from PATH");
+    }
+    let root = store_path(cli_store)?;
+    if a.rebuild_index {
+        rebuild_index(&root, a.json)?;
+    }
+    if let Some(path) = &a.from {
+        heal_from(&root, path, a.json)?;
+    }
+    Ok(())
+}
+
+fn rebuild_index(root: &Path, json: bool) -> Result<()> {
+    if !root.join(cairn::store::MARKER).is_file() {
+        return Err(cairn::StoreError::NotAStore {
+            path: root.to_path_buf(),
+        }
+        .into());
+    }
+    let out = cairn::fsck::rebuild_index(root)?;
+    if json {
+        print_json(&out)?;
+    } else {
+        out!(
+            "rebuilt the index: {} packs, {} chunks, {} objects, {} commits, {} refs, {} commit states{}",
+            out.packs,
+            out.chunks,
+            out.objects,
+            out.commits,
+            out.refs,
+            out.states,
+            out.old_index
+                .as_deref()
+                .map(|o| format!("; previous index kept at {o}"))
+                .unwrap_or_default()
+        );
+    }
+    Ok(())
+}
+
+fn heal_from(root: &Path, path: &Path, json: bool) -> Result<()> {
+    let store = Store::open(root)?;
+    let healed = cairn::commit::heal_from(&store, path)?;
+    if json {
+        print_json(&serde_json::json!({"healed": healed}))?;
+    } else {
+        out!("healed {healed} damaged chunk(s) from {}", path.display());
+    }
+    Ok(())
+}

@@ -1,0 +1,42 @@
+//! One module per group of subcommands, each turning its parsed flags into library options,
+//! making the library call and rendering the outcome as text or `--json`. This module holds
+//! what they share: finding and opening the store, and the default author. Those read the
+//! environment, which the library never does.
+
+pub mod check;
+pub mod checkout;
+pub mod commit;
+pub mod gc;
+pub mod init;
+pub mod log;
+pub mod refs;
+pub mod show;
+
+use anyhow::{Context, Result};
+use cairn::Store;
+use std::path::{Path, PathBuf};
+
+/// The author of a commit or ref move: the explicit one, else $CAIRN_AUTHOR, else user@host.
+pub fn author(explicit: Option<String>) -> String {
+    explicit
+        .or_else(|| std::env::var("CAIRN_AUTHOR").ok())
+        .unwrap_or_else(|| {
+            let user = std::env::var("USER").unwrap_or_else(|_| "unknown".into());
+            let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+                .map(|h| h.trim().to_string())
+                .unwrap_or_else(|_| "localhost".into());
+            format!("{user}@{host}")
+        })
+}
+
+/// The store directory from `--store`, else $CAIRN_STORE, else the nearest `.cairn` upward.
+pub fn store_path(cli_store: Option<&Path>) -> Result<PathBuf> {
+    let env = std::env::var_os("CAIRN_STORE").map(PathBuf::from);
+    let cwd = std::env::current_dir().context("reading the current directory")?;
+    Ok(cairn::store::discover(cli_store, env.as_deref(), &cwd)?)
+}
+
+pub fn open(cli_store: Option<&Path>) -> Result<Store> {
+    let p = store_path(cli_store)?;
+    Ok(Store::open(&p)?)
+}
