@@ -25,7 +25,7 @@
 //! criterion targets when `cargo bench -- ARGS` runs every target are honoured the way
 //! criterion would: a filter that does not match `async_commit` skips it, options skip it.
 
-use cairn::async_commit::{AsyncCommitter, AsyncOptions, TensorSlice};
+use cairn::ops::commit::async_commit::{AsyncCommitter, AsyncOptions, TensorSlice};
 use cairn::{CommitOptions, DType, Store};
 use std::hint::black_box;
 use std::sync::Arc;

@@ -13,9 +13,9 @@
 //! `cargo test`, which runs each query once), `CAIRN_BIN` (the binary to time; default the
 //! `cairn` cargo built beside this bench), `KEEP` (keep the store and print its path).
 
-use cairn::index::{CommitRow, Index, ObjectLoc, PackInfo};
-use cairn::object::{Commit, KIND_COMMIT, Metadata};
-use cairn::pack::PackWriter;
+use cairn::model::object::{Commit, KIND_COMMIT, Metadata};
+use cairn::storage::index::{CommitRow, Index, ObjectLoc, PackInfo};
+use cairn::storage::pack::PackWriter;
 use cairn::{CommitBuilder, CommitOptions, Store};
 use criterion::{Criterion, SamplingMode, Throughput};
 use std::cell::OnceCell;
@@ -43,7 +43,7 @@ fn build(dir: &std::path::Path, n: u64) -> Result<PathBuf, Box<dyn std::error::E
             run_id: Some(format!("r{}", i % 50)),
             step: Some(i * 10),
             epoch: Some(i as f64 / 1000.0),
-            git: Some(cairn::object::GitInfo {
+            git: Some(cairn::model::object::GitInfo {
                 commit: format!("{:040x}", x as u128 * 7),
                 ..Default::default()
             }),
@@ -60,7 +60,7 @@ fn build(dir: &std::path::Path, n: u64) -> Result<PathBuf, Box<dyn std::error::E
                 "3e-4".into()
             },
         );
-        meta.datasets.push(cairn::object::DatasetRef {
+        meta.datasets.push(cairn::model::object::DatasetRef {
             name: "train".into(),
             fingerprint: format!("{:016x}", i % 20),
             files: None,
@@ -82,7 +82,7 @@ fn build(dir: &std::path::Path, n: u64) -> Result<PathBuf, Box<dyn std::error::E
         parent = id;
     }
     let sealed = w.seal()?;
-    cairn::fsutil::sync_dir(&store.packs_dir())?;
+    cairn::storage::fsutil::sync_dir(&store.packs_dir())?;
     store.with_writer(|index: &Index| -> Result<(), cairn::StoreError> {
         let mut b = index.batch()?;
         for (id, e, row) in &entries {

@@ -10,7 +10,7 @@ use std::hint::black_box;
 use std::time::Duration;
 
 use cairn::codec::{self, Encoding, Hint};
-use cairn::dtype::DType;
+use cairn::model::dtype::DType;
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 
 const CHUNK: usize = 1 << 20;

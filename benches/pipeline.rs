@@ -15,9 +15,9 @@
 //! docs/benchmarks.md has the figures, and what they mean for the commit and checkout targets.
 
 use cairn::ChunkId;
-use cairn::chunker;
 use cairn::codec::Encoding;
-use cairn::pack::{PackReader, PackWriter, pack_file_name};
+use cairn::model::chunker;
+use cairn::storage::pack::{PackReader, PackWriter, pack_file_name};
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use sha2::{Digest, Sha256};
 use std::hint::black_box;

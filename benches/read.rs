@@ -21,7 +21,7 @@
 //! on the last commit of each series and reads that line: a figure handed to another program,
 //! which criterion's report cannot be.
 
-use cairn::{CommitBuilder, CommitOptions, DType, DeltaBase, Store, TensorInput, read};
+use cairn::{CommitBuilder, CommitOptions, DType, DeltaBase, Store, TensorInput, ops::read};
 use criterion::{Criterion, SamplingMode, Throughput, criterion_group};
 use std::cell::OnceCell;
 use std::time::Instant;
@@ -83,7 +83,7 @@ fn existing(args: &[String]) -> Result<(), Box<dyn std::error::Error>> {
     };
     let runs: usize = rest.first().and_then(|a| a.parse().ok()).unwrap_or(7);
     let store = Store::open(std::path::Path::new(dir))?;
-    let id = cairn::rev::resolve(&store, rev)?;
+    let id = cairn::ops::rev::resolve(&store, rev)?;
     let tree = store.tree(store.commit(id)?.tree)?;
     let t = read::find_tensor(&tree, spec)?;
     let (depth, chain) = depth_and_chain(&store, &t)?;

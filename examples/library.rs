@@ -3,10 +3,10 @@
 //!
 //! Run: `cargo run --example library`
 
-use cairn::read::{self, CheckoutOptions};
+use cairn::ops::read::{self, CheckoutOptions};
 use cairn::{
-    AsyncCommitter, CommitBuilder, CommitOptions, DType, Store, TensorInput, TensorSlice, inspect,
-    rev,
+    AsyncCommitter, CommitBuilder, CommitOptions, DType, Store, TensorInput, TensorSlice,
+    ops::inspect, ops::rev,
 };
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -102,7 +102,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     // Diff the two checkpoints.
     let parent = rev::resolve(&store, "HEAD~2")?;
-    for f in cairn::diff::diff(&store, parent, head)?.files {
+    for f in cairn::ops::diff::diff(&store, parent, head)?.files {
         for t in f.tensors {
             println!(
                 "{}:{} {:?} max|d|={:?}",
@@ -117,7 +117,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         parent,
         &dir.join("restored"),
         &CheckoutOptions::default(),
-        &cairn::progress::NoProgress,
+        &cairn::ops::progress::NoProgress,
     )?;
     println!("checked out {} files into {}", out.files, out.dir.display());
     Ok(())

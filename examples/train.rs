@@ -91,7 +91,8 @@ fn write_safetensors(path: &Path, tensors: &[(String, Vec<usize>, Vec<u8>)]) {
         .iter()
         .map(|(n, s, _)| (n.clone(), DType::F32, s.iter().map(|&d| d as u64).collect()))
         .collect();
-    let mut out = cairn::safetensors::serialize_header(&specs, None).expect("valid tensors");
+    let mut out =
+        cairn::formats::safetensors::serialize_header(&specs, None).expect("valid tensors");
     for (_, _, data) in sorted {
         out.extend_from_slice(data);
     }

@@ -53,7 +53,7 @@ fn four_gib_checkpoint_round_trips_in_bounded_memory() {
         ("huge".to_string(), cairn::DType::U8, vec![big]),
         ("tail".to_string(), cairn::DType::F32, vec![1000]),
     ];
-    let header = cairn::safetensors::serialize_header(&specs, None).unwrap();
+    let header = cairn::formats::safetensors::serialize_header(&specs, None).unwrap();
     let path = ck.join("model.safetensors");
     {
         let mut f =

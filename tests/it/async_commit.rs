@@ -1,12 +1,12 @@
-//! Async commit (`cairn::async_commit`): the copy is the caller's only cost, the background
+//! Async commit (`cairn::ops::commit::async_commit`): the copy is the caller's only cost, the background
 //! commit is the ordinary write path (same bytes, same tree as a synchronous commit), commits in
 //! flight chain their parents in submission order, and a failed one publishes nothing.
 
 use crate::common::*;
-use cairn::async_commit::{AsyncCommitter, AsyncOptions, TensorSlice};
-use cairn::fsck::{FsckOptions, fsck};
-use cairn::progress::NoProgress;
-use cairn::read::{self, CheckoutOptions};
+use cairn::ops::commit::async_commit::{AsyncCommitter, AsyncOptions, TensorSlice};
+use cairn::ops::fsck::{FsckOptions, fsck};
+use cairn::ops::progress::NoProgress;
+use cairn::ops::read::{self, CheckoutOptions};
 use cairn::{CommitBuilder, CommitOptions, DType, Error, Store, TensorInput};
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -158,7 +158,7 @@ fn async_commit_checks_out_bit_for_bit_and_equals_a_sync_commit() {
         ("h".to_string(), DType::BF16, vec![3000]),
         ("ids".to_string(), DType::I64, vec![3, 5]),
     ];
-    let mut want = cairn::safetensors::serialize_header(&specs, Some(&meta)).unwrap();
+    let mut want = cairn::formats::safetensors::serialize_header(&specs, Some(&meta)).unwrap();
     for d in [&w, &h, &ids] {
         want.extend_from_slice(d);
     }
@@ -183,9 +183,9 @@ fn the_caller_may_overwrite_its_buffer_as_soon_as_the_call_returns() {
     .unwrap();
     // The training loop moves on at once: before the submit and while the commit runs.
     live.fill(0xAB);
-    let before = cairn::store::now_ns();
+    let before = cairn::storage::store::now_ns();
     let handle = c.submit();
-    let after = cairn::store::now_ns();
+    let after = cairn::storage::store::now_ns();
     live.fill(0xCD);
     drop(live);
     let out = handle.wait().unwrap();

@@ -200,7 +200,7 @@ fn a_session_with_every_command() {
         .arg(&st)
         .assert()
         .success();
-    let parsed = cairn::safetensors::parse(&std::fs::read(&st).unwrap()).unwrap();
+    let parsed = cairn::formats::safetensors::parse(&std::fs::read(&st).unwrap()).unwrap();
     assert_eq!(parsed.tensors[0].name, "bf");
     assert_eq!(parsed.tensors[0].dtype, DType::BF16);
 

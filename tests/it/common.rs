@@ -50,7 +50,7 @@ pub fn write_st(path: &Path, tensors: &[(&str, DType, Vec<u64>, Vec<u8>)]) {
         .iter()
         .map(|(n, d, s, _)| (n.to_string(), *d, s.clone()))
         .collect();
-    let mut out = cairn::safetensors::serialize_header(&specs, None).unwrap();
+    let mut out = cairn::formats::safetensors::serialize_header(&specs, None).unwrap();
     for (_, _, _, d) in tensors {
         out.extend_from_slice(d);
     }

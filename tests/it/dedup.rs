@@ -2,7 +2,7 @@
 //! plus at most one chunk per file; `stats` reports both exactly.
 
 use crate::common::*;
-use cairn::inspect::stats;
+use cairn::ops::inspect::stats;
 use cairn::{CommitBuilder, CommitOptions, DType, Store};
 
 fn commit_dir(store: &Store, dir: &std::path::Path) -> cairn::CommitOutcome {
@@ -122,7 +122,7 @@ fn digests_are_right_for_unchanged_files_and_for_changed_files_with_old_mtimes()
     checkpoint(&src, 3);
     let sha_of = |p: &std::path::Path| hex::encode(Sha256::digest(std::fs::read(p).unwrap()));
     let digests = |c: cairn::CommitId| -> std::collections::BTreeMap<String, String> {
-        cairn::inspect::show(&store, c)
+        cairn::ops::inspect::show(&store, c)
             .unwrap()
             .files
             .into_iter()
@@ -167,12 +167,12 @@ fn checks_out_as(
     out: &std::path::Path,
     src: &std::path::Path,
 ) {
-    cairn::read::checkout(
+    cairn::ops::read::checkout(
         store,
         commit,
         out,
-        &cairn::read::CheckoutOptions::default(),
-        &cairn::progress::NoProgress,
+        &cairn::ops::read::CheckoutOptions::default(),
+        &cairn::ops::progress::NoProgress,
     )
     .unwrap();
     assert_eq!(snapshot(out), snapshot(src));
@@ -224,7 +224,7 @@ fn rewritten_files_reuse_the_parent_digest_only_when_every_chunk_matches() {
         "only config.json: {changed:?}"
     );
     assert!(changed.new_chunks >= 1);
-    let shown = cairn::inspect::show(&store, changed.commit).unwrap();
+    let shown = cairn::ops::inspect::show(&store, changed.commit).unwrap();
     let model = shown
         .files
         .iter()

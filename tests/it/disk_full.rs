@@ -148,7 +148,10 @@ fn a_full_disk_is_a_clean_error_and_the_store_recovers() {
     cairn(&store).arg("fsck").assert().success();
     cairn(&store).arg("gc").assert().success();
     let ok = commit_with(&handle).expect("the same handle commits once space is back");
-    assert_eq!(cairn::rev::resolve(&handle, "HEAD").unwrap(), ok.commit);
+    assert_eq!(
+        cairn::ops::rev::resolve(&handle, "HEAD").unwrap(),
+        ok.commit
+    );
     fsck_read_data_clean(&store);
 }
 

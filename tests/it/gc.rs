@@ -352,8 +352,8 @@ fn repack_moves_live_data_and_readers_stay_correct() {
     );
     // The old handle still reads the kept file correctly (it retries through a fresh view).
     let mut buf = Vec::new();
-    let head = cairn::rev::resolve(&store, "HEAD").unwrap();
-    cairn::read::cat(&store, head, "keep.bin", &mut buf).unwrap();
+    let head = cairn::ops::rev::resolve(&store, "HEAD").unwrap();
+    cairn::ops::read::cat(&store, head, "keep.bin", &mut buf).unwrap();
     assert_eq!(buf, noise(1, 3 << 20));
     fsck_read_data_clean(&root);
     let _ = first;
@@ -480,7 +480,7 @@ fn rebuilt_index_equals_the_original() {
         let s = cairn::Store::open(root).unwrap();
         let v = s.view();
         let mut out = Vec::new();
-        for cf in cairn::index::ALL_CFS {
+        for cf in cairn::storage::index::ALL_CFS {
             v.for_each(cf, |k, val| {
                 out.push((cf.to_string(), k.to_vec(), val.to_vec()));
                 Ok(())
@@ -581,7 +581,7 @@ fn tensor_bytes(root: &std::path::Path, rev: &str) -> Vec<u8> {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let parsed = cairn::safetensors::parse(&out.stdout).unwrap();
+    let parsed = cairn::formats::safetensors::parse(&out.stdout).unwrap();
     out.stdout[parsed.data_start() as usize..].to_vec()
 }
 
@@ -661,7 +661,7 @@ fn an_index_rebuilt_after_reencoding_picks_the_copy_that_needs_no_dead_base() {
         .assert()
         .success();
     let store = cairn::Store::open(&root).unwrap();
-    let head = cairn::rev::resolve(&store, "HEAD").unwrap();
+    let head = cairn::ops::rev::resolve(&store, "HEAD").unwrap();
     let tree = store.tree(store.commit(head).unwrap().tree).unwrap();
     for c in tree.files.values().flat_map(|f| f.chunks()) {
         let loc = store.chunk_loc(c.id).unwrap().unwrap();
@@ -679,7 +679,7 @@ fn a_deferred_gc_keeps_the_delta_bases_a_later_gc_reencodes_away() {
     let (_, versions) = delta_series(&root);
     // A commit is running: gc can only mark, and must not mark a base a live chunk needs.
     let store = cairn::Store::open(&root).unwrap();
-    let writing = cairn::lock::shared(&store.writers_lock_path()).unwrap();
+    let writing = cairn::storage::lock::shared(&store.writers_lock_path()).unwrap();
     let out = json(&root, &["gc", "--keep-last", "1", "--json"]);
     assert_eq!(out["mode"], "deferred", "{out}");
     assert_eq!(out["chunks_reencoded"], 0, "{out}");
@@ -703,7 +703,7 @@ fn gc_beside_a_running_writer_marks_then_a_later_run_deletes() {
     run(&root, t.path(), 3, &[0.9, 0.5, 0.7]);
     let before = json(&root, &["stats", "--json"]);
     // A writer in progress holds writers.lock shared.
-    let writer = cairn::lock::shared(&root.join("locks/writers.lock")).unwrap();
+    let writer = cairn::storage::lock::shared(&root.join("locks/writers.lock")).unwrap();
     let out = json(&root, &["gc", "--keep-last", "1", "--json"]);
     assert_eq!(out["mode"], "deferred");
     assert_eq!(out["chunks_removed"], 0);
@@ -729,7 +729,7 @@ fn a_marked_chunk_reused_by_a_commit_comes_back_to_life() {
     let root = t.path().join("store");
     cairn(&root).arg("init").assert().success();
     let ids = run(&root, t.path(), 2, &[0.9, 0.5]);
-    let writer = cairn::lock::shared(&root.join("locks/writers.lock")).unwrap();
+    let writer = cairn::storage::lock::shared(&root.join("locks/writers.lock")).unwrap();
     // ck0's optimizer file becomes dead and marked...
     assert_eq!(
         json(&root, &["gc", "--keep-last", "1", "--json"])["mode"],
@@ -782,7 +782,7 @@ fn fsck_structural_damage_kinds() {
     assert!(kinds(&root).is_empty());
     // A chunk entry dropped from the index: missing-chunk, naming the file that needs it.
     let store = cairn::Store::open(&root).unwrap();
-    let head = cairn::rev::resolve(&store, "HEAD").unwrap();
+    let head = cairn::ops::rev::resolve(&store, "HEAD").unwrap();
     let tree = store.tree(store.commit(head).unwrap().tree).unwrap();
     let victim = tree.files["optimizer.pt"].chunks().next().unwrap().id;
     let loc = store.chunk_loc(victim).unwrap().unwrap();
@@ -801,7 +801,7 @@ fn fsck_structural_damage_kinds() {
             let mut b = i.batch()?;
             b.put_chunk(
                 &victim,
-                &cairn::index::ChunkLoc {
+                &cairn::storage::index::ChunkLoc {
                     offset: loc.offset + (1 << 40),
                     ..loc
                 },
@@ -865,7 +865,7 @@ fn packs_wait_while_a_reader_is_active() {
     let root = t.path().join("store");
     cairn(&root).arg("init").assert().success();
     run(&root, t.path(), 3, &[0.9, 0.5, 0.7]);
-    let reader = cairn::lock::shared(&root.join("locks/readers.lock")).unwrap();
+    let reader = cairn::storage::lock::shared(&root.join("locks/readers.lock")).unwrap();
     let out = json(&root, &["gc", "--keep-last", "1", "--json"]);
     assert!(out["packs_doomed"].as_u64().unwrap() > 0, "{out}");
     assert_eq!(out["packs_deleted"], 0);

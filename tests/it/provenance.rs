@@ -192,7 +192,7 @@ fn git_auto_clean_dirty_and_not_a_repository() {
 
 #[test]
 fn dataset_fingerprints_are_stable_and_sensitive() {
-    use cairn::provenance::dataset_fingerprint;
+    use cairn::ops::provenance::dataset_fingerprint;
     let t = tempfile::tempdir().unwrap();
     let d = t.path().join("data");
     std::fs::create_dir_all(d.join("sub")).unwrap();

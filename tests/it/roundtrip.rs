@@ -2,7 +2,7 @@
 //! directories, opaque files, in-memory tensors, one tensor read alone.
 
 use crate::common::*;
-use cairn::read::{self, CheckoutOptions};
+use cairn::ops::read::{self, CheckoutOptions};
 use cairn::{CommitBuilder, CommitOptions, DType, DeltaBase, Store, TensorInput};
 
 #[test]
@@ -21,7 +21,7 @@ fn directory_round_trips_byte_identically() {
         out.commit,
         &dst,
         &CheckoutOptions::default(),
-        &cairn::progress::NoProgress,
+        &cairn::ops::progress::NoProgress,
     )
     .unwrap();
     assert_eq!(snapshot(&src), snapshot(&dst));
@@ -29,11 +29,11 @@ fn directory_round_trips_byte_identically() {
     // The safetensors file was understood, tensor by tensor.
     let tree = store.tree(store.commit(out.commit).unwrap().tree).unwrap();
     let f = &tree.files["model.safetensors"];
-    assert_eq!(f.format, cairn::object::FileFormat::Safetensors);
+    assert_eq!(f.format, cairn::model::object::FileFormat::Safetensors);
     assert_eq!(f.tensors().count(), DType::ALL.len() + 3);
     assert_eq!(
         tree.files["optimizer.pt"].format,
-        cairn::object::FileFormat::Opaque
+        cairn::model::object::FileFormat::Opaque
     );
 }
 
@@ -131,7 +131,7 @@ fn corrupt_pack_byte_is_an_error_never_wrong_bytes() {
         out.commit,
         &dst,
         &CheckoutOptions::default(),
-        &cairn::progress::NoProgress,
+        &cairn::ops::progress::NoProgress,
     )
     .unwrap_err()
     .to_string();
@@ -316,7 +316,7 @@ fn damage_chunk(root: &std::path::Path, id: cairn::ChunkId) {
     let loc = store.chunk_loc(id).unwrap().unwrap();
     let pack = store
         .packs_dir()
-        .join(cairn::pack::pack_file_name(loc.pack));
+        .join(cairn::storage::pack::pack_file_name(loc.pack));
     drop(store);
     let mut bytes = std::fs::read(&pack).unwrap();
     bytes[(loc.offset + loc.stored_len / 2) as usize] ^= 0x40;

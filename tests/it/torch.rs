@@ -87,7 +87,7 @@ fn torch_archives_are_storage_aligned_and_round_trip() {
         .arg(&st)
         .assert()
         .success();
-    let parsed = cairn::safetensors::parse(&std::fs::read(&st).unwrap()).unwrap();
+    let parsed = cairn::formats::safetensors::parse(&std::fs::read(&st).unwrap()).unwrap();
     assert_eq!(parsed.tensors[0].dtype, cairn::DType::F32);
     // Recommitting adds no chunks: every storage dedups.
     let out = cairn(&store)
@@ -237,16 +237,16 @@ fn real_optimizer_deltas_against_the_parent_by_entry_name() {
         ["optimizer.pt"]
         .tensors()
         .map(|(_, seg)| match &seg.kind {
-            cairn::object::SegmentKind::Tensor { name, .. } => {
+            cairn::model::object::SegmentKind::Tensor { name, .. } => {
                 (name.clone(), seg.chunks.iter().map(|c| c.id).collect())
             }
-            cairn::object::SegmentKind::Raw => unreachable!(),
+            cairn::model::object::SegmentKind::Raw => unreachable!(),
         })
         .collect();
     let mut delta = 0;
     let mut delta_bytes = 0;
     for (_, seg) in tree.files["optimizer.pt"].tensors() {
-        let cairn::object::SegmentKind::Tensor { name, .. } = &seg.kind else {
+        let cairn::model::object::SegmentKind::Tensor { name, .. } = &seg.kind else {
             unreachable!()
         };
         for (i, c) in seg.chunks.iter().enumerate() {

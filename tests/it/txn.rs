@@ -281,10 +281,11 @@ fn conflicting_parts_fail_and_abandoned_transactions_are_cleaned_up() {
         .assert()
         .success();
     let store = cairn::Store::open(&root).unwrap();
-    let before = cairn::gc::plan(&store, &cairn::gc::GcOptions::default()).unwrap();
+    let before = cairn::ops::gc::plan(&store, &cairn::ops::gc::GcOptions::default()).unwrap();
     assert!(before.abandoned_txns.is_empty());
     // Staged packs are not leftovers (the unstaged failed part's pack is).
-    let staged = cairn::txn::pending(&store, cairn::store::now_ns()).unwrap();
+    let staged =
+        cairn::ops::commit::sharded::pending(&store, cairn::storage::store::now_ns()).unwrap();
     assert_eq!(staged.len(), 1);
     for p in &staged[0].packs {
         assert!(
@@ -294,11 +295,13 @@ fn conflicting_parts_fail_and_abandoned_transactions_are_cleaned_up() {
         );
     }
     assert_eq!(before.orphan_files.len(), 1, "{:?}", before.orphan_files);
-    let later = cairn::gc::GcOptions {
-        now_ns: Some(cairn::store::now_ns() + cairn::txn::ABANDON_AFTER_NS + 1),
+    let later = cairn::ops::gc::GcOptions {
+        now_ns: Some(
+            cairn::storage::store::now_ns() + cairn::ops::commit::sharded::ABANDON_AFTER_NS + 1,
+        ),
         ..Default::default()
     };
-    let out = cairn::gc::gc(&store, &later, false).unwrap();
+    let out = cairn::ops::gc::gc(&store, &later, false).unwrap();
     assert_eq!(out.plan.abandoned_txns, vec!["lost".to_string()]);
     assert!(out.packs_deleted >= 1);
     assert!(!root.join("txn/lost").exists());

@@ -148,7 +148,7 @@ pub struct CommitArgs {
     /// the parent chunk's chain, so a read decodes at most one base; or "parent", the parent's
     /// chunk itself: about 2% smaller, but a read at depth d decodes d+1 chunks.
     #[arg(long, value_name = "root|parent", default_value = "root")]
-    pub delta_base: cairn::commit::DeltaBase,
+    pub delta_base: cairn::ops::commit::DeltaBase,
     /// After publishing, re-read every file in a fresh process and record the result.
     #[arg(long)]
     pub verify: bool,

@@ -39,7 +39,7 @@ fn run(cli: Cli) -> Result<()> {
 fn main() {
     let cli = Cli::parse();
     let result = run(cli);
-    cairn::crashsim::finish();
+    cairn::storage::crashsim::finish();
     if let Err(e) = result {
         // Scripts piping into `head` close stdout early; that is not an error worth a message.
         if e.chain().any(|c| {

@@ -3,7 +3,7 @@
 //! never see it).
 
 use anyhow::Result;
-use cairn::progress::{NoProgress, Progress};
+use cairn::ops::progress::{NoProgress, Progress};
 use std::io::{IsTerminal, Write};
 
 /// `println!` that returns an error instead of panicking when stdout is closed (`| head`).

@@ -6,16 +6,16 @@ use super::{open, store_path};
 use crate::args::{FsckArgs, RepairArgs, VerifyArgs};
 use crate::render::{human, out, print_json, progress};
 use anyhow::{Result, anyhow, bail};
-use cairn::fsck::FsckReport;
-use cairn::{Store, rev};
+use cairn::ops::fsck::FsckReport;
+use cairn::{Store, ops::rev};
 use std::path::Path;
 
 pub fn verify(cli_store: Option<&Path>, a: VerifyArgs) -> Result<()> {
     let store = open(cli_store)?;
     let id = rev::resolve(&store, &a.rev)?;
     let p = progress();
-    let rec = cairn::verify::verify_commit(&store, id, p.as_ref())?;
-    cairn::verify::update_state(&store, id, |st| st.verify = Some(rec.clone()))?;
+    let rec = cairn::ops::verify::verify_commit(&store, id, p.as_ref())?;
+    cairn::ops::verify::update_state(&store, id, |st| st.verify = Some(rec.clone()))?;
     if a.json {
         print_json(&rec)?;
     } else if rec.ok {
@@ -47,9 +47,9 @@ pub fn fsck(cli_store: Option<&Path>, a: FsckArgs) -> Result<()> {
         .map(parse_subset)
         .transpose()?;
     let p = progress();
-    let rep = cairn::fsck::fsck(
+    let rep = cairn::ops::fsck::fsck(
         &store,
-        &cairn::fsck::FsckOptions {
+        &cairn::ops::fsck::FsckOptions {
             read_data: a.read_data || subset.is_some(),
             subset,
         },
@@ -121,13 +121,13 @@ pub fn repair(cli_store: Option<&Path>, a: RepairArgs) -> Result<()> {
 }
 
 fn rebuild_index(root: &Path, json: bool) -> Result<()> {
-    if !root.join(cairn::store::MARKER).is_file() {
+    if !root.join(cairn::storage::store::MARKER).is_file() {
         return Err(cairn::StoreError::NotAStore {
             path: root.to_path_buf(),
         }
         .into());
     }
-    let out = cairn::fsck::rebuild_index(root)?;
+    let out = cairn::ops::fsck::rebuild_index(root)?;
     if json {
         print_json(&out)?;
     } else {
@@ -150,7 +150,7 @@ fn rebuild_index(root: &Path, json: bool) -> Result<()> {
 
 fn heal_from(root: &Path, path: &Path, json: bool) -> Result<()> {
     let store = Store::open(root)?;
-    let healed = cairn::commit::heal_from(&store, path)?;
+    let healed = cairn::ops::commit::heal_from(&store, path)?;
     if json {
         print_json(&serde_json::json!({"healed": healed}))?;
     } else {

@@ -6,9 +6,9 @@ use super::open;
 use crate::args::{CatArgs, CheckoutArgs, TensorArgs};
 use crate::render::{human, out, print_json, progress};
 use anyhow::{Result, anyhow};
-use cairn::inspect::CommitInfo;
-use cairn::read::{self, CheckoutOptions};
-use cairn::rev;
+use cairn::ops::inspect::CommitInfo;
+use cairn::ops::read::{self, CheckoutOptions};
+use cairn::ops::rev;
 use std::io::Write;
 use std::path::Path;
 
@@ -32,7 +32,7 @@ pub fn checkout(cli_store: Option<&Path>, a: CheckoutArgs) -> Result<()> {
     if let Some(m) = &a.meta {
         let info = CommitInfo::new(&store, id, &store.commit(id)?);
         let bytes = serde_json::to_vec_pretty(&info)?;
-        cairn::export::write_file_atomic(m, &[&bytes, b"\n"])?;
+        cairn::ops::export::write_file_atomic(m, &[&bytes, b"\n"])?;
     }
     if a.json {
         print_json(&out)?;
@@ -64,13 +64,13 @@ pub fn cat(cli_store: Option<&Path>, a: CatArgs) -> Result<()> {
 pub fn tensor(cli_store: Option<&Path>, a: TensorArgs) -> Result<()> {
     let store = open(cli_store)?;
     let id = rev::resolve(&store, &a.rev)?;
-    let format = cairn::export::TensorFormat::from_path(&a.output)?;
+    let format = cairn::ops::export::TensorFormat::from_path(&a.output)?;
     let tree = store.tree(store.commit(id)?.tree)?;
     let t = read::find_tensor(&tree, &a.name)?;
     let (tname, dtype, shape) = t.segment.tensor().expect("find_tensor returns tensors");
-    let prefix = cairn::export::tensor_prefix(format, tname, dtype, shape)?;
+    let prefix = cairn::ops::export::tensor_prefix(format, tname, dtype, shape)?;
     let data = read::read_tensor(&store, &t)?;
-    cairn::export::write_file_atomic(&a.output, &[&prefix, &data])?;
+    cairn::ops::export::write_file_atomic(&a.output, &[&prefix, &data])?;
     if a.json {
         print_json(&serde_json::json!({
             "file": t.file, "name": tname, "dtype": dtype.to_string(), "shape": shape,

@@ -7,19 +7,19 @@ use crate::args::{GcArgs, RetentionCmd};
 use crate::render::{human, out, print_json};
 use anyhow::{Result, anyhow, bail};
 use cairn::Store;
-use cairn::gc::{Decision, GcOutcome, Plan, Retention};
+use cairn::ops::gc::{Decision, GcOutcome, Plan, Retention};
 use std::path::Path;
 
 pub fn gc(cli_store: Option<&Path>, a: GcArgs) -> Result<()> {
     let store = open(cli_store)?;
-    let opts = cairn::gc::GcOptions {
+    let opts = cairn::ops::gc::GcOptions {
         retention: rules(&store, &a)?,
         branches: a.branch.clone(),
         all: a.all,
         repack_threshold: Some(repack_threshold(a.repack_threshold)?),
         now_ns: None,
     };
-    let out = cairn::gc::gc(&store, &opts, a.dry_run)?;
+    let out = cairn::ops::gc::gc(&store, &opts, a.dry_run)?;
     if a.json {
         print_json(&out)?;
         return Ok(());
@@ -32,7 +32,7 @@ pub fn gc(cli_store: Option<&Path>, a: GcArgs) -> Result<()> {
 /// policy's single-valued rules and add to its lists.
 fn rules(store: &Store, a: &GcArgs) -> Result<Retention> {
     let mut r = if a.policy {
-        cairn::gc::stored_policy(store)?.ok_or_else(|| {
+        cairn::ops::gc::stored_policy(store)?.ok_or_else(|| {
             anyhow!("--policy: no retention policy is stored (cairn retention set ...)")
         })?
     } else {
@@ -42,10 +42,11 @@ fn rules(store: &Store, a: &GcArgs) -> Result<Retention> {
         r.keep_last = a.keep_last;
     }
     for kb in &a.keep_best {
-        r.keep_best.push(cairn::gc::parse_keep_best(kb)?);
+        r.keep_best.push(cairn::ops::gc::parse_keep_best(kb)?);
     }
     for ki in &a.keep_improving {
-        r.keep_improving.push(cairn::gc::parse_keep_improving(ki)?);
+        r.keep_improving
+            .push(cairn::ops::gc::parse_keep_improving(ki)?);
     }
     if let Some(n) = a.keep_every {
         if n == 0 {
@@ -54,7 +55,7 @@ fn rules(store: &Store, a: &GcArgs) -> Result<Retention> {
         r.keep_every = Some(n);
     }
     if let Some(w) = &a.keep_within {
-        r.keep_within_ns = Some(cairn::gc::parse_duration_ns(w)?);
+        r.keep_within_ns = Some(cairn::ops::gc::parse_duration_ns(w)?);
     }
     r.slim.extend(a.slim.iter().cloned());
     if a.slim_keep_last.is_some() {
@@ -143,7 +144,7 @@ fn print_done(out: &GcOutcome) -> Result<()> {
 pub fn retention(cli_store: Option<&Path>, cmd: RetentionCmd) -> Result<()> {
     let store = open(cli_store)?;
     match cmd {
-        RetentionCmd::Show => match cairn::gc::stored_policy(&store)? {
+        RetentionCmd::Show => match cairn::ops::gc::stored_policy(&store)? {
             Some(r) => out!("{}", r.to_text()),
             None => out!("no retention policy"),
         },
@@ -152,11 +153,11 @@ pub fn retention(cli_store: Option<&Path>, cmd: RetentionCmd) -> Result<()> {
             if !r.prunes() && r.slim.is_empty() {
                 bail!("retention policy {policy:?} has no rule");
             }
-            cairn::gc::set_policy(&store, Some(&r))?;
+            cairn::ops::gc::set_policy(&store, Some(&r))?;
             out!("retention policy: {}", r.to_text());
         }
         RetentionCmd::Clear => {
-            cairn::gc::set_policy(&store, None)?;
+            cairn::ops::gc::set_policy(&store, None)?;
             out!("retention policy cleared");
         }
     }

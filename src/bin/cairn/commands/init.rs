@@ -13,7 +13,7 @@ pub fn run(cli_store: Option<&Path>, a: InitArgs) -> Result<()> {
         .or_else(|| std::env::var_os("CAIRN_STORE").map(PathBuf::from))
     {
         Some(p) => p,
-        None => std::env::current_dir()?.join(cairn::store::DEFAULT_DIR),
+        None => std::env::current_dir()?.join(cairn::storage::store::DEFAULT_DIR),
     };
     let store = Store::init(&path)?;
     if a.json {

@@ -5,9 +5,9 @@ use super::open;
 use crate::args::{LogArgs, RunsArgs};
 use crate::render::{out, print_json};
 use anyhow::{Result, bail};
-use cairn::inspect::{self, CommitInfo};
-use cairn::object::Commit;
-use cairn::{CommitId, Store, rev};
+use cairn::model::object::Commit;
+use cairn::ops::inspect::{self, CommitInfo};
+use cairn::{CommitId, Store, ops::rev};
 use std::path::Path;
 
 pub fn log(cli_store: Option<&Path>, a: LogArgs) -> Result<()> {
@@ -21,13 +21,13 @@ pub fn log(cli_store: Option<&Path>, a: LogArgs) -> Result<()> {
 /// The catalog's path: any commit in the store can match, not only first parents.
 fn query(cli_store: Option<&Path>, a: LogArgs) -> Result<()> {
     let store = open(cli_store)?;
-    let query = cairn::catalog::Query {
+    let query = cairn::ops::catalog::Query {
         conds: a
             .conds
             .iter()
-            .map(|c| cairn::catalog::parse_cond(c))
+            .map(|c| cairn::ops::catalog::parse_cond(c))
             .collect::<Result<_, _>>()?,
-        sort: a.sort.as_deref().map(cairn::catalog::SortKey::parse),
+        sort: a.sort.as_deref().map(cairn::ops::catalog::SortKey::parse),
         limit: a.limit,
     };
     let rows = if a.all {
@@ -38,11 +38,11 @@ fn query(cli_store: Option<&Path>, a: LogArgs) -> Result<()> {
             None => store.head()?,
         };
         match start {
-            Some(st) => cairn::catalog::history_rows(&store, st)?,
+            Some(st) => cairn::ops::catalog::history_rows(&store, st)?,
             None => Vec::new(),
         }
     };
-    let hits = cairn::catalog::run(&query, rows);
+    let hits = cairn::ops::catalog::run(&query, rows);
     if a.json {
         let mut v = Vec::new();
         for (id, _) in &hits {
@@ -120,7 +120,7 @@ fn print_log_line(id: &CommitId, c: &Commit) -> Result<()> {
 pub fn runs(cli_store: Option<&Path>, a: RunsArgs) -> Result<()> {
     let store = open(cli_store)?;
     let (metric, maximize) = metric_direction(a.metric.as_deref())?;
-    let runs = cairn::catalog::runs(&store.view().commit_rows()?, metric.as_deref(), maximize);
+    let runs = cairn::ops::catalog::runs(&store.view().commit_rows()?, metric.as_deref(), maximize);
     if a.json {
         print_json(&runs)?;
     } else {
@@ -141,7 +141,7 @@ pub fn runs(cli_store: Option<&Path>, a: RunsArgs) -> Result<()> {
     Ok(())
 }
 
-/// `--metric METRIC[:min|max]` as (metric, maximize). Not `cairn::gc::parse_keep_improving`:
+/// `--metric METRIC[:min|max]` as (metric, maximize). Not `cairn::ops::gc::parse_keep_improving`:
 /// that one requires the direction, refuses an empty metric, and words its errors for
 /// `--keep-improving`.
 fn metric_direction(metric: Option<&str>) -> Result<(Option<String>, bool)> {

@@ -33,7 +33,11 @@ pub fn author(explicit: Option<String>) -> String {
 pub fn store_path(cli_store: Option<&Path>) -> Result<PathBuf> {
     let env = std::env::var_os("CAIRN_STORE").map(PathBuf::from);
     let cwd = std::env::current_dir().context("reading the current directory")?;
-    Ok(cairn::store::discover(cli_store, env.as_deref(), &cwd)?)
+    Ok(cairn::storage::store::discover(
+        cli_store,
+        env.as_deref(),
+        &cwd,
+    )?)
 }
 
 pub fn open(cli_store: Option<&Path>) -> Result<Store> {

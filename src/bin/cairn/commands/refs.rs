@@ -6,8 +6,8 @@ use super::{author, open};
 use crate::args::{BranchArgs, ReflogArgs, SwitchArgs, TagArgs};
 use crate::render::{out, print_json};
 use anyhow::{Result, anyhow, bail};
-use cairn::refs::ReflogEntry;
-use cairn::{Store, inspect, refs, rev};
+use cairn::storage::refs::ReflogEntry;
+use cairn::{Store, ops::inspect, ops::rev, storage::refs};
 use std::path::Path;
 
 pub fn branch(cli_store: Option<&Path>, a: BranchArgs) -> Result<()> {

@@ -5,11 +5,11 @@ use super::open;
 use crate::args::{DiffArgs, ShowArgs, StatsArgs};
 use crate::render::{human, out, print_json};
 use anyhow::Result;
-use cairn::diff::{DiffOutcome, Status};
-use cairn::inspect::{self, CommitInfo, ShowInfo};
-use cairn::provenance::Resume;
-use cairn::rev;
-use cairn::verify::CommitState;
+use cairn::ops::diff::{DiffOutcome, Status};
+use cairn::ops::inspect::{self, CommitInfo, ShowInfo};
+use cairn::ops::provenance::Resume;
+use cairn::ops::rev;
+use cairn::ops::verify::CommitState;
 use std::path::Path;
 
 pub fn show(cli_store: Option<&Path>, a: ShowArgs) -> Result<()> {
@@ -28,7 +28,7 @@ pub fn diff(cli_store: Option<&Path>, a: DiffArgs) -> Result<()> {
     let store = open(cli_store)?;
     let ia = rev::resolve(&store, &a.a)?;
     let ib = rev::resolve(&store, &a.b)?;
-    let d = cairn::diff::diff(&store, ia, ib)?;
+    let d = cairn::ops::diff::diff(&store, ia, ib)?;
     if a.json {
         print_json(&d)?;
     } else {

@@ -9,8 +9,8 @@ use super::open;
 use crate::args::CommitArgs;
 use crate::render::{human, out, print_json, progress};
 use anyhow::{Context, Result, anyhow, bail};
-use cairn::progress::Progress;
-use cairn::txn::TxnStatus;
+use cairn::ops::commit::sharded::TxnStatus;
+use cairn::ops::progress::Progress;
 use cairn::{CommitBuilder, CommitId, CommitOptions, CommitOutcome, Store};
 use provenance::ExtraFiles;
 use std::path::Path;
@@ -150,8 +150,8 @@ fn load_test(
     json: bool,
     p: &dyn Progress,
 ) -> Result<Option<String>> {
-    let rec = cairn::verify::run_check(store, id, cmd, p)?;
-    cairn::verify::update_state(store, id, |s| s.check = Some(rec.clone()))?;
+    let rec = cairn::ops::verify::run_check(store, id, cmd, p)?;
+    cairn::ops::verify::update_state(store, id, |s| s.check = Some(rec.clone()))?;
     if !json {
         out!(
             "load test {}: `{cmd}` exited {} after {:.1}s",

@@ -7,7 +7,7 @@ use crate::args::CommitArgs;
 use crate::commands::author;
 use anyhow::{Context, Result, anyhow, bail};
 use cairn::CommitOptions;
-use cairn::object::{DatasetRef, GitInfo, Metadata};
+use cairn::model::object::{DatasetRef, GitInfo, Metadata};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
@@ -24,7 +24,7 @@ pub fn options(a: &CommitArgs) -> Result<(CommitOptions, ExtraFiles)> {
         delta_depth: a.delta_depth,
         delta_base: a.delta_base,
         txn: match (&a.txn, &a.part) {
-            (Some(id), Some(p)) => Some(cairn::txn::TxnPart::parse(id, p)?),
+            (Some(id), Some(p)) => Some(cairn::ops::commit::sharded::TxnPart::parse(id, p)?),
             _ => None,
         },
         ..Default::default()
@@ -41,7 +41,7 @@ pub fn options(a: &CommitArgs) -> Result<(CommitOptions, ExtraFiles)> {
     if a.git_diff {
         extra_files.extend(git_diff(a, m.git.as_ref())?);
     }
-    m.env = cairn::provenance::environment();
+    m.env = cairn::ops::provenance::environment();
     env_facts(a, &mut m.env, &mut extra_files)?;
     holds(a, &mut m.extra)?;
     Ok((opts, extra_files))
@@ -96,7 +96,7 @@ fn datasets(a: &CommitArgs) -> Result<Vec<DatasetRef>> {
                 (n, p)
             }
         };
-        out.push(cairn::provenance::dataset_fingerprint(&name, &path)?);
+        out.push(cairn::ops::provenance::dataset_fingerprint(&name, &path)?);
     }
     for d in &a.dataset_fingerprints {
         let (name, fp) = match d.split_once('=') {
@@ -123,7 +123,7 @@ fn git_repo(a: &CommitArgs) -> Result<PathBuf> {
 fn git(a: &CommitArgs) -> Result<Option<GitInfo>> {
     match a.git.as_deref() {
         None => Ok(None),
-        Some("auto") => Ok(Some(cairn::provenance::git_info(&git_repo(a)?)?)),
+        Some("auto") => Ok(Some(cairn::ops::provenance::git_info(&git_repo(a)?)?)),
         Some(sha) => {
             if sha.len() < 4 || !sha.chars().all(|c| c.is_ascii_hexdigit()) {
                 bail!("--git {sha:?}: expected a commit SHA (hex) or `auto`");
@@ -141,7 +141,7 @@ fn git_diff(a: &CommitArgs, git: Option<&GitInfo>) -> Result<Option<(String, Vec
     match git {
         Some(g) if g.dirty => Ok(Some((
             "_cairn/git.diff".into(),
-            cairn::provenance::git_diff(&git_repo(a)?)?,
+            cairn::ops::provenance::git_diff(&git_repo(a)?)?,
         ))),
         Some(_) => Ok(None),
         None => bail!("--git-diff needs --git auto"),
@@ -181,10 +181,10 @@ fn env_facts(
 fn holds(a: &CommitArgs, extra: &mut BTreeMap<String, String>) -> Result<()> {
     for kv in &a.holds {
         let (part, glob) = split_kv("--holds", kv)?;
-        if !cairn::provenance::RESUME_PARTS.contains(&part) {
+        if !cairn::ops::provenance::RESUME_PARTS.contains(&part) {
             bail!(
                 "--holds {kv}: unknown part {part:?}; expected one of {}",
-                cairn::provenance::RESUME_PARTS.join(", ")
+                cairn::ops::provenance::RESUME_PARTS.join(", ")
             );
         }
         extra.insert(format!("holds.{part}"), glob.to_string());
