@@ -11,6 +11,9 @@ pub enum Error {
     /// The store directory, its objects, chunks, refs and records.
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// Retention policies, gc planning and gc execution.
+    #[error(transparent)]
+    Gc(#[from] crate::ops::gc::GcError),
     #[error("{path}: {source}")]
     Io {
         path: PathBuf,
