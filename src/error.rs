@@ -14,6 +14,12 @@ pub enum Error {
     /// Retention policies, gc planning and gc execution.
     #[error(transparent)]
     Gc(#[from] crate::ops::gc::GcError),
+    /// Checking a store (problems found are a report, not an error).
+    #[error(transparent)]
+    Fsck(#[from] crate::ops::fsck::FsckError),
+    /// Rebuilding the index.
+    #[error(transparent)]
+    Repair(#[from] crate::ops::repair::RepairError),
     #[error("{path}: {source}")]
     Io {
         path: PathBuf,
