@@ -274,3 +274,58 @@ pub fn gc(store: &Store, opts: &GcOptions, dry_run: bool) -> Result<GcOutcome, G
     out.disk_bytes_after = disk_bytes(store);
     Ok(out)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The CLI prints these messages; they are what the crate's `Usage` error said before
+    /// `GcError` replaced it.
+    #[test]
+    fn policy_errors_keep_their_messages() {
+        let cases: [(Result<(), GcError>, &str); 9] = [
+            (
+                parse_keep_best("x:val_loss:min").map(drop),
+                r#"keep-best x:val_loss:min: "x" is not a count"#,
+            ),
+            (
+                parse_keep_best("3:val_loss").map(drop),
+                r#"keep-best "3:val_loss": expected K:METRIC:min|max"#,
+            ),
+            (
+                parse_keep_best("3:val_loss:up").map(drop),
+                r#"keep-best 3:val_loss:up: direction "up" must be min or max"#,
+            ),
+            (
+                parse_keep_improving("val_loss:up").map(drop),
+                r#"keep-improving val_loss:up: direction "up" must be min or max"#,
+            ),
+            (
+                parse_keep_improving("val_loss").map(drop),
+                r#"keep-improving "val_loss": expected METRIC:min|max"#,
+            ),
+            (
+                Retention::parse("keep-last").map(drop),
+                r#"retention rule "keep-last": expected NAME VALUE"#,
+            ),
+            (
+                Retention::parse("keep-last x").map(drop),
+                r#"retention rule "keep-last x": "x" is not a count"#,
+            ),
+            (
+                Retention::parse("keep-every 0").map(drop),
+                "keep-every 0: must be at least 1",
+            ),
+            (
+                Retention::parse("frobnicate 3").map(drop),
+                r#"unknown retention rule "frobnicate""#,
+            ),
+        ];
+        for (got, want) in cases {
+            assert_eq!(got.unwrap_err().to_string(), want);
+        }
+        let e = parse_duration_ns("soon").unwrap_err();
+        assert!(matches!(e, GcError::BadDuration { .. }), "{e:?}");
+        assert!(e.to_string().starts_with(r#"keep-within "soon": "#), "{e}");
+    }
+}
