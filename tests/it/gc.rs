@@ -516,7 +516,7 @@ fn gc_that_cannot_list_roots_deletes_nothing() {
             let mut b = index.batch()?;
             b.put_ref("refs/heads/ghost", &cairn::CommitId([7; 32]))?;
             index.write(b)?;
-            Ok(())
+            Ok::<_, cairn::StoreError>(())
         })
         .unwrap();
     }
@@ -791,7 +791,7 @@ fn fsck_structural_damage_kinds() {
             let mut b = i.batch()?;
             b.delete_chunk(&victim)?;
             i.write(b)?;
-            Ok(())
+            Ok::<_, cairn::StoreError>(())
         })
         .unwrap();
     assert_eq!(kinds(&root), vec!["missing-chunk"]);
@@ -807,7 +807,7 @@ fn fsck_structural_damage_kinds() {
                 },
             )?;
             i.write(b)?;
-            Ok(())
+            Ok::<_, cairn::StoreError>(())
         })
         .unwrap();
     assert_eq!(kinds(&root), vec!["bad-index-entry"]);
@@ -816,7 +816,7 @@ fn fsck_structural_damage_kinds() {
             let mut b = i.batch()?;
             b.put_chunk(&victim, &loc)?;
             i.write(b)?;
-            Ok(())
+            Ok::<_, cairn::StoreError>(())
         })
         .unwrap();
     assert!(kinds(&root).is_empty());
@@ -853,7 +853,7 @@ fn fsck_structural_damage_kinds() {
             let mut b = i.batch()?;
             b.delete_object(&head.into())?;
             i.write(b)?;
-            Ok(())
+            Ok::<_, cairn::StoreError>(())
         })
         .unwrap();
     assert!(kinds(&root).contains(&"missing-object".to_string()));
