@@ -26,6 +26,15 @@ pub enum Error {
     /// Writing a tensor out as .npy or .safetensors.
     #[error(transparent)]
     Export(#[from] crate::ops::export::ExportError),
+    /// Retention policies, gc planning and gc execution.
+    #[error(transparent)]
+    Gc(#[from] crate::ops::gc::GcError),
+    /// Checking a store (problems found are a report, not an error).
+    #[error(transparent)]
+    Fsck(#[from] crate::ops::fsck::FsckError),
+    /// Rebuilding the index.
+    #[error(transparent)]
+    Repair(#[from] crate::ops::repair::RepairError),
     #[error("{path}: {source}")]
     Io {
         path: PathBuf,

@@ -52,7 +52,14 @@ pub use ops::commit::async_commit;
 pub use ops::commit::sharded as txn;
 pub use ops::progress;
 #[cfg(feature = "store")]
-pub use ops::{catalog, commit, diff, export, fsck, gc, inspect, provenance, read, rev, verify};
+pub use ops::{catalog, commit, diff, export, gc, inspect, provenance, read, rev, verify};
+/// Temporary shim: `cairn::fsck` as it was, including `rebuild_index`, which moved to
+/// [`ops::repair`] (fsck may not re-export it: repair comes after fsck in the ops order).
+#[cfg(feature = "store")]
+pub mod fsck {
+    pub use crate::ops::fsck::*;
+    pub use crate::ops::repair::{RebuildOutcome, rebuild_index};
+}
 pub use storage::{crashsim, fsutil, lock, mmap, pack, refs};
 #[cfg(feature = "store")]
 pub use storage::{index, store};

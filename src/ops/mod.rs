@@ -12,9 +12,10 @@
 //! 7. [`inspect`]: log, show, stats
 //! 8. [`diff`]: per-file and per-tensor differences between two commits
 //! 9. [`export`]: writing tensors out as safetensors or npy
-//! 10. [`fsck`]: checking a whole store, and `repair`
-//! 11. [`gc`]: retention policies, the gc plan and its execution
-//! 12. [`commit`]: building a commit, async and sharded commits (may run gc for auto-retention)
+//! 10. [`fsck`]: checking a whole store
+//! 11. [`repair`]: rebuilding the index from the packs, reflog and statelog
+//! 12. [`gc`]: retention policies, the gc plan and its execution
+//! 13. [`commit`]: building a commit, async and sharded commits (may run gc for auto-retention)
 
 #[cfg(feature = "store")]
 pub mod catalog;
@@ -35,6 +36,8 @@ pub mod progress;
 pub mod provenance;
 #[cfg(feature = "store")]
 pub mod read;
+#[cfg(feature = "store")]
+pub mod repair;
 #[cfg(feature = "store")]
 pub mod rev;
 #[cfg(feature = "store")]

@@ -127,7 +127,7 @@ fn rebuild_index(root: &Path, json: bool) -> Result<()> {
         }
         .into());
     }
-    let out = cairn::ops::fsck::rebuild_index(root)?;
+    let out = cairn::ops::repair::rebuild_index(root)?;
     if json {
         print_json(&out)?;
     } else {
