@@ -49,8 +49,6 @@ pub enum Error {
     Object(#[from] crate::model::object::ObjectError),
     #[error(transparent)]
     Ref(#[from] crate::storage::refs::RefError),
-    #[error("{name} already exists (at {at})")]
-    RefExists { name: String, at: String },
     #[error("{path}: {what}")]
     BadInput { path: String, what: String },
     #[error("{path}: not a valid safetensors file: {source}")]

@@ -20,19 +20,22 @@
 //!     None,
 //! )?;
 //! let outcome = c.commit()?;
-//! let head = cairn::rev::resolve(&store, "HEAD")?;
+//! let head = cairn::ops::rev::resolve(&store, "HEAD")?;
 //! assert_eq!(head, outcome.commit);
 //! # Ok(()) }
 //! ```
 //!
 //! A training loop that cannot wait for a whole commit uses [`AsyncCommitter`]: the call
 //! returns once the tensors are copied, and the commit runs in the background
-//! ([`async_commit`]).
+//! ([`ops::commit::async_commit`]).
 //!
-//! Module order follows the data: ids and dtypes → objects → chunking and codecs → packs →
-//! index and refs → the store → operations (commit, read, inspect, diff). docs/architecture.md
-//! explains the design; docs/format.md the bytes.
+//! Modules follow the data, each layer importing only those before it: [`model`] (ids,
+//! dtypes, objects, path rules, the chunker) → [`codec`] and [`formats`] → [`storage`] (packs,
+//! the index, refs, the [`Store`]) → [`remote`] → [`ops`] (commit, read, gc, fsck, ...).
+//! `tests/layering.rs` checks it; docs/architecture.md explains the design, docs/format.md the
+//! bytes.
 #![deny(unsafe_code)]
+#![warn(missing_docs)]
 
 pub mod codec;
 #[cfg(feature = "store")]
@@ -43,36 +46,15 @@ pub mod ops;
 pub mod remote;
 pub mod storage;
 
-// Temporary shims while the modules move (removed at the end of the restructuring).
-pub use formats::{safetensors, torchzip};
-pub use model::{chunker, dtype, id, object};
-#[cfg(feature = "store")]
-pub use ops::commit::async_commit;
-#[cfg(feature = "store")]
-pub use ops::commit::sharded as txn;
-pub use ops::progress;
-#[cfg(feature = "store")]
-pub use ops::{catalog, commit, diff, export, gc, inspect, provenance, read, rev, verify};
-/// Temporary shim: `cairn::fsck` as it was, including `rebuild_index`, which moved to
-/// [`ops::repair`] (fsck may not re-export it: repair comes after fsck in the ops order).
-#[cfg(feature = "store")]
-pub mod fsck {
-    pub use crate::ops::fsck::*;
-    pub use crate::ops::repair::{RebuildOutcome, rebuild_index};
-}
-pub use storage::{crashsim, fsutil, lock, mmap, pack, refs};
-#[cfg(feature = "store")]
-pub use storage::{index, store};
-
-#[cfg(feature = "store")]
-pub use async_commit::{AsyncCommitter, CommitHandle, TensorSlice};
-#[cfg(feature = "store")]
-pub use commit::{CommitBuilder, CommitOptions, CommitOutcome, DeltaBase, TensorInput};
-pub use dtype::DType;
 #[cfg(feature = "store")]
 pub use error::{Error, Result};
-pub use id::{ChunkId, CommitId, ObjectId, PackId, TreeId};
+pub use model::dtype::DType;
+pub use model::id::{ChunkId, CommitId, ObjectId, PackId, TreeId};
+#[cfg(feature = "store")]
+pub use ops::commit::async_commit::{AsyncCommitter, CommitHandle, TensorSlice};
+#[cfg(feature = "store")]
+pub use ops::commit::{CommitBuilder, CommitOptions, CommitOutcome, DeltaBase, TensorInput};
 #[cfg(feature = "store")]
 pub use storage::error::StoreError;
 #[cfg(feature = "store")]
-pub use store::Store;
+pub use storage::store::Store;

@@ -114,6 +114,14 @@ pub enum StoreError {
         /// The full ref name that was looked up (`refs/heads/...`).
         name: String,
     },
+    /// A ref that is to be created exists already.
+    #[error("{name} already exists (at {at})")]
+    RefExists {
+        /// The short ref name, as the user gave it.
+        name: String,
+        /// The short id of the commit it points at.
+        at: String,
+    },
     /// A compare-and-swap of a ref found it elsewhere than expected.
     #[error("{name} moved: expected {expected}, found {found}")]
     RefMoved {

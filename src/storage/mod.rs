@@ -9,6 +9,8 @@
 //! [`fsutil`], so the crash simulation can stop at each one.
 #![warn(missing_docs)]
 
+// Test machinery (failpoints, simulated power loss), public for the CLI and the crash tests only.
+#[doc(hidden)]
 pub mod crashsim;
 #[cfg(feature = "store")]
 pub mod error;

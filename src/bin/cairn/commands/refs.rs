@@ -43,7 +43,7 @@ fn create_branch(store: &Store, n: String, rev: Option<&str>, json: bool) -> Res
     let full = refs::branch_ref(&n)?;
     let target = rev::resolve(store, rev.unwrap_or("HEAD"))?;
     if let Some(at) = store.get_ref(&full)? {
-        return Err(cairn::Error::RefExists {
+        return Err(cairn::StoreError::RefExists {
             name: n,
             at: at.short(),
         }
