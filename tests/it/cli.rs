@@ -380,3 +380,79 @@ fn progress_bar_on_a_terminal_only() {
     assert!(out.status.success());
     assert!(out.stderr.is_empty());
 }
+
+/// Regression: `cairn reflog` sliced `v[..12]` of any 64-byte value, and HEAD's switch entries
+/// hold ref names: a legal branch name with a multi-byte character at byte 12 panicked (exit
+/// 101), on every later `reflog` of that store.
+#[test]
+fn reflog_prints_a_non_ascii_branch_name_whole() {
+    let t = tempfile::tempdir().unwrap();
+    let store = t.path().join("store");
+    let ck = t.path().join("ck");
+    ckpt(&ck, 1);
+    cairn(&store).arg("init").assert().success();
+    cairn(&store)
+        .args(["commit", ck.to_str().unwrap(), "-m", "one"])
+        .assert()
+        .success();
+    // refs/heads/ (11 bytes) + "é" (2 bytes) + 51 letters = 64 bytes, byte 12 inside "é".
+    let name = format!("é{}", "x".repeat(51));
+    cairn(&store).args(["branch", &name]).assert().success();
+    cairn(&store).args(["switch", &name]).assert().success();
+    let out = cairn(&store).arg("reflog").output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(text.contains(&format!("refs/heads/{name}")), "{text}");
+}
+
+/// Names and messages come from strangers: a file named with ESC and BEL sequences and a
+/// newline, and such a commit message, must not reach the terminal raw from `show`, `log`,
+/// `diff` or an error message, nor start a forged line of output.
+#[test]
+fn text_output_escapes_control_characters() {
+    let t = tempfile::tempdir().unwrap();
+    let store = t.path().join("store");
+    cairn(&store).arg("init").assert().success();
+    let evil = "a\u{1b}]0;pwned\u{7}\nFORGED line\u{9b}31m";
+    for (i, content) in [&b"one"[..], &b"two"[..]].iter().enumerate() {
+        let ck = t.path().join(format!("ck{i}"));
+        std::fs::create_dir_all(&ck).unwrap();
+        std::fs::write(ck.join(evil), content).unwrap();
+        cairn(&store)
+            .args([
+                "commit",
+                ck.to_str().unwrap(),
+                "-m",
+                &format!("msg {i}\u{1b}[2J{evil}"),
+            ])
+            .assert()
+            .success();
+    }
+    for args in [
+        &["show", "HEAD"][..],
+        &["log"][..],
+        &["diff", "HEAD~1", "HEAD"][..],
+        &["cat", "HEAD:nonexistent\u{1b}[2J"][..],
+    ] {
+        let out = cairn(&store).args(args).output().unwrap();
+        for (what, bytes) in [("stdout", &out.stdout), ("stderr", &out.stderr)] {
+            let text = String::from_utf8_lossy(bytes);
+            assert!(
+                !text
+                    .chars()
+                    .any(|c| c.is_control() && c != '\n' && c != '\t'),
+                "{args:?} {what} holds a raw control character: {text:?}"
+            );
+            assert!(
+                !text.lines().any(|l| l.starts_with("FORGED")),
+                "{args:?} {what} has a forged line: {text:?}"
+            );
+        }
+    }
+    let show = cairn(&store).args(["show", "HEAD"]).output().unwrap();
+    assert!(String::from_utf8_lossy(&show.stdout).contains("a\\x1b]0;pwned\\x07\\nFORGED"));
+}

@@ -48,9 +48,12 @@ fn main() {
         }) {
             std::process::exit(0);
         }
-        eprintln!("error: {e}");
+        eprintln!("error: {}", render::escape_controls(&e.to_string()));
         for cause in e.chain().skip(1) {
-            eprintln!("  caused by: {cause}");
+            eprintln!(
+                "  caused by: {}",
+                render::escape_controls(&cause.to_string())
+            );
         }
         std::process::exit(1);
     }

@@ -6,14 +6,48 @@ use anyhow::Result;
 use cairn::ops::progress::{NoProgress, Progress};
 use std::io::{IsTerminal, Write};
 
-/// `println!` that returns an error instead of panicking when stdout is closed (`| head`).
+/// `println!` that returns an error instead of panicking when stdout is closed (`| head`), and
+/// prints one line: control characters in it (file, tensor, branch names, messages: all of
+/// them can come from strangers) are escaped by [`escape_controls`], so no value can move the
+/// cursor, retitle the terminal or start a forged line of output.
 macro_rules! out {
+    () => {{
+        use std::io::Write as _;
+        writeln!(std::io::stdout().lock())?
+    }};
     ($($t:tt)*) => {{
         use std::io::Write as _;
-        writeln!(std::io::stdout().lock(), $($t)*)?
+        let line = format!($($t)*);
+        writeln!(
+            std::io::stdout().lock(),
+            "{}",
+            $crate::render::escape_controls(&line)
+        )?
     }};
 }
 pub(crate) use out;
+
+/// `s` with every control character but tab written as an escape (`\n`, `\x1b`, `\u{9b}`),
+/// borrowed when there is none.
+pub fn escape_controls(s: &str) -> std::borrow::Cow<'_, str> {
+    if !s.chars().any(|c| c.is_control() && c != '\t') {
+        return std::borrow::Cow::Borrowed(s);
+    }
+    let mut out = String::with_capacity(s.len() + 8);
+    for c in s.chars() {
+        match c {
+            '\t' => out.push(c),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            c if (c as u32) < 0x80 && c.is_control() => {
+                out.push_str(&format!("\\x{:02x}", c as u32))
+            }
+            c if c.is_control() => out.push_str(&format!("\\u{{{:x}}}", c as u32)),
+            c => out.push(c),
+        }
+    }
+    std::borrow::Cow::Owned(out)
+}
 
 /// Sizes in binary units with one decimal (`1.5 MiB`); exact below 1 KiB.
 pub fn human(n: u64) -> String {
@@ -69,4 +103,13 @@ pub fn progress() -> Box<dyn Progress> {
     } else {
         Box::new(NoProgress)
     }
+}
+
+/// The first 12 characters of a hex commit id, as `CommitId::short` prints it; anything that is
+/// not a commit id is returned whole (never sliced by byte index, which panics inside a
+/// multi-byte character).
+pub fn short_hex(id: &str) -> String {
+    id.parse::<cairn::CommitId>()
+        .map(|c| c.short())
+        .unwrap_or_else(|_| id.to_string())
 }

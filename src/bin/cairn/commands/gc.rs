@@ -4,7 +4,7 @@
 
 use super::open;
 use crate::args::{GcArgs, RetentionCmd};
-use crate::render::{human, out, print_json};
+use crate::render::{human, out, print_json, short_hex};
 use anyhow::{Result, anyhow, bail};
 use cairn::Store;
 use cairn::ops::gc::{Decision, GcOutcome, Plan, Retention};
@@ -90,7 +90,7 @@ fn print_plan(p: &Plan) -> Result<()> {
         };
         out!(
             "{what} {} {:>10} {}{}",
-            &c.id[..12],
+            short_hex(&c.id),
             c.step.map(|s| format!("step {s}")).unwrap_or_default(),
             c.reasons.join("; "),
             if c.frees_bytes > 0 {

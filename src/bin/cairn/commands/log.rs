@@ -3,7 +3,7 @@
 
 use super::open;
 use crate::args::{LogArgs, RunsArgs};
-use crate::render::{out, print_json};
+use crate::render::{out, print_json, short_hex};
 use anyhow::{Result, bail};
 use cairn::model::object::Commit;
 use cairn::ops::inspect::{self, CommitInfo};
@@ -132,7 +132,7 @@ pub fn runs(cli_store: Option<&Path>, a: RunsArgs) -> Result<()> {
                 inspect::format_time(r.first_ns),
                 inspect::format_time(r.last_ns),
                 match (&r.metric, r.best, &r.best_commit) {
-                    (Some(m), Some(b), Some(c)) => format!("best {m}={b} at {}", &c[..12]),
+                    (Some(m), Some(b), Some(c)) => format!("best {m}={b} at {}", short_hex(c)),
                     _ => "no metric".into(),
                 }
             );

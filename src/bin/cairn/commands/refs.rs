@@ -4,7 +4,7 @@
 
 use super::{author, open};
 use crate::args::{BranchArgs, ReflogArgs, SwitchArgs, TagArgs};
-use crate::render::{out, print_json};
+use crate::render::{out, print_json, short_hex};
 use anyhow::{Result, anyhow, bail};
 use cairn::storage::refs::ReflogEntry;
 use cairn::{Store, ops::inspect, ops::rev, storage::refs};
@@ -161,8 +161,8 @@ fn print_reflog_line(e: &ReflogEntry) -> Result<()> {
         "{}  {:<24} {} -> {}  {} by {}{}",
         inspect::format_time(e.time_ns),
         e.name,
-        short_id(e.old.as_deref()),
-        short_id(e.new.as_deref()),
+        e.old.as_deref().map_or_else(|| "-".to_string(), short_hex),
+        e.new.as_deref().map_or_else(|| "-".to_string(), short_hex),
         e.action,
         e.who,
         if e.message.is_empty() {
@@ -172,17 +172,4 @@ fn print_reflog_line(e: &ReflogEntry) -> Result<()> {
         }
     );
     Ok(())
-}
-
-/// Commit ids shortened like `CommitId::short`; the ref names that HEAD's switch entries hold
-/// are printed whole.
-fn short_id(x: Option<&str>) -> String {
-    x.map(|v| {
-        if v.len() == 64 {
-            v[..12].to_string()
-        } else {
-            v.to_string()
-        }
-    })
-    .unwrap_or_else(|| "-".into())
 }

@@ -115,7 +115,11 @@ fn print_commit(c: &CommitInfo) -> Result<()> {
         out!("data   {} {}", d.name, d.fingerprint);
     }
     if !c.message.is_empty() {
-        out!("\n    {}\n", c.message.replace('\n', "\n    "));
+        out!();
+        for line in c.message.lines() {
+            out!("    {line}");
+        }
+        out!();
     }
     Ok(())
 }
