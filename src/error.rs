@@ -11,6 +11,12 @@ pub enum Error {
     /// The store directory, its objects, chunks, refs and records.
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// Making a commit: its inputs, the write path, async and sharded commits.
+    #[error(transparent)]
+    Commit(#[from] crate::ops::commit::CommitError),
+    /// Capturing provenance (git, datasets) and reading a trainer state.
+    #[error(transparent)]
+    Provenance(#[from] crate::ops::provenance::ProvenanceError),
     #[error("{path}: {source}")]
     Io {
         path: PathBuf,
