@@ -43,7 +43,7 @@ pub struct CommitBuilder<'s> {
 }
 
 /// Check that `len` bytes are exactly what tensor `name` of file `rel` takes.
-pub(crate) fn check_tensor_len(
+pub(super) fn check_tensor_len(
     rel: &str,
     name: &str,
     dtype: DType,
@@ -88,7 +88,7 @@ impl<'s> CommitBuilder<'s> {
     }
 
     /// Wait at `gate` before each chunk (see [`Gate`]).
-    pub(crate) fn gate(mut self, gate: Arc<Gate>) -> Self {
+    pub(super) fn gate(mut self, gate: Arc<Gate>) -> Self {
         self.gate = Some(gate);
         self
     }
@@ -173,7 +173,7 @@ impl<'s> CommitBuilder<'s> {
     /// Add a file from memory that the caller keeps a reference to: once the commit is done
     /// and the builder dropped, the caller's `Arc` is the only one left (the async committer
     /// takes its buffers back this way).
-    pub(crate) fn add_shared(&mut self, rel: &str, bytes: Arc<Vec<u8>>) -> Result<()> {
+    pub(super) fn add_shared(&mut self, rel: &str, bytes: Arc<Vec<u8>>) -> Result<()> {
         check_rel_path(rel)?;
         self.inputs.push(Input {
             rel: rel.to_string(),

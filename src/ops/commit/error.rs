@@ -259,7 +259,7 @@ pub enum CommitError {
 pub type Result<T, E = CommitError> = std::result::Result<T, E>;
 
 /// Wrap an I/O error with the path it happened at.
-pub(crate) fn io_at(path: &Path) -> impl FnOnce(std::io::Error) -> CommitError + '_ {
+pub(super) fn io_at(path: &Path) -> impl FnOnce(std::io::Error) -> CommitError + '_ {
     move |source| CommitError::Io {
         path: path.to_path_buf(),
         source,

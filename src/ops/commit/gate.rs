@@ -14,7 +14,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 /// committer closes it while the training loop copies its next checkpoint, so that copy gets
 /// the cores and the memory bus to itself.
 #[derive(Debug, Default)]
-pub(crate) struct Gate {
+pub(super) struct Gate {
     /// How many [`GateClosed`] guards live.
     closed: Mutex<usize>,
     /// Signalled when the count drops to zero.
@@ -24,7 +24,7 @@ pub(crate) struct Gate {
 }
 
 /// Keeps a [`Gate`] closed until dropped.
-pub(crate) struct GateClosed<'g>(&'g Gate);
+pub(super) struct GateClosed<'g>(&'g Gate);
 
 impl Gate {
     fn lock(&self) -> std::sync::MutexGuard<'_, usize> {
@@ -34,14 +34,14 @@ impl Gate {
     }
 
     /// Close the gate until the returned guard drops.
-    pub(crate) fn close(&self) -> GateClosed<'_> {
+    pub(super) fn close(&self) -> GateClosed<'_> {
         *self.lock() += 1;
         self.any.fetch_add(1, Ordering::SeqCst);
         GateClosed(self)
     }
 
     /// Wait while the gate is closed.
-    pub(crate) fn pass(&self) {
+    pub(super) fn pass(&self) {
         if self.any.load(Ordering::SeqCst) == 0 {
             return;
         }

@@ -42,8 +42,8 @@ pub mod sharded;
 mod writer;
 
 pub use builder::CommitBuilder;
-pub(crate) use builder::check_tensor_len;
+use builder::check_tensor_len;
 pub use error::CommitError;
-pub(crate) use gate::Gate;
+use gate::Gate;
 pub use heal::heal_from;
 pub use options::{AutoGc, CommitOptions, CommitOutcome, DeltaBase, TensorInput};

@@ -228,7 +228,7 @@ fn storage_segment(z: &TorchZip, index: usize, start: u64, end: u64) -> (Segment
     // A storage is a flat run of elements; its dtype drives the codec. Unknown
     // dtypes (untyped or unreferenced storages) are recorded as bytes.
     let (dtype, shape) = match st.dtype {
-        Some(d) if d.byte_width().is_some_and(|w| len % w as u64 == 0) => {
+        Some(d) if d.byte_width().is_some_and(|w| len.is_multiple_of(w as u64)) => {
             (d, vec![len / d.byte_width().expect("checked") as u64])
         }
         _ => (DType::U8, vec![len]),

@@ -32,7 +32,7 @@ use crate::storage::store::{Store, now_ns};
 use std::path::Path;
 
 /// Stage a part; commit the transaction when it is the last one.
-pub(crate) fn stage(
+pub(super) fn stage(
     store: &Store,
     part: &TxnPart,
     opts: &CommitOptions,
