@@ -2,7 +2,6 @@
 //! the library and a caller can still match the module's own kinds.
 
 use crate::storage::error::StoreError;
-use std::path::PathBuf;
 
 /// Errors of the store and of every operation on it.
 #[derive(Debug, thiserror::Error)]
@@ -35,55 +34,37 @@ pub enum Error {
     /// Rebuilding the index.
     #[error(transparent)]
     Repair(#[from] crate::ops::repair::RepairError),
-    #[error("{path}: {source}")]
-    Io {
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
+    /// Making a commit: its inputs, the write path, async and sharded commits.
+    #[error(transparent)]
+    Commit(#[from] crate::ops::commit::CommitError),
+    /// Capturing provenance (git, datasets) and reading a trainer state.
+    #[error(transparent)]
+    Provenance(#[from] crate::ops::provenance::ProvenanceError),
+    /// A lower-level index error met outside the store.
     #[error(transparent)]
     Index(#[from] crate::storage::index::IndexError),
+    /// A pack that failed to open or held a damaged entry.
     #[error(transparent)]
     Pack(#[from] crate::storage::pack::PackError),
+    /// An object that did not decode.
     #[error(transparent)]
     Object(#[from] crate::model::object::ObjectError),
+    /// A ref name refused by the ref rules.
     #[error(transparent)]
     Ref(#[from] crate::storage::refs::RefError),
-    #[error("{path}: {what}")]
-    BadInput { path: String, what: String },
-    #[error("{path}: not a valid safetensors file: {source}")]
-    Safetensors {
-        path: String,
-        #[source]
-        source: crate::formats::safetensors::SafetensorsError,
-    },
-    #[error("{path}: content changed while cairn was reading it; commit again once it is stable")]
-    ChangedWhileReading { path: String },
-    #[error("{path}: {what}")]
-    Verify { path: String, what: String },
-    #[error("{what}")]
-    Usage { what: String },
-    /// A background commit (see [`crate::ops::commit::async_commit`]) stopped without an outcome of its own.
-    #[error("background commit did not complete: {what}")]
-    Background { what: String },
+    /// A path refused by the path rules.
+    #[error(transparent)]
+    Path(#[from] crate::model::path::PathError),
+    /// A chunk encoding that failed.
+    #[error(transparent)]
+    Codec(#[from] crate::codec::CodecError),
+    /// A safetensors file that breaks the format.
+    #[error(transparent)]
+    Safetensors(#[from] crate::formats::safetensors::SafetensorsError),
+    /// A torch.save archive that cannot be read statically.
+    #[error(transparent)]
+    TorchZip(#[from] crate::formats::torchzip::TorchZipError),
 }
 
 /// Results of the library's operations.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
-
-impl From<crate::model::path::PathError> for Error {
-    fn from(e: crate::model::path::PathError) -> Error {
-        Error::BadInput {
-            path: e.path,
-            what: e.what.to_string(),
-        }
-    }
-}
-
-/// Wrap an I/O error with the path it happened at.
-pub(crate) fn io_at(path: &std::path::Path) -> impl FnOnce(std::io::Error) -> Error + '_ {
-    move |source| Error::Io {
-        path: path.to_path_buf(),
-        source,
-    }
-}

@@ -6,7 +6,8 @@
 //! a missing optional fact (no GPU, no nvidia-smi), but a requested fact that cannot be had
 //! (`--git auto` outside a repository) is an error naming why.
 
-use crate::error::{Error, Result, io_at};
+#![warn(missing_docs)]
+
 use crate::model::object::{DatasetRef, GitInfo};
 
 use rayon::prelude::*;
@@ -15,27 +16,94 @@ use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+/// Errors of capturing provenance and of reading a trainer state.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ProvenanceError {
+    /// `git` could not be run.
+    #[error("--git auto: cannot run git: {source}")]
+    RunGit {
+        /// Why it could not be started.
+        #[source]
+        source: std::io::Error,
+    },
+    /// `--git auto` in a directory that is not inside a git repository with a commit.
+    #[error("--git auto: {repo} is not inside a git repository with a commit ({stderr})")]
+    NotAGitRepo {
+        /// The directory given.
+        repo: PathBuf,
+        /// What `git rev-parse HEAD` said, trimmed.
+        stderr: String,
+    },
+    /// A dataset file or directory could not be read.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file or directory.
+        path: PathBuf,
+        /// The operating system's error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A `trainer_state.json` is not valid JSON.
+    #[error("{path}: not valid JSON: {source}")]
+    BadTrainerState {
+        /// The file's path inside the commit.
+        path: String,
+        /// The parser's error.
+        #[source]
+        source: serde_json::Error,
+    },
+    /// A metric given for the commit disagrees with the one `trainer_state.json` records.
+    #[error(
+        "trainer_state.json: metric {name}: --metric gives {given} but trainer_state.json records {recorded}"
+    )]
+    MetricDisagrees {
+        /// The metric.
+        name: String,
+        /// The value given.
+        given: f64,
+        /// The value recorded.
+        recorded: f64,
+    },
+    /// The step given for the commit disagrees with `trainer_state.json`'s `global_step`.
+    #[error(
+        "trainer_state.json: step: --step gives {given} but trainer_state.json records global_step {recorded}"
+    )]
+    StepDisagrees {
+        /// The step given.
+        given: u64,
+        /// The `global_step` recorded.
+        recorded: u64,
+    },
+}
+
+/// Results of provenance capture.
+pub type Result<T, E = ProvenanceError> = std::result::Result<T, E>;
+
+/// Wrap an I/O error with the path it happened at.
+fn io_at(path: &Path) -> impl FnOnce(std::io::Error) -> ProvenanceError + '_ {
+    move |source| ProvenanceError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
 fn git(repo: &Path, args: &[&str]) -> Result<std::process::Output> {
     Command::new("git")
         .arg("-C")
         .arg(repo)
         .args(args)
         .output()
-        .map_err(|e| Error::Usage {
-            what: format!("--git auto: cannot run git: {e}"),
-        })
+        .map_err(|source| ProvenanceError::RunGit { source })
 }
 
 /// The git state of the repository containing `repo`.
 pub fn git_info(repo: &Path) -> Result<GitInfo> {
     let head = git(repo, &["rev-parse", "HEAD"])?;
     if !head.status.success() {
-        return Err(Error::Usage {
-            what: format!(
-                "--git auto: {} is not inside a git repository with a commit ({})",
-                repo.display(),
-                String::from_utf8_lossy(&head.stderr).trim()
-            ),
+        return Err(ProvenanceError::NotAGitRepo {
+            repo: repo.to_path_buf(),
+            stderr: String::from_utf8_lossy(&head.stderr).trim().to_string(),
         });
     }
     let commit = String::from_utf8_lossy(&head.stdout).trim().to_string();
@@ -198,7 +266,9 @@ pub fn environment() -> BTreeMap<String, String> {
 /// What a Hugging Face Trainer `trainer_state.json` says about its checkpoint.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct TrainerState {
+    /// `global_step`: optimizer steps taken.
     pub global_step: Option<u64>,
+    /// `epoch`: epochs done, fractional.
     pub epoch: Option<f64>,
     /// The latest value of every numeric key in `log_history` (later entries win), except
     /// `step` and `epoch`.
@@ -207,10 +277,11 @@ pub struct TrainerState {
 
 /// Parse a `trainer_state.json`.
 pub fn parse_trainer_state(path: &str, bytes: &[u8]) -> Result<TrainerState> {
-    let v: serde_json::Value = serde_json::from_slice(bytes).map_err(|e| Error::BadInput {
-        path: path.to_string(),
-        what: format!("not valid JSON: {e}"),
-    })?;
+    let v: serde_json::Value =
+        serde_json::from_slice(bytes).map_err(|source| ProvenanceError::BadTrainerState {
+            path: path.to_string(),
+            source,
+        })?;
     let mut ts = TrainerState {
         global_step: v.get("global_step").and_then(|x| x.as_u64()),
         epoch: v.get("epoch").and_then(|x| x.as_f64()),
@@ -252,23 +323,17 @@ pub fn apply_trainer_state(
         if let Some(recorded) = ts.metrics.get(k)
             && !metric_agrees(*given, *recorded)
         {
-            return Err(Error::Verify {
-                path: "trainer_state.json".into(),
-                what: format!(
-                    "metric {k}: --metric gives {given} but trainer_state.json records {recorded}"
-                ),
+            return Err(ProvenanceError::MetricDisagrees {
+                name: k.clone(),
+                given: *given,
+                recorded: *recorded,
             });
         }
     }
     if let (Some(given), Some(recorded)) = (meta.step, ts.global_step)
         && given != recorded
     {
-        return Err(Error::Verify {
-            path: "trainer_state.json".into(),
-            what: format!(
-                "step: --step gives {given} but trainer_state.json records global_step {recorded}"
-            ),
-        });
+        return Err(ProvenanceError::StepDisagrees { given, recorded });
     }
     meta.step = meta.step.or(ts.global_step);
     meta.epoch = meta.epoch.or(ts.epoch);
@@ -363,7 +428,9 @@ pub fn resume_parts_of(path: &str) -> Vec<&'static str> {
 pub struct Resume {
     /// part → files that provide it (empty: missing).
     pub parts: BTreeMap<String, Vec<String>>,
+    /// Whether every part in [`RESUME_REQUIRED`] is provided.
     pub resumable: bool,
+    /// The required parts no file provides, in [`RESUME_REQUIRED`] order.
     pub missing: Vec<String>,
 }
 

@@ -3,11 +3,13 @@
 //! flight chain their parents in submission order, and a failed one publishes nothing.
 
 use crate::common::*;
+use cairn::ops::commit::CommitError;
 use cairn::ops::commit::async_commit::{AsyncCommitter, AsyncOptions, TensorSlice};
 use cairn::ops::fsck::{FsckOptions, fsck};
 use cairn::ops::progress::NoProgress;
+use cairn::ops::provenance::ProvenanceError;
 use cairn::ops::read::{self, CheckoutOptions};
-use cairn::{CommitBuilder, CommitOptions, DType, Error, Store, TensorInput};
+use cairn::{CommitBuilder, CommitOptions, DType, Store, TensorInput};
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Arc;
@@ -286,7 +288,7 @@ fn a_failed_background_commit_leaves_the_branch_and_the_store_as_they_were() {
     c.add_bytes("trainer_state.json", b"{ not json").unwrap();
     let e = c.submit().wait().unwrap_err();
     assert!(
-        matches!(&e, Error::BadInput { path, .. } if path == "trainer_state.json"),
+        matches!(&e, CommitError::Provenance(ProvenanceError::BadTrainerState { path, .. }) if path == "trainer_state.json"),
         "{e}"
     );
     assert_eq!(store.head().unwrap(), Some(first.commit));
@@ -299,7 +301,7 @@ fn a_failed_background_commit_leaves_the_branch_and_the_store_as_they_were() {
         .unwrap()
         .wait()
         .unwrap_err();
-    assert!(matches!(e, Error::Ref(_)), "{e}");
+    assert!(matches!(e, CommitError::Ref(_)), "{e}");
     assert_eq!(store.head().unwrap(), Some(first.commit));
     assert_eq!(store.branches().unwrap().len(), 1);
     let moves = store.reflog(None).unwrap();
@@ -328,9 +330,9 @@ fn bad_tensors_are_refused_before_the_copy_and_free_the_slot() {
             None,
         )
         .unwrap_err();
-    assert!(matches!(&e, Error::BadInput { path, .. } if path == "model.safetensors:w"));
+    assert!(matches!(&e, CommitError::TensorLength { path, .. } if path == "model.safetensors:w"));
     let e = c.add_bytes("../escape", b"x").unwrap_err();
-    assert!(matches!(e, Error::BadInput { .. }));
+    assert!(matches!(e, CommitError::Path(_)));
     drop(c);
     // With one slot, this would wait forever had the dropped commit kept it.
     let out = committer

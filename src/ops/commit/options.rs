@@ -1,7 +1,9 @@
 //! What a caller asks of a commit ([`CommitOptions`], [`TensorInput`]) and what it gets back
 //! ([`CommitOutcome`]).
 
-use crate::error::{Error, Result};
+#![warn(missing_docs)]
+
+use super::error::{CommitError, Result};
 use crate::model::dtype::DType;
 use crate::model::id::{CommitId, PackId, TreeId};
 use crate::model::object::Metadata;
@@ -10,19 +12,26 @@ use serde::Serialize;
 /// A tensor handed over from memory.
 #[derive(Clone, Debug)]
 pub struct TensorInput {
+    /// The tensor's name in the safetensors header.
     pub name: String,
+    /// Its element type.
     pub dtype: DType,
+    /// Its dimensions, outermost first.
     pub shape: Vec<u64>,
+    /// Its bytes, little-endian, row-major; exactly what `dtype` and `shape` take.
     pub data: Vec<u8>,
 }
 
 /// Settings of a commit besides its files.
 #[derive(Clone, Debug, Default)]
 pub struct CommitOptions {
+    /// The commit message; its first line is the reflog's.
     pub message: String,
+    /// Who commits (also the reflog's `who`).
     pub author: String,
-    /// Defaults to now.
+    /// The commit time, ns since the Unix epoch. Defaults to now.
     pub time_ns: Option<i64>,
+    /// Step, epoch, metrics, provenance and free-form fields recorded with the commit.
     pub meta: Metadata,
     /// Branch to commit to; defaults to the current branch.
     pub branch: Option<String>,
@@ -75,11 +84,17 @@ impl std::str::FromStr for DeltaBase {
 /// What a commit did.
 #[derive(Clone, Debug, Serialize)]
 pub struct CommitOutcome {
+    /// The commit made (all zeros for a part of a sharded commit until the last part lands).
     pub commit: CommitId,
+    /// Its tree (for a part of a sharded commit, the part's own tree).
     pub tree: TreeId,
+    /// Its parent: the branch head it was published on, if the branch had one.
     pub parent: Option<CommitId>,
+    /// The branch it was committed to.
     pub branch: String,
+    /// Files in the tree.
     pub files: u64,
+    /// Sum of the files' sizes in bytes.
     pub logical_bytes: u64,
     /// Chunks this commit added to the store.
     pub new_chunks: u64,
@@ -92,6 +107,7 @@ pub struct CommitOutcome {
     pub sha256_from_parent: u64,
     /// Bytes added on disk (all pack files written).
     pub stored_bytes_added: u64,
+    /// The packs written.
     pub packs: Vec<PackId>,
     /// The branch moved while this commit was being written, so it was re-made on the new head.
     pub reparented: bool,
@@ -105,25 +121,31 @@ pub struct CommitOutcome {
 /// The retention policy's run after a commit.
 #[derive(Clone, Debug, Serialize)]
 pub struct AutoGc {
+    /// Commits the policy pruned.
     pub pruned: u64,
+    /// How gc ran (its outcome's mode), or `failed`.
     pub mode: String,
+    /// Bytes on disk freed.
     pub bytes_freed: u64,
+    /// Why gc failed, when it did (the commit stands either way).
     pub error: Option<String>,
 }
 
 /// Which part of which transaction a commit stages.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct TxnPart {
+    /// The transaction id shared by every part: 1-100 letters, digits, '.', '_' or '-', not
+    /// starting with '.'.
     pub id: String,
-    /// 1-based.
+    /// This part's number, 1-based.
     pub part: u32,
+    /// How many parts the transaction has (at most 65536).
     pub total: u32,
 }
 
 impl TxnPart {
     /// From `--txn ID --part I/N`.
     pub fn parse(id: &str, part: &str) -> Result<TxnPart> {
-        let usage = |what: String| Error::Usage { what };
         if id.is_empty()
             || id.len() > 100
             || !id
@@ -131,15 +153,15 @@ impl TxnPart {
                 .all(|c| c.is_ascii_alphanumeric() || "._-".contains(c))
             || id.starts_with('.')
         {
-            return Err(usage(format!(
-                "--txn {id:?}: use 1-100 letters, digits, '.', '_' or '-'"
-            )));
+            return Err(CommitError::BadTxnId { id: id.to_string() });
         }
         let (i, n) = part
             .split_once('/')
             .and_then(|(i, n)| Some((i.parse::<u32>().ok()?, n.parse::<u32>().ok()?)))
             .filter(|(i, n)| *i >= 1 && i <= n && *n <= 65_536)
-            .ok_or_else(|| usage(format!("--part {part:?}: expected I/N with 1 <= I <= N")))?;
+            .ok_or_else(|| CommitError::BadTxnPart {
+                part: part.to_string(),
+            })?;
         Ok(TxnPart {
             id: id.to_string(),
             part: i,
@@ -151,11 +173,16 @@ impl TxnPart {
 /// Where a transaction stands after staging a part.
 #[derive(Clone, Debug, Serialize)]
 pub struct TxnStatus {
+    /// The transaction id.
     pub id: String,
+    /// The part just staged, 1-based.
     pub part: u32,
+    /// How many parts the transaction has.
     pub total: u32,
+    /// How many parts are staged, this one included.
     pub staged: u32,
     /// The commit, once the last part is staged.
     pub commit: Option<CommitId>,
+    /// The commit's parent, once it is made.
     pub parent: Option<CommitId>,
 }

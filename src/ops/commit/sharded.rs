@@ -15,21 +15,24 @@
 //!   a transaction whose last part was staged more than [`ABANDON_AFTER_NS`] ago without
 //!   committing is abandoned: gc removes its manifests, and its packs become leftovers.
 
+#![warn(missing_docs)]
+
+use super::error::{CommitError, Result, io_at};
 use super::options::CommitOptions;
 pub use super::options::{TxnPart, TxnStatus};
-use crate::error::{Error, Result, io_at};
+use super::publish::{log_ref_move, revive_reused, seal_extra_pack, write_batch};
 use crate::model::id::{ChunkId, CommitId, ObjectId, TreeId};
 use crate::model::object::{Commit, KIND_COMMIT, KIND_TREE, Tree};
-use crate::storage::error::StoreError;
-use crate::storage::index::CommitRow;
-use crate::storage::pack::{PackWriter, SealedPack};
-use crate::storage::refs::{self, ReflogEntry};
+use crate::storage::index::{CommitRow, Index};
+use crate::storage::pack::SealedPack;
+use crate::storage::refs;
 pub use crate::storage::staging::{ABANDON_AFTER_NS, Pending, abandon, pending};
 use crate::storage::staging::{Manifest, part_tree, read_manifests, sealed_of, txn_dir};
 use crate::storage::store::{Store, now_ns};
+use std::path::Path;
 
 /// Stage a part; commit the transaction when it is the last one.
-pub(crate) fn stage(
+pub(super) fn stage(
     store: &Store,
     part: &TxnPart,
     opts: &CommitOptions,
@@ -42,36 +45,7 @@ pub(crate) fn stage(
     crate::storage::fsutil::create_dir_all(&dir).map_err(io_at(&dir))?;
     let lock_path = dir.join("lock");
     let _lock = crate::storage::lock::exclusive(&lock_path).map_err(io_at(&lock_path))?;
-    let done = dir.join("done");
-    if let Ok(c) = std::fs::read_to_string(&done) {
-        return Err(Error::Usage {
-            what: format!(
-                "transaction {} is already committed (as {})",
-                part.id,
-                c.trim()
-            ),
-        });
-    }
-    let existing = read_manifests(&dir)?;
-    if let Some(m) = existing.iter().find(|m| m.total != part.total) {
-        return Err(Error::Usage {
-            what: format!(
-                "transaction {}: part {} said there are {} parts, this one says {}",
-                part.id, m.part, m.total, part.total
-            ),
-        });
-    }
-    // Every part staged but no `done`: a crash cut the last part's publish short. Staging any
-    // part again finishes it from the staged manifests (this run's packs become leftovers).
-    let interrupted = existing.len() as u32 == part.total;
-    if existing.iter().any(|m| m.part == part.part) && !interrupted {
-        return Err(Error::Usage {
-            what: format!(
-                "transaction {}: part {} is already staged",
-                part.id, part.part
-            ),
-        });
-    }
+    let (existing, interrupted) = check_stageable(&dir, part)?;
     let m = Manifest {
         part: part.part,
         total: part.total,
@@ -116,39 +90,86 @@ pub(crate) fn stage(
                 return Err(e);
             }
         };
-        crate::storage::fsutil::write_atomic(&done, commit.to_hex().as_bytes())
-            .map_err(io_at(&done))?;
-        for m in &all {
-            let _ = crate::storage::fsutil::remove_file(&dir.join(format!("part-{}.bin", m.part)));
-        }
-        // Staged manifests must not come back after a crash beside the `done` marker.
-        crate::storage::fsutil::sync_dir(&dir).map_err(io_at(&dir))?;
+        mark_done(&dir, commit, &all)?;
         status.commit = Some(commit);
         status.parent = parent;
     }
     Ok(status)
 }
 
-fn finalize(store: &Store, id: &str, parts: &[Manifest]) -> Result<(CommitId, Option<CommitId>)> {
-    let first = &parts[0];
+/// Refuse to stage `part` in transaction directory `dir` when the transaction is committed,
+/// disagrees on its part count, or holds this part already. Returns the parts staged so far,
+/// and whether every part is staged but the transaction is not committed (a crash cut the last
+/// part's publish short: staging any part again finishes it from the staged manifests, and
+/// this run's packs become leftovers).
+fn check_stageable(dir: &Path, part: &TxnPart) -> Result<(Vec<Manifest>, bool)> {
+    if let Ok(c) = std::fs::read_to_string(dir.join("done")) {
+        return Err(CommitError::TxnCommitted {
+            id: part.id.clone(),
+            commit: c.trim().to_string(),
+        });
+    }
+    let existing = read_manifests(dir)?;
+    if let Some(m) = existing.iter().find(|m| m.total != part.total) {
+        return Err(CommitError::TxnPartCount {
+            id: part.id.clone(),
+            part: m.part,
+            said: m.total,
+            says: part.total,
+        });
+    }
+    let interrupted = existing.len() as u32 == part.total;
+    if existing.iter().any(|m| m.part == part.part) && !interrupted {
+        return Err(CommitError::TxnPartStaged {
+            id: part.id.clone(),
+            part: part.part,
+        });
+    }
+    Ok((existing, interrupted))
+}
+
+/// Record the transaction in `dir` as committed as `commit`, and remove the manifests of
+/// `parts`.
+fn mark_done(dir: &Path, commit: CommitId, parts: &[Manifest]) -> Result<()> {
+    let done = dir.join("done");
+    crate::storage::fsutil::write_atomic(&done, commit.to_hex().as_bytes())
+        .map_err(io_at(&done))?;
+    for m in parts {
+        let _ = crate::storage::fsutil::remove_file(&dir.join(format!("part-{}.bin", m.part)));
+    }
+    // Staged manifests must not come back after a crash beside the `done` marker.
+    crate::storage::fsutil::sync_dir(dir).map_err(io_at(dir))?;
+    Ok(())
+}
+
+/// Merge the part trees into one (two parts may not hold the same path).
+fn merge_parts(store: &Store, id: &str, parts: &[Manifest]) -> Result<Tree> {
     let mut merged = Tree::default();
     let mut owner = std::collections::HashMap::new();
     for m in parts {
         let t = part_tree(store, m)?;
         for (path, f) in t.files {
             if let Some(other) = owner.insert(path.clone(), m.part) {
-                return Err(Error::BadInput {
+                return Err(CommitError::TxnOverlap {
                     path: path.clone(),
-                    what: format!(
-                        "transaction {id}: parts {other} and {} both hold this file",
-                        m.part
-                    ),
+                    id: id.to_string(),
+                    first: other,
+                    second: m.part,
                 });
             }
             merged.files.insert(path, f);
         }
         merged.empty_dirs.extend(t.empty_dirs);
     }
+    Ok(merged)
+}
+
+/// Commit the transaction: merge the parts' trees, write the tree and the commit object, and
+/// publish everything in one index batch with the ref move, as a commit's step 4 does.
+/// Returns the commit and its parent.
+fn finalize(store: &Store, id: &str, parts: &[Manifest]) -> Result<(CommitId, Option<CommitId>)> {
+    let first = &parts[0];
+    let merged = merge_parts(store, id, parts)?;
     let (tree_id, tree_bytes) = merged.encode();
     let mut sealed: Vec<SealedPack> = Vec::new();
     for m in parts {
@@ -157,19 +178,9 @@ fn finalize(store: &Store, id: &str, parts: &[Manifest]) -> Result<(CommitId, Op
         }
     }
     let branch_ref = refs::branch_ref(&first.branch)?;
-    let reflog_tag = format!("transaction {id} (");
     store.with_writer(|index| -> Result<_> {
-        // A crash after the publish but before `done` was written: the reflog names the
-        // commit and the index holds it. Publish it once, never twice.
-        for e in store.reflog(Some(&branch_ref))?.iter().rev() {
-            if !e.message.starts_with(&reflog_tag) {
-                continue;
-            }
-            if let Some(c) = e.new.as_deref().and_then(|h| h.parse::<CommitId>().ok())
-                && let Some(row) = index.commit_row(&c)?
-            {
-                return Ok((c, row.parents.first().copied()));
-            }
+        if let Some(done) = published_before(store, index, &branch_ref, id)? {
+            return Ok(done);
         }
         let head = index.get_ref(&branch_ref)?;
         let commit = Commit {
@@ -183,43 +194,49 @@ fn finalize(store: &Store, id: &str, parts: &[Manifest]) -> Result<(CommitId, Op
             file_count: merged.files.len() as u64,
         };
         let (commit_id, commit_bytes) = commit.encode();
-        let mut w = PackWriter::create(&store.packs_dir())?;
+        let mut objects: Vec<(ObjectId, u8, &[u8])> = Vec::new();
         if index.object(&ObjectId(tree_id.0))?.is_none() {
-            w.append_object(tree_id.into(), KIND_TREE, &tree_bytes)?;
+            objects.push((tree_id.into(), KIND_TREE, &tree_bytes));
         }
-        w.append_object(commit_id.into(), KIND_COMMIT, &commit_bytes)?;
-        let own = w.seal()?;
-        let d = store.packs_dir();
+        objects.push((commit_id.into(), KIND_COMMIT, &commit_bytes));
         // The merged tree and commit must be durable before the index names them.
-        crate::storage::fsutil::sync_dir(&d).map_err(io_at(&d))?;
+        sealed.push(seal_extra_pack(store, &objects)?);
         let mut b = index.batch()?;
-        for m in parts {
-            for c in &m.reused {
-                if index.chunk(c)?.is_none() {
-                    return Err(StoreError::MissingChunk { id: *c }.into());
-                }
-                if index.mark(c)?.is_some() {
-                    b.delete_mark(c)?;
-                }
-            }
-        }
-        store.append_reflog(&ReflogEntry {
-            name: branch_ref.clone(),
-            old: head.map(|c| c.to_hex()),
-            new: Some(commit_id.to_hex()),
-            time_ns: now_ns(),
-            who: first.author.clone(),
-            action: "commit".into(),
-            message: format!("transaction {id} ({} parts)", parts.len()),
-        })?;
-        for p in sealed.iter().chain(std::iter::once(&own)) {
-            crate::storage::index::index_pack(index, &mut b, p)?;
-        }
-        b.put_commit_row(&commit_id, &CommitRow::of(&commit))?;
-        b.put_ref(&branch_ref, &commit_id)?;
-        index.write(b)?;
+        revive_reused(index, &mut b, parts.iter().flat_map(|m| &m.reused))?;
+        let message = format!("transaction {id} ({} parts)", parts.len());
+        log_ref_move(
+            store,
+            &branch_ref,
+            (head, commit_id),
+            &first.author,
+            message,
+        )?;
+        let row = CommitRow::of(&commit);
+        write_batch(index, b, &sealed, (&branch_ref, commit_id), &row)?;
         Ok((commit_id, head))
     })
+}
+
+/// A crash after the publish but before `done` was written: the reflog names the commit and
+/// the index holds it. The commit and its parent when so, so it is published once, never twice.
+fn published_before(
+    store: &Store,
+    index: &Index,
+    branch_ref: &str,
+    id: &str,
+) -> Result<Option<(CommitId, Option<CommitId>)>> {
+    let reflog_tag = format!("transaction {id} (");
+    for e in store.reflog(Some(branch_ref))?.iter().rev() {
+        if !e.message.starts_with(&reflog_tag) {
+            continue;
+        }
+        if let Some(c) = e.new.as_deref().and_then(|h| h.parse::<CommitId>().ok())
+            && let Some(row) = index.commit_row(&c)?
+        {
+            return Ok(Some((c, row.parents.first().copied())));
+        }
+    }
+    Ok(None)
 }
 
 #[cfg(test)]

@@ -27,10 +27,14 @@
 //!   waits before its next chunk while `add_tensors` or `add_bytes` copies, so the copy is not
 //!   slowed by it; the pause holds no lock and publishes nothing.
 
-use crate::error::{Error, Result};
+#![warn(missing_docs)]
+
 use crate::formats::safetensors;
 use crate::model::dtype::DType;
-use crate::ops::commit::{CommitBuilder, CommitOptions, CommitOutcome, Gate, check_tensor_len};
+use crate::ops::commit::error::Result;
+use crate::ops::commit::{
+    CommitBuilder, CommitError, CommitOptions, CommitOutcome, Gate, check_tensor_len,
+};
 use crate::storage::store::Store;
 use std::collections::BTreeMap;
 use std::sync::mpsc;
@@ -75,9 +79,13 @@ impl Default for AsyncOptions {
 /// `data` is the tensor's bytes in safetensors order: little-endian, row-major.
 #[derive(Clone, Copy, Debug)]
 pub struct TensorSlice<'a> {
+    /// The tensor's name in the safetensors header.
     pub name: &'a str,
+    /// Its element type.
     pub dtype: DType,
+    /// Its dimensions, outermost first.
     pub shape: &'a [u64],
+    /// Its bytes; exactly what `dtype` and `shape` take.
     pub data: &'a [u8],
 }
 
@@ -151,9 +159,7 @@ impl Completer {
 impl Drop for Completer {
     fn drop(&mut self) {
         if !self.completed {
-            self.set(Err(Error::Background {
-                what: "the background worker stopped before running this commit".into(),
-            }));
+            self.set(Err(CommitError::NotRun));
         }
     }
 }
@@ -221,11 +227,11 @@ impl AsyncCommitter {
         AsyncCommitter::with_options(store, AsyncOptions::default())
     }
 
+    /// A committer with `opts`: its worker thread (and, with [`AsyncOptions::threads`], its
+    /// encoding pool) starts now. Refuses `max_in_flight` 0.
     pub fn with_options(store: Arc<Store>, opts: AsyncOptions) -> Result<AsyncCommitter> {
         if opts.max_in_flight == 0 {
-            return Err(Error::Usage {
-                what: "max_in_flight must be at least 1".into(),
-            });
+            return Err(CommitError::ZeroInFlight);
         }
         let slots = Arc::new(Slots {
             state: Mutex::new(SlotState {
@@ -241,8 +247,8 @@ impl AsyncCommitter {
                     .num_threads(n.max(1))
                     .thread_name(|i| format!("cairn-async-encode-{i}"))
                     .build()
-                    .map_err(|e| Error::Io {
-                        path: store.root().to_path_buf(),
+                    .map_err(|e| CommitError::Worker {
+                        store: store.root().to_path_buf(),
                         source: std::io::Error::other(e),
                     })?,
             ),
@@ -260,8 +266,8 @@ impl AsyncCommitter {
                     Some(p) => p.install(|| work(&s, &slots, keep, g, jobs)),
                     None => work(&s, &slots, keep, g, jobs),
                 })
-                .map_err(|source| Error::Io {
-                    path: store.root().to_path_buf(),
+                .map_err(|source| CommitError::Worker {
+                    store: store.root().to_path_buf(),
                     source,
                 })?
         };
@@ -275,6 +281,7 @@ impl AsyncCommitter {
         })
     }
 
+    /// The store commits go to.
     pub fn store(&self) -> &Arc<Store> {
         &self.store
     }
@@ -294,9 +301,7 @@ impl AsyncCommitter {
                 break b;
             }
             if state.worker_gone {
-                return Err(Error::Background {
-                    what: "the background worker has stopped".into(),
-                });
+                return Err(CommitError::WorkerGone);
             }
             state = self
                 .slots
@@ -393,9 +398,7 @@ fn work(
                 .map(|s| s.to_string())
                 .or_else(|| panic.downcast_ref::<String>().cloned())
                 .unwrap_or_else(|| "panicked".into());
-            Err(Error::Background {
-                what: format!("panicked: {what}"),
-            })
+            Err(CommitError::Panicked { what })
         });
         // The builder is gone, so each Arc is the last one and its buffer comes back.
         let mut buffers: Buffers = if keep_buffers {
@@ -426,6 +429,7 @@ pub struct AsyncCommit<'c> {
 }
 
 impl AsyncCommit<'_> {
+    /// The commit's options, to change before [`AsyncCommit::submit`].
     pub fn options_mut(&mut self) -> &mut CommitOptions {
         self.opts
             .as_mut()
@@ -450,7 +454,7 @@ impl AsyncCommit<'_> {
             .map(|t| (t.name.to_string(), t.dtype, t.shape.to_vec()))
             .collect();
         let header = safetensors::serialize_header(&specs, metadata).map_err(|source| {
-            Error::Safetensors {
+            CommitError::Safetensors {
                 path: rel.to_string(),
                 source,
             }
@@ -569,146 +573,4 @@ impl CommitHandle {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn store() -> (tempfile::TempDir, Arc<Store>) {
-        let t = tempfile::tempdir().expect("temp dir");
-        let s = Store::init(&t.path().join("s")).expect("init");
-        (t, Arc::new(s))
-    }
-
-    fn slice<'a>(name: &'a str, shape: &'a [u64], data: &'a [u8]) -> TensorSlice<'a> {
-        TensorSlice {
-            name,
-            dtype: DType::U8,
-            shape,
-            data,
-        }
-    }
-
-    /// A background commit waits at the gate while a copy holds it closed, and finishes once
-    /// the copy is done; with `pause_for_copies` off there is no gate.
-    #[test]
-    fn a_background_commit_pauses_while_a_copy_runs() {
-        let (_t, store) = store();
-        let opts = AsyncOptions {
-            max_in_flight: 2,
-            ..Default::default()
-        };
-        let c = AsyncCommitter::with_options(store.clone(), opts).expect("committer");
-        let gate = c.gate.clone().expect("pausing is the default");
-        let data = vec![7u8; 3 << 20];
-        let mut ac = c.begin(CommitOptions::default()).expect("begin");
-        ac.add_tensors("a.safetensors", &[slice("a", &[3 << 20], &data)], None)
-            .expect("add");
-        // As `add_tensors` of the next commit would, while this one runs.
-        let copying = gate.close();
-        let handle = ac.submit();
-        std::thread::sleep(std::time::Duration::from_millis(500));
-        assert!(
-            !handle.is_finished(),
-            "the commit went on while the gate was closed"
-        );
-        assert_eq!(store.head().expect("head"), None);
-        drop(copying);
-        let out = handle
-            .wait()
-            .expect("the commit finishes once the gate opens");
-        assert_eq!(store.head().expect("head"), Some(out.commit));
-
-        let off = AsyncOptions {
-            pause_for_copies: false,
-            ..Default::default()
-        };
-        let c = AsyncCommitter::with_options(store, off).expect("committer");
-        assert!(c.gate.is_none());
-    }
-
-    #[test]
-    fn a_slot_reuses_its_buffers_in_file_order() {
-        let (_t, store) = store();
-        let c = AsyncCommitter::new(store).expect("committer");
-        let a = vec![1u8; 4096];
-        let b = vec![2u8; 100];
-        let mut ac = c.begin(CommitOptions::default()).expect("begin");
-        ac.add_tensors("a.safetensors", &[slice("a", &[4096], &a)], None)
-            .expect("add a");
-        ac.add_bytes("b.bin", &b).expect("add b");
-        let ptrs: Vec<*const u8> = ac.files.iter().map(|(_, f)| f.as_ptr()).collect();
-        ac.submit().wait().expect("commit");
-        let mut ac = c.begin(CommitOptions::default()).expect("begin again");
-        ac.add_tensors("a.safetensors", &[slice("a", &[4096], &a)], None)
-            .expect("add a");
-        ac.add_bytes("b.bin", &b).expect("add b");
-        let again: Vec<*const u8> = ac.files.iter().map(|(_, f)| f.as_ptr()).collect();
-        assert_eq!(ptrs, again);
-        ac.submit().wait().expect("commit again");
-    }
-
-    #[test]
-    fn without_keep_buffers_each_commit_allocates() {
-        let (_t, store) = store();
-        let c = AsyncCommitter::with_options(
-            store,
-            AsyncOptions {
-                keep_buffers: false,
-                ..Default::default()
-            },
-        )
-        .expect("committer");
-        c.commit_tensors(
-            CommitOptions::default(),
-            "a.safetensors",
-            &[slice("a", &[3], b"abc")],
-            None,
-        )
-        .expect("submit")
-        .wait()
-        .expect("commit");
-        let ac = c.begin(CommitOptions::default()).expect("begin");
-        assert!(ac.spare.is_empty());
-    }
-
-    #[test]
-    fn a_pool_of_its_own_commits_the_same_tree() {
-        let (_t, store) = store();
-        let data: Vec<u8> = (0..3u32 << 20).map(|i| (i * 7 % 251) as u8).collect();
-        let mut trees = Vec::new();
-        for threads in [None, Some(1)] {
-            let c = AsyncCommitter::with_options(
-                store.clone(),
-                AsyncOptions {
-                    threads,
-                    ..Default::default()
-                },
-            )
-            .expect("committer");
-            let out = c
-                .commit_tensors(
-                    CommitOptions::default(),
-                    "a.safetensors",
-                    &[slice("a", &[3 << 20], &data)],
-                    None,
-                )
-                .expect("submit")
-                .wait()
-                .expect("commit");
-            trees.push(out.tree);
-        }
-        assert_eq!(trees[0], trees[1]);
-    }
-
-    #[test]
-    fn zero_slots_is_refused() {
-        let (_t, store) = store();
-        let r = AsyncCommitter::with_options(
-            store,
-            AsyncOptions {
-                max_in_flight: 0,
-                ..Default::default()
-            },
-        );
-        assert!(matches!(r, Err(Error::Usage { .. })));
-    }
-}
+mod tests;
