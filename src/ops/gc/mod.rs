@@ -874,7 +874,7 @@ fn execute(
                         crate::storage::pack::PackError::BadChunk {
                             chunk: id,
                             pack: *pid,
-                            what,
+                            what: what.to_string(),
                         }
                     })?;
                     let ne = w.append_chunk(id, h.encoding, h.raw_len, stored, h.base, h.depth)?;
