@@ -9,10 +9,10 @@
 //!   `safetensors` and `numpy` (`pip install safetensors numpy`); without them they fail, unless
 //!   `CAIRN_SKIP_PYTHON=1` is set.
 
-use cairn::dtype::DType;
-use cairn::safetensors::{
+use cairn::formats::safetensors::{
     self, Header, SafetensorsError, parse, serialize_header, sort_like_upstream,
 };
+use cairn::model::dtype::DType;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 

@@ -1,4 +1,4 @@
-//! The torch zip reader (`cairn::torchzip`) against real and torch-shaped archives.
+//! The torch zip reader (`cairn::formats::torchzip`) against real and torch-shaped archives.
 //!
 //! - `silero`: `tests/fixtures/torch/silero_vad.jit`, a TorchScript archive written by torch
 //!   (from the `silero-vad` 6.2.3 wheel on PyPI, MIT licensed, see `silero_vad.LICENSE` there).
@@ -14,8 +14,10 @@
 //!   out-of-range entries give typed errors; a proptest mutates the fixtures and checks that
 //!   parsing never panics and that whatever parses still tiles the file.
 
-use cairn::dtype::DType;
-use cairn::torchzip::{self, SegmentRange, TorchZip, TorchZipError, parse, parse_bytes, segments};
+use cairn::formats::torchzip::{
+    self, SegmentRange, TorchZip, TorchZipError, parse, parse_bytes, segments,
+};
+use cairn::model::dtype::DType;
 use std::io::{Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 

@@ -2,7 +2,7 @@
 //! what the input bounds, and whatever it accepts must satisfy the header invariants.
 #![no_main]
 
-use cairn::safetensors::{Header, parse, serialize_header};
+use cairn::formats::safetensors::{Header, parse, serialize_header};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
@@ -14,7 +14,7 @@ fuzz_target!(|data: &[u8]| {
 
 fn check(header: &Header, data: &[u8]) {
     let file_len = data.len() as u64;
-    assert!(header.header_len > 0 && header.header_len <= cairn::safetensors::MAX_HEADER_LEN);
+    assert!(header.header_len > 0 && header.header_len <= cairn::formats::safetensors::MAX_HEADER_LEN);
     // Sorted, contiguous from 0, no overlap, and every range the exact size of its tensor.
     let mut cursor = 0u64;
     for t in &header.tensors {
