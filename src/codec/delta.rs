@@ -2,7 +2,7 @@
 //! all difference planes of one element width.
 //!
 //! Invariants: the fused pass gives exactly the bytes of applying each delta in turn with
-//! [`decode_into`](super::decode_into); every link is checked ([`PlanesView::parse`]) before any
+//! [`decode_into`]; every link is checked ([`PlanesView::parse`]) before any
 //! byte of `out` changes in the fused pass.
 
 #![warn(missing_docs)]
