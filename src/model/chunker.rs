@@ -11,10 +11,15 @@
 //! - Boundaries depend only on content and these constants: the same bytes always chunk the
 //!   same way. Changing a constant is a format-visible change (it breaks dedup, not reads).
 
+#![warn(missing_docs)]
+
 /// Size of tensor chunks: 1 MiB, a whole number of elements of every dtype.
 pub const TENSOR_CHUNK: u64 = 1 << 20;
+/// Smallest content-defined chunk of an opaque file, in bytes (the last one may be shorter).
 pub const CDC_MIN: u32 = 64 * 1024;
+/// Average content-defined chunk size FastCDC aims for, in bytes.
 pub const CDC_AVG: u32 = 256 * 1024;
+/// Largest content-defined chunk, in bytes.
 pub const CDC_MAX: u32 = 1024 * 1024;
 
 /// Fixed-size pieces `(offset, len)` of a run of `len` bytes starting at `start`.

@@ -4,6 +4,8 @@
 //! [`DType::bits`] is the storage width of one element. A tensor's byte length is
 //! `numel * bits / 8`, which must be a whole number of bytes (checked with [`DType::byte_len`]).
 
+#![warn(missing_docs)]
+
 use serde::{Deserialize, Serialize};
 use std::fmt;
 use std::str::FromStr;
@@ -13,33 +15,56 @@ use std::str::FromStr;
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[repr(u8)]
 pub enum DType {
+    /// Boolean, one byte per element.
     Bool = 0,
+    /// Unsigned 8-bit integer.
     U8 = 1,
+    /// Signed 8-bit integer.
     I8 = 2,
+    /// 8-bit float, 5 exponent and 2 mantissa bits.
     F8E5M2 = 3,
+    /// 8-bit float, 4 exponent and 3 mantissa bits (`float8_e4m3fn`).
     F8E4M3 = 4,
+    /// Signed 16-bit integer.
     I16 = 5,
+    /// Unsigned 16-bit integer.
     U16 = 6,
+    /// IEEE 754 half precision.
     F16 = 7,
+    /// bfloat16: the top half of an f32.
     BF16 = 8,
+    /// Signed 32-bit integer.
     I32 = 9,
+    /// Unsigned 32-bit integer.
     U32 = 10,
+    /// IEEE 754 single precision.
     F32 = 11,
+    /// IEEE 754 double precision.
     F64 = 12,
+    /// Signed 64-bit integer.
     I64 = 13,
+    /// Unsigned 64-bit integer.
     U64 = 14,
+    /// 8-bit exponent-only scale (`float8_e8m0fnu`).
     F8E8M0 = 15,
+    /// 4-bit float (E2M1), two elements per byte.
     F4 = 16,
+    /// 6-bit float, 2 exponent and 3 mantissa bits.
     F6E2M3 = 17,
+    /// 6-bit float, 3 exponent and 2 mantissa bits.
     F6E3M2 = 18,
+    /// Complex number of two f32s (real, imaginary).
     C64 = 19,
+    /// 8-bit float E4M3, finite, no negative zero (`float8_e4m3fnuz`).
     F8E4M3FNUZ = 20,
+    /// 8-bit float E5M2, finite, no negative zero (`float8_e5m2fnuz`).
     F8E5M2FNUZ = 21,
 }
 
 /// The string did not name a known dtype.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 #[error("unknown dtype {0:?}")]
+#[non_exhaustive]
 pub struct UnknownDType(pub String);
 
 /// The element count times the element width does not fit, or is not a whole number of bytes.
@@ -47,8 +72,11 @@ pub struct UnknownDType(pub String);
 #[error(
     "shape {shape:?} of dtype {dtype} does not describe a whole number of bytes that fits in 64 bits"
 )]
+#[non_exhaustive]
 pub struct BadShape {
+    /// The dtype.
     pub dtype: DType,
+    /// The shape, outermost dimension first.
     pub shape: Vec<u64>,
 }
 

@@ -10,6 +10,8 @@
 //! - Ids print as 64 lowercase hex digits; a unique prefix of at least [`MIN_PREFIX`] digits may
 //!   stand for one (see `rev`).
 
+#![warn(missing_docs)]
+
 use serde::{Deserialize, Serialize};
 use std::fmt;
 use std::str::FromStr;
@@ -201,6 +203,7 @@ impl PackId {
         out.copy_from_slice(&h.finalize().as_bytes()[..16]);
         PackId(out)
     }
+    /// The id as 32 lowercase hex digits (the pack's file name stem).
     pub fn to_hex(&self) -> String {
         hex::encode(self.0)
     }

@@ -4,6 +4,8 @@
 //! Invariants: nothing here touches the disk or imports another part of the crate; every
 //! hashed structure has one canonical byte form, so equal values have equal ids.
 
+#![warn(missing_docs)]
+
 pub mod chunker;
 pub mod dtype;
 pub mod id;

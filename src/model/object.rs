@@ -12,6 +12,8 @@
 //! - Decoding checks that the whole input was consumed; ids are checked by the reader before
 //!   decoding, so a decode error means a bug or a format this build does not know.
 
+#![warn(missing_docs)]
+
 use crate::model::dtype::DType;
 use crate::model::id::{ChunkId, CommitId, ObjectId, TreeId};
 use serde::{Deserialize, Serialize};
@@ -22,26 +24,40 @@ pub const KIND_COMMIT: u8 = 1;
 /// Kind byte of a tree object.
 pub const KIND_TREE: u8 = 2;
 
+/// Why an object's bytes do not give the object asked for. Ids are checked before decoding, so
+/// these mean a bug or a format this build does not know, not disk corruption.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum ObjectError {
+    /// The bytes are not postcard of the object's versioned enum.
     #[error("object {id} does not decode as a {kind}: {source}")]
     Decode {
+        /// The object's id.
         id: ObjectId,
+        /// What it was decoded as: `commit` or `tree`.
         kind: &'static str,
+        /// postcard's error.
         #[source]
         source: postcard::Error,
     },
+    /// The object decoded, but bytes are left after it.
     #[error("object {id} has {extra} trailing bytes after its {kind}")]
     Trailing {
+        /// The object's id.
         id: ObjectId,
+        /// What it was decoded as: `commit` or `tree`.
         kind: &'static str,
+        /// Bytes left over.
         extra: usize,
     },
+    /// The object's kind byte names another kind than the one asked for.
     #[error("object {id} is a {found}, expected a {expected}")]
     WrongKind {
+        /// The object's id.
         id: ObjectId,
+        /// The kind it is ([`kind_name`] of its kind byte).
         found: &'static str,
+        /// The kind asked for.
         expected: &'static str,
     },
 }
@@ -49,7 +65,9 @@ pub enum ObjectError {
 /// A piece of a file's content, by id and raw length.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct ChunkRef {
+    /// The chunk's id: the hash of its raw bytes.
     pub id: ChunkId,
+    /// The chunk's raw length in bytes.
     pub len: u64,
 }
 
@@ -60,8 +78,11 @@ pub enum SegmentKind {
     Raw,
     /// A tensor record: the bytes of one tensor, little-endian, as the file holds them.
     Tensor {
+        /// The tensor's name in its file (safetensors key, or torch storage entry name).
         name: String,
+        /// Its element type.
         dtype: DType,
+        /// Its dimensions, outermost first.
         shape: Vec<u64>,
     },
 }
@@ -69,7 +90,10 @@ pub enum SegmentKind {
 /// A contiguous run of a file.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Segment {
+    /// What the bytes are.
     pub kind: SegmentKind,
+    /// The segment's bytes, in order; for a tensor, chunk `i` starts at byte `i * TENSOR_CHUNK`
+    /// of the tensor.
     pub chunks: Vec<ChunkRef>,
 }
 
@@ -78,9 +102,11 @@ impl Segment {
     pub fn len(&self) -> u64 {
         self.chunks.iter().map(|c| c.len).sum()
     }
+    /// Whether the segment holds no bytes.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
+    /// Name, dtype and shape, when the segment is a tensor record.
     pub fn tensor(&self) -> Option<(&str, DType, &[u64])> {
         match &self.kind {
             SegmentKind::Tensor { name, dtype, shape } => Some((name, *dtype, shape)),
@@ -106,15 +132,20 @@ pub enum FileFormat {
 /// One file of a tree.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FileEntry {
+    /// The file's length in bytes (the sum of its segments' lengths).
     pub size: u64,
     /// SHA-256 of the whole file, as `sha256sum` prints it (hex of these bytes).
     pub sha256: [u8; 32],
+    /// Whether the file had an execute permission bit set; checkout restores it.
     pub executable: bool,
+    /// How the file was understood.
     pub format: FileFormat,
+    /// The file's content, in order.
     pub segments: Vec<Segment>,
 }
 
 impl FileEntry {
+    /// [`FileEntry::sha256`] as 64 lowercase hex digits.
     pub fn sha256_hex(&self) -> String {
         hex::encode(self.sha256)
     }
@@ -137,6 +168,7 @@ impl FileEntry {
 /// components) and sorted.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Tree {
+    /// Every file, by path.
     pub files: BTreeMap<String, FileEntry>,
     /// Directories that hold no file, so they come back on checkout.
     pub empty_dirs: BTreeSet<String>,
@@ -168,8 +200,11 @@ impl Tree {
 /// The code that produced a checkpoint.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct GitInfo {
+    /// The `HEAD` commit, as 40 hex digits.
     pub commit: String,
+    /// The checked-out branch; `None` on a detached `HEAD`.
     pub branch: Option<String>,
+    /// Whether the work tree had uncommitted changes.
     pub dirty: bool,
     /// blake3 hex of `git diff HEAD` when the tree was dirty.
     pub diff_hash: Option<String>,
@@ -180,8 +215,11 @@ pub struct GitInfo {
 pub struct DatasetRef {
     /// Role of the data set ("train", "validation", or the path's name).
     pub name: String,
+    /// blake3 hex over the sorted relative file names, their sizes and their bytes.
     pub fingerprint: String,
+    /// Number of files fingerprinted, when known.
     pub files: Option<u64>,
+    /// Their total size in bytes, when known.
     pub bytes: Option<u64>,
 }
 
@@ -189,49 +227,68 @@ pub struct DatasetRef {
 /// new keys without a format change.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct Metadata {
+    /// The training run the checkpoint belongs to.
     pub run_id: Option<String>,
+    /// The training epoch (fractional epochs allowed).
     pub epoch: Option<f64>,
+    /// The training step.
     pub step: Option<u64>,
+    /// Named numbers (loss, accuracy, ...).
     pub metrics: BTreeMap<String, f64>,
+    /// Named hyperparameters, as text.
     pub params: BTreeMap<String, String>,
     /// Hyperparameters / config as canonical JSON text (keys sorted, no whitespace).
     pub config: Option<String>,
+    /// The code's git state.
     pub git: Option<GitInfo>,
+    /// The data sets that produced the checkpoint.
     pub datasets: Vec<DatasetRef>,
+    /// Facts about the machine (cairn version, host, OS, kernel, CPU, memory, GPUs).
     pub env: BTreeMap<String, String>,
+    /// Any other key, for fields added later.
     pub extra: BTreeMap<String, String>,
 }
 
 /// An immutable checkpoint.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Commit {
+    /// The commits this one follows (none for a first commit).
     pub parents: Vec<CommitId>,
+    /// The checkpoint's files.
     pub tree: TreeId,
     /// Nanoseconds since the Unix epoch, UTC.
     pub time_ns: i64,
+    /// Who made the commit.
     pub author: String,
+    /// The commit message.
     pub message: String,
+    /// What is known about the checkpoint besides its files.
     pub meta: Metadata,
     /// Logical size of the tree (sum of file sizes), kept here so `log` and `stats` need not read
     /// trees.
     pub logical_size: u64,
+    /// Number of files in the tree.
     pub file_count: u64,
 }
 
+/// A commit's on-disk form; new versions are new variants.
 #[derive(Serialize, Deserialize)]
 enum CommitObject {
     V1(Commit),
 }
 
+/// A tree's on-disk form; new versions are new variants.
 #[derive(Serialize, Deserialize)]
 enum TreeObject {
     V1(Tree),
 }
 
+/// Canonical postcard bytes of `v`.
 fn encode<T: Serialize>(v: &T) -> Vec<u8> {
     postcard::to_stdvec(v).expect("postcard encodes plain data into a Vec without failing")
 }
 
+/// Decode `bytes` of object `id` as a `kind`, which must take all of them.
 fn decode<'a, T: Deserialize<'a>>(
     id: ObjectId,
     kind: &'static str,
@@ -252,6 +309,7 @@ fn decode<'a, T: Deserialize<'a>>(
     Ok(v)
 }
 
+/// The name of an object kind byte, for messages: `commit`, `tree` or `unknown object`.
 pub fn kind_name(kind: u8) -> &'static str {
     match kind {
         KIND_COMMIT => "commit",
@@ -266,6 +324,7 @@ impl Commit {
         let bytes = encode(&CommitObject::V1(self.clone()));
         (CommitId(ObjectId::of(KIND_COMMIT, &bytes).0), bytes)
     }
+    /// Decode the bytes of commit object `id` (already checked against its id).
     pub fn decode(id: ObjectId, bytes: &[u8]) -> Result<Commit, ObjectError> {
         let CommitObject::V1(c) = decode(id, "commit", bytes)?;
         Ok(c)
@@ -278,6 +337,7 @@ impl Tree {
         let bytes = encode(&TreeObject::V1(self.clone()));
         (TreeId(ObjectId::of(KIND_TREE, &bytes).0), bytes)
     }
+    /// Decode the bytes of tree object `id` (already checked against its id).
     pub fn decode(id: ObjectId, bytes: &[u8]) -> Result<Tree, ObjectError> {
         let TreeObject::V1(t) = decode(id, "tree", bytes)?;
         Ok(t)

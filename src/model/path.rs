@@ -4,9 +4,12 @@
 //! Invariant: a path that passes [`check_rel_path`] is relative, `/`-separated, and has no
 //! empty, `.` or `..` component and no NUL, so joining it under a directory never leaves it.
 
+#![warn(missing_docs)]
+
 /// A path that breaks the rules, with the rule it breaks.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{path}: {what}")]
+#[non_exhaustive]
 pub struct PathError {
     /// The path as given.
     pub path: String,

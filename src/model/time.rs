@@ -1,6 +1,8 @@
 //! Timestamps as cairn records them: signed nanoseconds since the Unix epoch, shown as RFC 3339
 //! UTC.
 
+#![warn(missing_docs)]
+
 /// Current time in nanoseconds since the Unix epoch (0 if the clock is before it).
 pub fn now_ns() -> i64 {
     std::time::SystemTime::now()

@@ -94,6 +94,50 @@ pub enum PackError {
     },
 }
 
+/// Why an entry header, or an entry's payload, cannot be read at an offset of a pack. The
+/// reader folds it, as text, into the [`PackError`] of the chunk or object it was reading.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum EntryError {
+    /// Fewer than [`ENTRY_HEADER_LEN`] bytes are left for the header.
+    #[error("entry header is truncated")]
+    Truncated,
+    /// The header does not start with [`ENTRY_MAGIC`].
+    #[error("entry header magic is wrong")]
+    BadMagic,
+    /// The header's blake3 checksum does not match its bytes.
+    #[error("entry header checksum does not match")]
+    BadChecksum,
+    /// The header's encoding byte names no [`Encoding`].
+    #[error("unknown encoding {0}")]
+    UnknownEncoding(u8),
+    /// The header's kind byte is neither [`ENTRY_CHUNK`] nor [`ENTRY_OBJECT`].
+    #[error("unknown entry kind {0}")]
+    UnknownKind(u8),
+    /// A payload offset that leaves no room for an entry header before it.
+    #[error("offset points into the pack header")]
+    OffsetInPackHeader,
+    /// A payload offset that does not fit in memory addresses.
+    #[error("offset out of range")]
+    OffsetOutOfRange,
+    /// A payload offset whose entry header would end past the end of the pack.
+    #[error("offset is past the end of the pack")]
+    OffsetPastEnd,
+    /// Offset plus length overflows 64 bits.
+    #[error("length overflows")]
+    LengthOverflow,
+    /// The payload runs past the end of the pack.
+    #[error("entry [{offset}, {end}) runs past the end of the pack ({pack_len} bytes)")]
+    PastEnd {
+        /// Offset of the payload's first byte.
+        offset: u64,
+        /// Offset one past its last byte.
+        end: u64,
+        /// The pack's length in bytes.
+        pack_len: usize,
+    },
+}
+
 fn io_err(path: &Path) -> impl FnOnce(io::Error) -> PackError + '_ {
     move |source| PackError::Io {
         path: path.to_path_buf(),
@@ -146,21 +190,20 @@ impl EntryHeader {
 
     /// Parse the header at the start of `b` (extra bytes are ignored). Fails when `b` is
     /// shorter than 96 bytes, or the magic, checksum, encoding or entry kind is wrong.
-    pub fn from_bytes(b: &[u8]) -> Result<EntryHeader, String> {
+    pub fn from_bytes(b: &[u8]) -> Result<EntryHeader, EntryError> {
         if b.len() < ENTRY_HEADER_LEN as usize {
-            return Err("entry header is truncated".into());
+            return Err(EntryError::Truncated);
         }
         if &b[0..4] != ENTRY_MAGIC {
-            return Err("entry header magic is wrong".into());
+            return Err(EntryError::BadMagic);
         }
         let sum = blake3::hash(&b[0..92]);
         if b[92..96] != sum.as_bytes()[0..4] {
-            return Err("entry header checksum does not match".into());
+            return Err(EntryError::BadChecksum);
         }
-        let encoding =
-            Encoding::from_code(b[5]).ok_or_else(|| format!("unknown encoding {}", b[5]))?;
+        let encoding = Encoding::from_code(b[5]).ok_or(EntryError::UnknownEncoding(b[5]))?;
         if b[4] != ENTRY_CHUNK && b[4] != ENTRY_OBJECT {
-            return Err(format!("unknown entry kind {}", b[4]));
+            return Err(EntryError::UnknownKind(b[4]));
         }
         let u64_at = |o: usize| u64::from_le_bytes(b[o..o + 8].try_into().expect("8 bytes"));
         let base = (b[7] & 1 == 1).then(|| ChunkId::from_slice(&b[56..88]).expect("32 bytes"));
@@ -425,29 +468,30 @@ impl PackReader {
     }
 
     /// The entry header stored just before `offset`, checked.
-    fn header_at(&self, offset: u64) -> Result<EntryHeader, String> {
+    fn header_at(&self, offset: u64) -> Result<EntryHeader, EntryError> {
         let b = self.map.bytes();
         let start = offset
             .checked_sub(ENTRY_HEADER_LEN)
-            .ok_or("offset points into the pack header")?;
-        let start = usize::try_from(start).map_err(|_| "offset out of range")?;
+            .ok_or(EntryError::OffsetInPackHeader)?;
+        let start = usize::try_from(start).map_err(|_| EntryError::OffsetOutOfRange)?;
         let end = start + ENTRY_HEADER_LEN as usize;
         if end > b.len() {
-            return Err("offset is past the end of the pack".into());
+            return Err(EntryError::OffsetPastEnd);
         }
         EntryHeader::from_bytes(&b[start..end])
     }
 
     /// The stored payload at `offset` of `len` bytes, bounds-checked; not decoded, not
     /// verified. Fails when the range runs past the end of the pack.
-    pub fn payload(&self, offset: u64, len: u64) -> Result<&[u8], String> {
+    pub fn payload(&self, offset: u64, len: u64) -> Result<&[u8], EntryError> {
         let b = self.map.bytes();
-        let end = offset.checked_add(len).ok_or("length overflows")?;
+        let end = offset.checked_add(len).ok_or(EntryError::LengthOverflow)?;
         if end > b.len() as u64 {
-            return Err(format!(
-                "entry [{offset}, {end}) runs past the end of the pack ({} bytes)",
-                b.len()
-            ));
+            return Err(EntryError::PastEnd {
+                offset,
+                end,
+                pack_len: b.len(),
+            });
         }
         Ok(&b[offset as usize..end as usize])
     }
@@ -462,7 +506,9 @@ impl PackReader {
 
     /// The checked entry header of chunk `id` at `offset`, and its stored bytes.
     fn chunk_entry(&self, id: ChunkId, offset: u64) -> Result<(EntryHeader, &[u8]), PackError> {
-        let h = self.header_at(offset).map_err(|w| self.bad_chunk(id, w))?;
+        let h = self
+            .header_at(offset)
+            .map_err(|w| self.bad_chunk(id, w.to_string()))?;
         if h.kind != ENTRY_CHUNK || h.id != id.0 {
             return Err(self.bad_chunk(
                 id,
@@ -471,7 +517,7 @@ impl PackReader {
         }
         let stored = self
             .payload(offset, h.stored_len)
-            .map_err(|w| self.bad_chunk(id, w))?;
+            .map_err(|w| self.bad_chunk(id, w.to_string()))?;
         Ok((h, stored))
     }
 
@@ -534,13 +580,15 @@ impl PackReader {
             pack: self.id,
             what,
         };
-        let h = self.header_at(offset).map_err(bad)?;
+        let h = self.header_at(offset).map_err(|e| bad(e.to_string()))?;
         if h.kind != ENTRY_OBJECT || h.id != id.0 {
             return Err(bad(
                 "the entry at the indexed offset is a different object".into()
             ));
         }
-        let stored = self.payload(offset, h.stored_len).map_err(bad)?;
+        let stored = self
+            .payload(offset, h.stored_len)
+            .map_err(|e| bad(e.to_string()))?;
         let raw = codec::decode(h.encoding, stored, h.raw_len, None)
             .map_err(|e| bad(format!("does not decode: {e}")))?;
         if ObjectId::of(h.object_kind, &raw) != id {
@@ -592,7 +640,7 @@ impl PackReader {
         let mut out = Vec::with_capacity(count as usize);
         for row in table.chunks_exact(TABLE_ROW_LEN as usize) {
             let offset = u64::from_le_bytes(row[..8].try_into().expect("8 bytes"));
-            let header = EntryHeader::from_bytes(&row[8..]).map_err(|e| corrupt(&e))?;
+            let header = EntryHeader::from_bytes(&row[8..]).map_err(|e| corrupt(&e.to_string()))?;
             let end = offset.checked_add(header.stored_len);
             if offset < HEADER_LEN + ENTRY_HEADER_LEN || end.is_none_or(|e| e > table_offset) {
                 return Err(corrupt("a table row points outside the entries"));

@@ -202,7 +202,7 @@ impl Executor<'_> {
                         .map_err(|what| PackError::BadChunk {
                             chunk: id,
                             pack: pid,
-                            what,
+                            what: what.to_string(),
                         })?;
                 let ne = w.append_chunk(id, h.encoding, h.raw_len, stored, h.base, h.depth)?;
                 rw.moved.push((
