@@ -27,6 +27,14 @@ pub enum ProvenanceError {
         #[source]
         source: std::io::Error,
     },
+    /// `git` ran longer than [`CHILD_TIMEOUT`] and was killed.
+    #[error("--git auto: `git {args}` timed out after {seconds} s")]
+    GitTimedOut {
+        /// The git arguments (after `-C REPO`).
+        args: String,
+        /// The limit it ran into.
+        seconds: u64,
+    },
     /// `--git auto` in a directory that is not inside a git repository with a commit.
     #[error("--git auto: {repo} is not inside a git repository with a commit ({stderr})")]
     NotAGitRepo {
@@ -88,13 +96,79 @@ fn io_at(path: &Path) -> impl FnOnce(std::io::Error) -> ProvenanceError + '_ {
     }
 }
 
+/// How long a child process that provenance capture runs (`git`, `nvidia-smi`) may take. A
+/// hung GPU driver or a git on a dead network mount must not hang a commit: past this, the
+/// child is killed and the fact recorded as timed out.
+pub const CHILD_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Run `cmd` to completion, capturing its output, or kill it once it has run for `timeout`
+/// (`Ok(None)`). Output is drained on threads of their own, so a chatty child cannot block on
+/// a full pipe.
+pub fn output_within(
+    cmd: &mut Command,
+    timeout: std::time::Duration,
+) -> std::io::Result<Option<std::process::Output>> {
+    use std::io::Read;
+    use std::process::Stdio;
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()?;
+    let drain = |pipe: Option<Box<dyn Read + Send>>| {
+        std::thread::spawn(move || {
+            let mut buf = Vec::new();
+            if let Some(mut p) = pipe {
+                let _ = p.read_to_end(&mut buf);
+            }
+            buf
+        })
+    };
+    let out = drain(
+        child
+            .stdout
+            .take()
+            .map(|p| Box::new(p) as Box<dyn Read + Send>),
+    );
+    let err = drain(
+        child
+            .stderr
+            .take()
+            .map(|p| Box::new(p) as Box<dyn Read + Send>),
+    );
+    let started = std::time::Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait()? {
+            break Some(status);
+        }
+        if started.elapsed() >= timeout {
+            let _ = child.kill();
+            let _ = child.wait();
+            break None;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    };
+    // A killed child's grandchildren may keep the pipes open: do not wait for them then.
+    let Some(status) = status else {
+        return Ok(None);
+    };
+    Ok(Some(std::process::Output {
+        status,
+        stdout: out.join().unwrap_or_default(),
+        stderr: err.join().unwrap_or_default(),
+    }))
+}
+
 fn git(repo: &Path, args: &[&str]) -> Result<std::process::Output> {
-    Command::new("git")
-        .arg("-C")
-        .arg(repo)
-        .args(args)
-        .output()
-        .map_err(|source| ProvenanceError::RunGit { source })
+    output_within(
+        Command::new("git").arg("-C").arg(repo).args(args),
+        CHILD_TIMEOUT,
+    )
+    .map_err(|source| ProvenanceError::RunGit { source })?
+    .ok_or_else(|| ProvenanceError::GitTimedOut {
+        args: args.join(" "),
+        seconds: CHILD_TIMEOUT.as_secs(),
+    })
 }
 
 /// The git state of the repository containing `repo`.
@@ -247,18 +321,26 @@ pub fn environment() -> BTreeMap<String, String> {
     }) {
         env.insert("memory".into(), mem);
     }
-    if let Ok(o) = Command::new("nvidia-smi")
-        .args([
+    match output_within(
+        Command::new("nvidia-smi").args([
             "--query-gpu=name,memory.total,driver_version",
             "--format=csv,noheader",
-        ])
-        .output()
-        && o.status.success()
-    {
-        env.insert(
-            "gpus".into(),
-            String::from_utf8_lossy(&o.stdout).trim().to_string(),
-        );
+        ]),
+        CHILD_TIMEOUT,
+    ) {
+        Ok(Some(o)) if o.status.success() => {
+            env.insert(
+                "gpus".into(),
+                String::from_utf8_lossy(&o.stdout).trim().to_string(),
+            );
+        }
+        Ok(None) => {
+            env.insert(
+                "gpus".into(),
+                format!("nvidia-smi timed out after {} s", CHILD_TIMEOUT.as_secs()),
+            );
+        }
+        _ => {}
     }
     env
 }

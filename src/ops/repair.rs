@@ -155,15 +155,7 @@ fn scan_packs(root: &Path, packs: &[(PackId, PathBuf)]) -> Result<Scan, RepairEr
             let h = e.header;
             if h.kind == ENTRY_CHUNK {
                 info.chunks += 1;
-                let loc = ChunkLoc {
-                    pack: *pid,
-                    offset: e.offset,
-                    stored_len: h.stored_len,
-                    raw_len: h.raw_len,
-                    encoding: h.encoding,
-                    base: h.base,
-                    depth: h.depth,
-                };
+                let loc = ChunkLoc::of_entry(*pid, &e);
                 // Of several copies, the one with the smallest delta depth: gc re-encodes a
                 // chunk whose base it removes, and the older delta copy may outlive that base
                 // in a pack gc did not rewrite.

@@ -172,6 +172,22 @@ pub struct CommitRow {
     pub message: String,
 }
 
+impl ChunkLoc {
+    /// Where the chunk entry `e` of sealed pack `pack` lives, as its header describes it.
+    pub fn of_entry(pack: PackId, e: &crate::storage::pack::Entry) -> ChunkLoc {
+        let h = &e.header;
+        ChunkLoc {
+            pack,
+            offset: e.offset,
+            stored_len: h.stored_len,
+            raw_len: h.raw_len,
+            encoding: h.encoding,
+            base: h.base,
+            depth: h.depth,
+        }
+    }
+}
+
 impl CommitRow {
     /// The row of commit `c`, every field copied from it (the message cut to its first line).
     pub fn of(c: &crate::model::object::Commit) -> CommitRow {
@@ -674,18 +690,7 @@ pub fn index_pack(
                 b.delete_damaged(&id)?;
             }
             if damaged || index.chunk(&id)?.is_none() {
-                b.put_chunk(
-                    &id,
-                    &ChunkLoc {
-                        pack: p.id,
-                        offset: e.offset,
-                        stored_len: h.stored_len,
-                        raw_len: h.raw_len,
-                        encoding: h.encoding,
-                        base: h.base,
-                        depth: h.depth,
-                    },
-                )?;
+                b.put_chunk(&id, &ChunkLoc::of_entry(p.id, e))?;
             }
         } else {
             info.objects += 1;

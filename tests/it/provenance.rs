@@ -467,3 +467,55 @@ fn catalog_queries_runs_meta_and_reflog() {
     assert_eq!(rl[2]["ref"], "refs/heads/other");
     assert!(rl[2]["old"].is_null());
 }
+
+/// Regression: `nvidia-smi` (every commit) and `git` (`--git auto`) ran with no time limit, so
+/// a hung GPU driver or git hung the commit. Both are now killed after
+/// `provenance::CHILD_TIMEOUT` (5 s): the commit goes on and records that they timed out. The
+/// fakes below sleep for 300 s; the bound of 120 s only tells a hang from a commit.
+#[test]
+fn hung_nvidia_smi_and_git_time_out_and_the_commit_goes_on() {
+    use std::os::unix::fs::PermissionsExt;
+    let t = tempfile::tempdir().unwrap();
+    let bin_dir = t.path().join("bin");
+    std::fs::create_dir_all(&bin_dir).unwrap();
+    for name in ["nvidia-smi", "git"] {
+        let p = bin_dir.join(name);
+        std::fs::write(&p, "#!/bin/sh\nexec sleep 300\n").unwrap();
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    let path = format!(
+        "{}:{}",
+        bin_dir.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let store = t.path().join("store");
+    cairn(&store).arg("init").assert().success();
+    let ck = t.path().join("ck");
+    hf_checkpoint(&ck, 10, 0.5);
+    let started = std::time::Instant::now();
+    let out = cairn(&store)
+        .env("PATH", &path)
+        .args([
+            "commit",
+            ck.to_str().unwrap(),
+            "-m",
+            "hung tools",
+            "--git",
+            "auto",
+        ])
+        .timeout(std::time::Duration::from_secs(120))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "commit failed or hung ({:?}): {}",
+        started.elapsed(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stderr).contains("timed out"));
+    let v = json(&store, &["show", "HEAD", "--json"]);
+    let env = &v["env"];
+    assert!(env["gpus"].as_str().unwrap().contains("timed out"), "{env}");
+    assert!(env["git"].as_str().unwrap().contains("timed out"), "{env}");
+    assert!(v["git"].is_null(), "{}", v["git"]);
+}

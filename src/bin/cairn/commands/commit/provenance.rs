@@ -37,11 +37,20 @@ pub fn options(a: &CommitArgs) -> Result<(CommitOptions, ExtraFiles)> {
     metrics_and_params(a, m)?;
     m.config = config(a.config.as_deref())?;
     m.datasets = datasets(a)?;
-    m.git = git(a)?;
+    m.env = cairn::ops::provenance::environment();
+    m.git = match git(a) {
+        // A hung git (a dead network mount, a lock) must not hang the training loop's commit:
+        // the commit goes on without git facts and records why.
+        Err(e) if is_timeout(&e) => {
+            eprintln!("warning: {e}; committing without git facts");
+            m.env.insert("git".into(), e.to_string());
+            None
+        }
+        other => other?,
+    };
     if a.git_diff {
         extra_files.extend(git_diff(a, m.git.as_ref())?);
     }
-    m.env = cairn::ops::provenance::environment();
     env_facts(a, &mut m.env, &mut extra_files)?;
     holds(a, &mut m.extra)?;
     Ok((opts, extra_files))
@@ -111,6 +120,13 @@ fn datasets(a: &CommitArgs) -> Result<Vec<DatasetRef>> {
         });
     }
     Ok(out)
+}
+
+fn is_timeout(e: &anyhow::Error) -> bool {
+    matches!(
+        e.downcast_ref::<cairn::ops::provenance::ProvenanceError>(),
+        Some(cairn::ops::provenance::ProvenanceError::GitTimedOut { .. })
+    )
 }
 
 fn git_repo(a: &CommitArgs) -> Result<PathBuf> {
