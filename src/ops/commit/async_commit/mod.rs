@@ -174,7 +174,7 @@ struct Job {
 /// Runs commits in the background, one at a time, in the order they are submitted.
 ///
 /// ```
-/// use cairn::async_commit::{AsyncCommitter, TensorSlice};
+/// use cairn::ops::commit::async_commit::{AsyncCommitter, TensorSlice};
 /// use cairn::{CommitOptions, DType, Store};
 /// use std::sync::Arc;
 /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
