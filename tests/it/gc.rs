@@ -880,3 +880,46 @@ fn packs_wait_while_a_reader_is_active() {
     assert!(!root.join("doomed-packs").exists());
     fsck_read_data_clean(&root);
 }
+
+/// Regression: a commit whose view of the index predates a gc that ran meanwhile reused
+/// chunks the gc had deleted, and failed with "chunk … is missing from the store". The view
+/// is now refreshed once the commit holds the writers' lock, so the commit writes them again.
+#[test]
+fn a_commit_whose_view_predates_a_gc_still_commits() {
+    use cairn::{CommitBuilder, CommitOptions, Store, TensorInput};
+    let t = tempfile::tempdir().unwrap();
+    let root = t.path().join("store");
+    let b = Store::init(&root).unwrap();
+    let tensor = |seed: u64| TensorInput {
+        name: "w".into(),
+        dtype: DType::F32,
+        shape: vec![65_536],
+        data: weights(seed, 65_536),
+    };
+    let commit = |s: &Store, seed: u64| {
+        let mut c = CommitBuilder::new(s, CommitOptions::default());
+        c.add_tensors("model.safetensors", vec![tensor(seed)], None)?;
+        c.commit()
+    };
+    commit(&b, 1).unwrap();
+    commit(&b, 2).unwrap();
+    // `a` opens now: its view lists the chunks of seed 1's tensor.
+    let a = Store::open(&root).unwrap();
+    let opts = cairn::ops::gc::GcOptions {
+        retention: cairn::ops::gc::Retention::parse("keep-last 1").unwrap(),
+        ..Default::default()
+    };
+    let out = cairn::ops::gc::gc(&b, &opts, false).unwrap();
+    assert_eq!(out.mode, "immediate");
+    assert!(out.chunks_removed > 0, "{out:?}");
+    // The same tensor again, through the handle whose view is older than the gc.
+    let again = commit(&a, 1).unwrap();
+    assert_eq!(a.head().unwrap(), Some(again.commit));
+    drop((a, b));
+    fsck_read_data_clean(&root);
+    let dst = t.path().join("out");
+    cairn(&root)
+        .args(["checkout", "HEAD", dst.to_str().unwrap()])
+        .assert()
+        .success();
+}

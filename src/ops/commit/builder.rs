@@ -236,6 +236,11 @@ impl<'s> CommitBuilder<'s> {
         // Held for the whole commit: gc deletes nothing while a commit is between its dedup
         // checks and its publish.
         let _writing = crate::storage::lock::shared(&writers).map_err(io_at(&writers))?;
+        // A view taken before the lock (when the store was opened, or by the last commit of an
+        // async committer) may predate a gc that deleted chunks it still lists: deduplicating
+        // against it would reuse chunks that are gone, and publish would fail. Under the lock
+        // gc deletes nothing, so a view taken now stays true until this commit publishes.
+        store.refresh()?;
 
         // Step 1: plan. Every safetensors header is parsed before any byte is written.
         let expected_parent = store.get_ref(&settings.branch_ref)?;
