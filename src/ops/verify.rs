@@ -70,10 +70,10 @@ pub fn run_check(
     command: &str,
     progress: &dyn Progress,
 ) -> Result<CheckRecord> {
-    let dir = store
-        .tmp_dir()
-        .join(format!("check-{}-{}", id.short(), std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
+    // What an interrupted earlier check left behind goes first.
+    store.clean_stale_tmp()?;
+    let scratch = store.scratch_dir(&format!("check-{}", id.short()))?;
+    let dir = scratch.path().to_path_buf();
     let started = std::time::Instant::now();
     let result = (|| {
         crate::ops::read::checkout(store, id, &dir, &Default::default(), progress)?;
@@ -93,6 +93,6 @@ pub fn run_check(
             seconds: started.elapsed().as_secs_f64(),
         })
     })();
-    let _ = std::fs::remove_dir_all(&dir);
+    drop(scratch);
     result
 }

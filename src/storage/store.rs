@@ -9,7 +9,9 @@
 //! reflog         every ref move, one JSON line each, appended and fsynced before the index
 //! statelog       every per-commit state update, one JSON line each, fsynced before the index
 //! locks/         index.lock, writers.lock, readers.lock, gc.lock (see storage::lock)
-//! tmp/           scratch space of running commands
+//! tmp/           scratch directories of running commands, each beside a `.lock` file held
+//!                while it runs; one whose lock nobody holds is a killed command's leftover
+//!                and is removed (`Store::clean_stale_tmp`, by `--verify-cmd` and gc)
 //! txn/<id>/      a sharded commit's staged parts (see storage::staging)
 //! retention      the stored retention policy (gc)
 //! doomed-packs   packs gc unindexed but could not unlink yet, for a later run
@@ -190,6 +192,62 @@ impl Store {
     /// `tmp/`, scratch space for running commands (load-test checkouts).
     pub fn tmp_dir(&self) -> PathBuf {
         self.root.join("tmp")
+    }
+
+    /// A new scratch directory `tmp/<prefix>-<random>/` for one running command, removed when
+    /// the returned guard drops. Its lock file `tmp/<prefix>-<random>.lock` is created and
+    /// locked first and stays locked while the guard lives, so [`Store::clean_stale_tmp`] can
+    /// tell a live command's directory from one a killed command left behind.
+    pub fn scratch_dir(&self, prefix: &str) -> Result<ScratchDir> {
+        let name = format!("{prefix}-{}", crate::model::id::PackId::random());
+        let tmp = self.tmp_dir();
+        std::fs::create_dir_all(&tmp).map_err(io_at(&tmp))?;
+        let lock_path = tmp.join(format!("{name}.lock"));
+        let lock = lock::exclusive(&lock_path).map_err(io_at(&lock_path))?;
+        let path = tmp.join(&name);
+        std::fs::create_dir(&path).map_err(io_at(&path))?;
+        Ok(ScratchDir {
+            path,
+            lock_path,
+            _lock: lock,
+        })
+    }
+
+    /// Remove what killed commands left in `tmp/`: every scratch directory whose lock file
+    /// nobody holds, and directories from before scratch directories had lock files
+    /// (`check-*` without one). Returns how many directories were removed. Live commands'
+    /// directories stay: their lock files are held.
+    pub fn clean_stale_tmp(&self) -> Result<u64> {
+        let tmp = self.tmp_dir();
+        let Ok(entries) = std::fs::read_dir(&tmp) else {
+            return Ok(0);
+        };
+        let mut removed = 0;
+        for e in entries {
+            let e = e.map_err(io_at(&tmp))?;
+            let name = e.file_name().to_string_lossy().into_owned();
+            if let Some(stem) = name.strip_suffix(".lock") {
+                let lock_path = e.path();
+                // Held by a live command: leave it. Taking it proves its owner is gone.
+                let Some(_held) = lock::try_exclusive(&lock_path).map_err(io_at(&lock_path))?
+                else {
+                    continue;
+                };
+                let dir = tmp.join(stem);
+                if dir.exists() {
+                    std::fs::remove_dir_all(&dir).map_err(io_at(&dir))?;
+                    removed += 1;
+                }
+                let _ = std::fs::remove_file(&lock_path);
+            } else if name.starts_with("check-")
+                && e.path().is_dir()
+                && !tmp.join(format!("{name}.lock")).exists()
+            {
+                std::fs::remove_dir_all(e.path()).map_err(io_at(&e.path()))?;
+                removed += 1;
+            }
+        }
+        Ok(removed)
     }
     fn reflog_path(&self) -> PathBuf {
         self.root.join("reflog")
@@ -557,5 +615,29 @@ impl Store {
             Some(n) => all.into_iter().filter(|e| e.name == n).collect(),
             None => all,
         })
+    }
+}
+
+/// A scratch directory of one running command (see [`Store::scratch_dir`]); removed, with its
+/// lock file, when dropped.
+pub struct ScratchDir {
+    path: PathBuf,
+    lock_path: PathBuf,
+    _lock: lock::LockGuard,
+}
+
+impl ScratchDir {
+    /// The directory.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+impl Drop for ScratchDir {
+    fn drop(&mut self) {
+        // The directory first, the lock file while still holding it: a cleaner never sees an
+        // unlocked lock file beside a directory still in use.
+        let _ = std::fs::remove_dir_all(&self.path);
+        let _ = std::fs::remove_file(&self.lock_path);
     }
 }

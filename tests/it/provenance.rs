@@ -519,3 +519,62 @@ fn hung_nvidia_smi_and_git_time_out_and_the_commit_goes_on() {
     assert!(env["git"].as_str().unwrap().contains("timed out"), "{env}");
     assert!(v["git"].is_null(), "{}", v["git"]);
 }
+
+/// Regression: a `--verify-cmd` killed mid-run left its whole checkout in `<store>/tmp/`
+/// forever. The next `--verify-cmd` and gc remove such leftovers (a killed run's, and the
+/// `check-*` directories older versions left), and never a running check's directory.
+#[test]
+fn an_interrupted_verify_cmd_leaves_nothing_behind_for_long() {
+    let t = tempfile::tempdir().unwrap();
+    let store = t.path().join("store");
+    cairn(&store).arg("init").assert().success();
+    let tmp = store.join("tmp");
+    // What a killed run leaves: its directory and its lock file, the lock no longer held.
+    let killed = tmp.join("check-0123456789ab-00000000000000000000000000000001");
+    std::fs::create_dir_all(killed.join("sub")).unwrap();
+    std::fs::write(killed.join("sub/model.safetensors"), vec![7u8; 4096]).unwrap();
+    std::fs::write(
+        tmp.join("check-0123456789ab-00000000000000000000000000000001.lock"),
+        b"",
+    )
+    .unwrap();
+    // What the version before lock files left: a bare `check-<id>-<pid>` directory.
+    let old = tmp.join("check-0123456789ab-4242");
+    std::fs::create_dir_all(&old).unwrap();
+    std::fs::write(old.join("f"), b"x").unwrap();
+    // A check that is running now: its lock file is held.
+    let live = tmp.join("check-live");
+    std::fs::create_dir_all(&live).unwrap();
+    let live_lock = cairn::storage::lock::exclusive(&tmp.join("check-live.lock")).unwrap();
+
+    let ck = t.path().join("ck");
+    hf_checkpoint(&ck, 10, 0.5);
+    cairn(&store)
+        .args([
+            "commit",
+            ck.to_str().unwrap(),
+            "-m",
+            "checked",
+            "--verify-cmd",
+            "test -f config.json",
+        ])
+        .assert()
+        .success();
+    assert!(
+        !killed.exists() && !old.exists(),
+        "leftovers stay: {:?}",
+        std::fs::read_dir(&tmp).unwrap().collect::<Vec<_>>()
+    );
+    assert!(live.exists(), "a running check's directory was removed");
+    let left: Vec<String> = std::fs::read_dir(&tmp)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(left.len(), 2, "{left:?}"); // check-live and its lock; this run's are gone
+
+    // Once the live check ends without cleaning up (killed), gc removes what it left.
+    drop(live_lock);
+    let v = json(&store, &["gc", "--keep-last", "5", "--json"]);
+    assert_eq!(v["stale_tmp_removed"], 1, "{v}");
+    assert_eq!(std::fs::read_dir(&tmp).unwrap().count(), 0);
+}

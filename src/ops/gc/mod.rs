@@ -220,6 +220,8 @@ pub struct GcOutcome {
     pub disk_bytes_before: u64,
     /// Bytes in the packs directory after the run.
     pub disk_bytes_after: u64,
+    /// Scratch directories that killed commands left in `tmp/`, removed.
+    pub stale_tmp_removed: u64,
 }
 
 /// Bytes of every file in the packs directory (0 if it cannot be listed).
@@ -264,6 +266,7 @@ pub fn gc(store: &Store, opts: &GcOptions, dry_run: bool) -> Result<GcOutcome, G
         packs_doomed: 0,
         disk_bytes_before: before,
         disk_bytes_after: before,
+        stale_tmp_removed: 0,
     };
     if dry_run {
         out.mode = "dry-run".into();
@@ -271,6 +274,7 @@ pub fn gc(store: &Store, opts: &GcOptions, dry_run: bool) -> Result<GcOutcome, G
     }
     execute::execute(store, &plan, &work, quiet.is_some(), &mut out)?;
     drop(quiet);
+    out.stale_tmp_removed = store.clean_stale_tmp()?;
     out.disk_bytes_after = disk_bytes(store);
     Ok(out)
 }
