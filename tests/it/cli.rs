@@ -456,3 +456,95 @@ fn text_output_escapes_control_characters() {
     let show = cairn(&store).args(["show", "HEAD"]).output().unwrap();
     assert!(String::from_utf8_lossy(&show.stdout).contains("a\\x1b]0;pwned\\x07\\nFORGED"));
 }
+
+/// Regression: symlinks that leave the committed directory were followed silently, so a folder
+/// holding `config.json -> ~/.ssh/id_rsa` put the key in the store. Such a link is now refused,
+/// naming it, its target and `--follow-symlinks`, and nothing is committed; links inside the
+/// directory are still followed.
+#[test]
+fn symlinks_out_of_the_directory_are_refused_unless_asked_for() {
+    use std::os::unix::fs::symlink;
+    let t = tempfile::tempdir().unwrap();
+    let store = t.path().join("store");
+    cairn(&store).arg("init").assert().success();
+    let secret = t.path().join("id_rsa");
+    std::fs::write(&secret, b"-----BEGIN OPENSSH PRIVATE KEY-----").unwrap();
+    let ck = t.path().join("ck");
+    ckpt(&ck, 1);
+    symlink(&secret, ck.join("config.json")).unwrap();
+    let out = cairn(&store)
+        .args(["commit", ck.to_str().unwrap(), "-m", "leaky"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("config.json"), "{err}");
+    assert!(err.contains(secret.to_str().unwrap()), "{err}");
+    assert!(err.contains("--follow-symlinks"), "{err}");
+    assert!(
+        json(&store, &["log", "--json"])
+            .as_array()
+            .unwrap()
+            .is_empty()
+    );
+    fsck_read_data_clean(&store);
+
+    // A link that stays inside the directory needs no flag.
+    std::fs::remove_file(ck.join("config.json")).unwrap();
+    symlink("model.safetensors", ck.join("latest.safetensors")).unwrap();
+    cairn(&store)
+        .args(["commit", ck.to_str().unwrap(), "-m", "inside"])
+        .assert()
+        .success();
+}
+
+/// A Hugging Face hub snapshot: every file of `snapshots/<rev>/` is a link into
+/// `../../blobs/`. It commits with `--follow-symlinks`, and checks out as plain files,
+/// byte-identical.
+#[test]
+fn a_hub_snapshot_commits_with_follow_symlinks() {
+    use std::os::unix::fs::symlink;
+    let t = tempfile::tempdir().unwrap();
+    let store = t.path().join("store");
+    cairn(&store).arg("init").assert().success();
+    let hub = t.path().join("models--org--tiny");
+    let src = t.path().join("src");
+    ckpt(&src, 3);
+    std::fs::create_dir_all(hub.join("blobs")).unwrap();
+    let snap = hub.join("snapshots/0123abcd");
+    std::fs::create_dir_all(&snap).unwrap();
+    for name in ["model.safetensors", "trainer_state.json"] {
+        let bytes = std::fs::read(src.join(name)).unwrap();
+        let blob = blake3::hash(&bytes).to_hex().to_string();
+        std::fs::write(hub.join("blobs").join(&blob), &bytes).unwrap();
+        symlink(format!("../../blobs/{blob}"), snap.join(name)).unwrap();
+    }
+    let out = cairn(&store)
+        .args(["commit", snap.to_str().unwrap(), "-m", "hub"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--follow-symlinks"));
+    cairn(&store)
+        .args([
+            "commit",
+            snap.to_str().unwrap(),
+            "-m",
+            "hub",
+            "--follow-symlinks",
+        ])
+        .assert()
+        .success();
+    let dst = t.path().join("out");
+    cairn(&store)
+        .args(["checkout", "HEAD", dst.to_str().unwrap()])
+        .assert()
+        .success();
+    assert_eq!(snapshot(&dst), snapshot(&src));
+    assert!(
+        !std::fs::symlink_metadata(dst.join("model.safetensors"))
+            .unwrap()
+            .file_type()
+            .is_symlink()
+    );
+}

@@ -132,6 +132,9 @@ pub struct CommitArgs {
     /// Do not take step, epoch and metrics from trainer_state.json.
     #[arg(long)]
     pub no_trainer_state: bool,
+    /// Follow symlinks that point outside DIR (default: refuse them).
+    #[arg(long)]
+    pub follow_symlinks: bool,
     /// Stage this as one part of sharded commit ID (one process per rank); with --part.
     #[arg(long, value_name = "ID", requires = "part")]
     pub txn: Option<String>,

@@ -107,10 +107,12 @@ impl<'s> CommitBuilder<'s> {
                 path: dir.to_path_buf(),
             });
         }
-        self.walk(dir, "")
+        let root = std::fs::canonicalize(dir).map_err(io_at(dir))?;
+        self.walk(&root, dir, "")
     }
 
-    fn walk(&mut self, dir: &Path, prefix: &str) -> Result<()> {
+    /// Add the files under `dir` (whose canonical form is under `root`) at `prefix`.
+    fn walk(&mut self, root: &Path, dir: &Path, prefix: &str) -> Result<()> {
         let mut entries: Vec<_> = std::fs::read_dir(dir)
             .map_err(io_at(dir))?
             .collect::<std::result::Result<_, _>>()
@@ -132,10 +134,18 @@ impl<'s> CommitBuilder<'s> {
             let rel = format!("{prefix}{name}");
             let ft = e.file_type().map_err(io_at(&path))?;
             if ft.is_dir() {
-                self.walk(&path, &format!("{rel}/"))?;
+                self.walk(root, &path, &format!("{rel}/"))?;
             } else if ft.is_file() {
                 self.add_path(&path, &rel)?;
             } else if ft.is_symlink() {
+                let target = std::fs::canonicalize(&path).map_err(io_at(&path))?;
+                if !self.opts.follow_symlinks && !target.starts_with(root) {
+                    return Err(CommitError::SymlinkLeavesDir {
+                        path,
+                        target,
+                        dir: root.to_path_buf(),
+                    });
+                }
                 let m = std::fs::metadata(&path).map_err(io_at(&path))?;
                 if !m.is_file() {
                     return Err(CommitError::SymlinkNotToFile { path });

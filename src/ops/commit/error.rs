@@ -104,6 +104,22 @@ pub enum CommitError {
         /// The symlink.
         path: PathBuf,
     },
+    /// A directory walk met a symlink whose target lies outside the directory being committed,
+    /// without [`super::CommitOptions::follow_symlinks`].
+    #[error(
+        "{}: a symlink to {}, outside {}; cairn does not follow it (it could sweep a secret into the store); pass --follow-symlinks to follow every link",
+        path.display(),
+        target.display(),
+        dir.display()
+    )]
+    SymlinkLeavesDir {
+        /// The symlink.
+        path: PathBuf,
+        /// Where it resolves to.
+        target: PathBuf,
+        /// The directory being committed.
+        dir: PathBuf,
+    },
     /// A directory walk met a socket, FIFO or device.
     #[error("{path}: not a regular file or directory")]
     SpecialFile {

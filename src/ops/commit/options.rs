@@ -39,6 +39,11 @@ pub struct CommitOptions {
     pub opaque: Vec<String>,
     /// Do not read step, epoch and metrics from a top-level `trainer_state.json`.
     pub ignore_trainer_state: bool,
+    /// In [`super::CommitBuilder::add_dir`], follow symlinks whose target lies outside the
+    /// directory (a Hugging Face hub snapshot links every file into `../../blobs/`). Off by
+    /// default: a stranger's folder holding `config.json -> ~/.ssh/id_rsa` must not sweep the
+    /// secret into the store; such a link is refused, naming it and its target.
+    pub follow_symlinks: bool,
     /// Stage this commit as part `part` of `total` of sharded transaction `id`: the commit
     /// becomes visible, atomically, when all parts are staged (see [`super::sharded`]).
     pub txn: Option<TxnPart>,

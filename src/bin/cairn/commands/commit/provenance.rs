@@ -21,6 +21,7 @@ pub fn options(a: &CommitArgs) -> Result<(CommitOptions, ExtraFiles)> {
         branch: a.branch.clone(),
         opaque: a.opaque.clone(),
         ignore_trainer_state: a.no_trainer_state,
+        follow_symlinks: a.follow_symlinks,
         delta_depth: a.delta_depth,
         delta_base: a.delta_base,
         txn: match (&a.txn, &a.part) {
