@@ -60,6 +60,8 @@ pub const MAX_CENTRAL_DIR: u64 = 64 << 20;
 pub const MAX_PICKLE_LEN: u64 = 256 << 20;
 /// The deepest value stack a pickle may build.
 pub const MAX_STACK: usize = 1 << 20;
+/// The deepest a pickle may nest tuples (torch's own pickles nest a few levels).
+pub const MAX_NESTING: u32 = 512;
 /// The most memo slots a pickle may fill.
 pub const MAX_MEMO: usize = 1 << 22;
 /// The longest `byteorder` entry read.

@@ -10,7 +10,9 @@
 
 #![warn(missing_docs)]
 
-use super::{DType, MAX_MEMO, MAX_STACK, TorchZipError, storage_dtype, to_u64, torch_dtype};
+use super::{
+    DType, MAX_MEMO, MAX_NESTING, MAX_STACK, TorchZipError, storage_dtype, to_u64, torch_dtype,
+};
 use std::collections::BTreeMap;
 use std::rc::Rc;
 
@@ -104,8 +106,11 @@ enum Value {
     Float,
     Str(Rc<str>),
     Bytes,
-    Tuple(Rc<[Value]>),
-    Global(Rc<(String, String)>),
+    /// A tuple, and how deep it nests (1 for a tuple holding no tuple).
+    Tuple(Rc<[Value]>, u32),
+    /// `module.name`, sharing the strings it was built from (a memoized string fed to
+    /// STACK_GLOBAL again and again costs nothing new).
+    Global(Rc<(Rc<str>, Rc<str>)>),
     /// A persistent storage id: its index in the interpreter's refs.
     Storage(usize),
     /// A list, dict, set, or the result of a call or of NEWOBJ.
@@ -215,6 +220,24 @@ impl<'a> Machine<'a> {
             Ok(s) => Ok(Value::Str(Rc::from(s))),
             Err(_) => Err(self.fail("string is not UTF-8")),
         }
+    }
+
+    /// A tuple of `items`, refused when it would nest deeper than [`MAX_NESTING`]: values are
+    /// dropped recursively, so an unbounded depth (a 300 KB pickle can nest a tuple a few
+    /// hundred thousand levels deep) would overflow the thread's stack.
+    fn tuple(&self, items: Vec<Value>) -> Result<Value, Fail> {
+        let inner = items
+            .iter()
+            .map(|v| match v {
+                Value::Tuple(_, d) => *d,
+                _ => 0,
+            })
+            .max()
+            .unwrap_or(0);
+        if inner >= MAX_NESTING {
+            return Err(self.fail(format!("tuples nested deeper than {MAX_NESTING}")));
+        }
+        Ok(Value::Tuple(Rc::from(items), inner + 1))
     }
 
     fn push(&mut self, v: Value) -> Result<(), Fail> {
@@ -340,8 +363,8 @@ impl<'a> Machine<'a> {
                 }
                 // GLOBAL
                 b'c' => {
-                    let module = self.line()?.to_string();
-                    let name = self.line()?.to_string();
+                    let module = Rc::from(self.line()?);
+                    let name = Rc::from(self.line()?);
                     self.push(Value::Global(Rc::new((module, name))))?;
                 }
                 // STACK_GLOBAL
@@ -350,7 +373,7 @@ impl<'a> Machine<'a> {
                     let module = self.pop()?;
                     match (module, name) {
                         (Value::Str(m), Value::Str(n)) => {
-                            self.push(Value::Global(Rc::new((m.to_string(), n.to_string()))))?
+                            self.push(Value::Global(Rc::new((m, n))))?
                         }
                         _ => return Err(self.fail("STACK_GLOBAL needs two strings")),
                     }
@@ -407,14 +430,16 @@ impl<'a> Machine<'a> {
                     self.push(v)?;
                 }
                 // Tuples
-                b')' => self.push(Value::Tuple(Rc::from(Vec::new())))?,
+                b')' => self.push(Value::Tuple(Rc::from(Vec::new()), 1))?,
                 b't' => {
                     let items = self.pop_mark()?;
-                    self.push(Value::Tuple(Rc::from(items)))?;
+                    let t = self.tuple(items)?;
+                    self.push(t)?;
                 }
                 0x85..=0x87 => {
                     let items = self.pop_n(usize::from(op - 0x84))?;
-                    self.push(Value::Tuple(Rc::from(items)))?;
+                    let t = self.tuple(items)?;
+                    self.push(t)?;
                 }
                 // Containers: built, their contents dropped.
                 b']' | b'}' | 0x8f => self.push(Value::Opaque)?,
@@ -558,7 +583,7 @@ impl<'a> Machine<'a> {
 
     /// Check a persistent id and record the storage it names.
     fn persistent(&mut self, pid: Value) -> Result<Value, Fail> {
-        let Value::Tuple(t) = pid else {
+        let Value::Tuple(t, _) = pid else {
             return Err(Fail::PersistentId("not a tuple"));
         };
         let [tag, class, key, location, numel] = &t[..] else {
@@ -570,7 +595,7 @@ impl<'a> Machine<'a> {
         let Value::Global(g) = class else {
             return Err(Fail::PersistentId("second field is not a global"));
         };
-        let (module, name) = &**g;
+        let (module, name) = (&*g.0, &*g.1);
         if module != "torch" || !name.ends_with("Storage") {
             return Err(Fail::PersistentId("storage type is not torch.<T>Storage"));
         }
@@ -601,7 +626,7 @@ impl<'a> Machine<'a> {
                     what: "element counts",
                 });
             }
-            if prev.class != *name {
+            if prev.class != name {
                 return Err(Fail::Conflict {
                     key: key.to_string(),
                     what: "storage types",
@@ -612,7 +637,7 @@ impl<'a> Machine<'a> {
         let i = self.refs.len();
         self.refs.push(StorageRef {
             key: key.to_string(),
-            class: name.clone(),
+            class: name.to_string(),
             declared: numel,
             dtype,
             numel,
@@ -627,13 +652,13 @@ impl<'a> Machine<'a> {
         let Value::Global(g) = func else {
             return Ok(());
         };
-        let (module, name) = &**g;
+        let (module, name) = (&*g.0, &*g.1);
         let is_rebuild = module == TORCH_UTILS
             && matches!(
-                name.as_str(),
+                name,
                 "_rebuild_tensor" | "_rebuild_tensor_v2" | "_rebuild_tensor_v3"
             );
-        let Value::Tuple(args) = args else {
+        let Value::Tuple(args, _) = args else {
             return if is_rebuild {
                 Err(self.fail("tensor rebuild arguments are not a tuple"))
             } else {
@@ -651,7 +676,7 @@ impl<'a> Machine<'a> {
             _ => None,
         }
         .ok_or_else(|| self.fail("tensor storage offset is not a non-negative integer"))?;
-        let Value::Tuple(size) = size else {
+        let Value::Tuple(size, _) = size else {
             return Err(self.fail("tensor size is not a tuple"));
         };
         let shape: Option<Vec<u64>> = size
@@ -665,7 +690,7 @@ impl<'a> Machine<'a> {
         // `_rebuild_tensor_v3(storage, offset, size, stride, requires_grad, hooks, dtype, ..)`
         // names the dtype of an untyped storage.
         let named = args.iter().find_map(|a| match a {
-            Value::Global(g) if g.0 == "torch" => torch_dtype(&g.1),
+            Value::Global(g) if &*g.0 == "torch" => torch_dtype(&g.1),
             _ => None,
         });
         if let Some(d) = named {
@@ -674,7 +699,7 @@ impl<'a> Machine<'a> {
         // A transposed or otherwise strided view covers its storage too, but the storage
         // is not laid out in the view's shape: only a row-major view says how it is.
         let row_major = match args.get(3) {
-            Some(Value::Tuple(stride)) => is_row_major(&shape, stride),
+            Some(Value::Tuple(stride, _)) => is_row_major(&shape, stride),
             _ => false,
         };
         self.record_shape(*i, offset, shape, row_major)

@@ -321,3 +321,29 @@ fn no_eocd() {
         Err(TorchZipError::TrailingBytes { extra: 1 })
     ));
 }
+
+/// Regression: a pickle nesting a tuple 300,000 levels deep (a 300 KB file) overflowed the
+/// stack when the nested value was dropped, aborting `cairn commit`. Nesting is bounded by
+/// `MAX_NESTING`: the archive is reported as unreadable (and a commit stores it opaque).
+#[test]
+fn deeply_nested_tuples_are_refused_not_a_stack_overflow() {
+    let mut pkl = b"\x80\x02)".to_vec();
+    pkl.extend(std::iter::repeat_n(0x85u8, 300_000));
+    pkl.push(b'.');
+    let bytes = zip(&[("a/data.pkl", &pkl, 0)]);
+    let err = parse_bytes(&bytes).unwrap_err();
+    assert!(matches!(err, TorchZipError::Pickle { .. }), "{err:?}");
+    assert!(err.to_string().contains("nested deeper than"), "{err}");
+    // Just under the bound parses (and drops) fine.
+    let mut ok = b"\x80\x02)".to_vec();
+    ok.extend(std::iter::repeat_n(
+        0x85u8,
+        (super::MAX_NESTING - 1) as usize,
+    ));
+    ok.push(b'.');
+    let bytes = zip(&[("a/data.pkl", &ok, 0)]);
+    assert!(!matches!(
+        parse_bytes(&bytes),
+        Err(TorchZipError::Pickle { .. })
+    ));
+}
