@@ -158,12 +158,6 @@ fn sim() -> Option<&'static Sim> {
     .as_ref()
 }
 
-/// Whether crash simulation is on in this process: `CAIRN_TEST_CRASH_AT` or
-/// `CAIRN_TEST_CRASH_LOG` was set when the first operation ran (read once per process).
-pub fn enabled() -> bool {
-    sim().is_some()
-}
-
 fn parent(p: &Path) -> PathBuf {
     p.parent().map(Path::to_path_buf).unwrap_or_default()
 }

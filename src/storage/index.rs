@@ -218,7 +218,6 @@ impl CommitRow {
 pub struct Index {
     db: DB,
     path: PathBuf,
-    writable: bool,
 }
 
 fn db_options() -> Options {
@@ -266,7 +265,6 @@ impl Index {
         Ok(Index {
             db,
             path: path.to_path_buf(),
-            writable: true,
         })
     }
 
@@ -285,7 +283,6 @@ impl Index {
                     return Ok(Index {
                         db,
                         path: path.to_path_buf(),
-                        writable: false,
                     });
                 }
                 Err(e) => {
@@ -313,10 +310,6 @@ impl Index {
     /// The index directory.
     pub fn path(&self) -> &Path {
         &self.path
-    }
-    /// Whether this handle was opened read-write.
-    pub fn is_writable(&self) -> bool {
-        self.writable
     }
 
     fn cf(&self, name: &'static str) -> Result<&rocksdb::ColumnFamily, IndexError> {
@@ -634,10 +627,6 @@ impl Batch<'_> {
     /// the index lock (compare-and-swap) and append the move to the reflog first.
     pub fn put_ref(&mut self, name: &str, id: &CommitId) -> Result<(), IndexError> {
         self.put(CF_REFS, name.as_bytes(), id.as_bytes())
-    }
-    /// Remove the full ref name `name`.
-    pub fn delete_ref(&mut self, name: &str) -> Result<(), IndexError> {
-        self.delete(CF_REFS, name.as_bytes())
     }
     /// Set `key` in `meta` to the raw value `v` (see [`META_HEAD`]).
     pub fn put_meta(&mut self, key: &[u8], v: &[u8]) -> Result<(), IndexError> {

@@ -129,10 +129,6 @@ pub struct ReflogEntry {
 }
 
 impl ReflogEntry {
-    /// `old` as a commit id; `None` when absent or not a commit id (a `HEAD` entry).
-    pub fn old_id(&self) -> Option<CommitId> {
-        self.old.as_deref().and_then(|s| s.parse().ok())
-    }
     /// `new` as a commit id; `None` when absent or not a commit id (a `HEAD` entry).
     pub fn new_id(&self) -> Option<CommitId> {
         self.new.as_deref().and_then(|s| s.parse().ok())

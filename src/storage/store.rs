@@ -352,11 +352,6 @@ impl Store {
         }
     }
 
-    /// Whether the index has object `id` (its bytes are not read).
-    pub fn has_object(&self, id: ObjectId) -> Result<bool> {
-        Ok(self.view().object(&id)?.is_some())
-    }
-
     /// Read, verify and decode commit `id`. Fails as [`Store::read_object`] does, and when the
     /// object is not a commit or does not decode.
     pub fn commit(&self, id: CommitId) -> Result<Commit> {
