@@ -285,3 +285,187 @@ fn real_optimizer_deltas_against_the_parent_by_entry_name() {
         );
     }
 }
+
+/// A STORED zip holding `a/data.pkl` = `pickle`, torch's layout with no storages.
+fn pickle_archive(pickle: &[u8]) -> Vec<u8> {
+    let name = b"a/data.pkl";
+    let mut out = Vec::new();
+    out.extend_from_slice(&0x0403_4b50u32.to_le_bytes());
+    out.extend_from_slice(&[20, 0, 0, 0, 0, 0]);
+    out.extend_from_slice(&[0; 8]);
+    out.extend_from_slice(&(pickle.len() as u32).to_le_bytes());
+    out.extend_from_slice(&(pickle.len() as u32).to_le_bytes());
+    out.extend_from_slice(&(name.len() as u16).to_le_bytes());
+    out.extend_from_slice(&0u16.to_le_bytes());
+    out.extend_from_slice(name);
+    out.extend_from_slice(pickle);
+    let cd = out.len() as u32;
+    out.extend_from_slice(&0x0201_4b50u32.to_le_bytes());
+    out.extend_from_slice(&[20, 0, 20, 0, 0, 0, 0, 0]);
+    out.extend_from_slice(&[0; 8]);
+    out.extend_from_slice(&(pickle.len() as u32).to_le_bytes());
+    out.extend_from_slice(&(pickle.len() as u32).to_le_bytes());
+    out.extend_from_slice(&(name.len() as u16).to_le_bytes());
+    out.extend_from_slice(&[0; 16]);
+    out.extend_from_slice(name);
+    let cd_len = out.len() as u32 - cd;
+    out.extend_from_slice(&0x0605_4b50u32.to_le_bytes());
+    out.extend_from_slice(&[0, 0, 0, 0, 1, 0, 1, 0]);
+    out.extend_from_slice(&cd_len.to_le_bytes());
+    out.extend_from_slice(&cd.to_le_bytes());
+    out.extend_from_slice(&[0; 2]);
+    out
+}
+
+/// Run the CLI with `args` to its end and return its exit code and peak RSS in bytes. A python3
+/// parent (the set-up script's) runs it alone and reads `ru_maxrss` of its only child, so no
+/// other test's process is counted.
+fn exit_and_peak_rss(store: &Path, args: &[&std::ffi::OsStr]) -> (i32, u64) {
+    const WRAP: &str = "import resource, subprocess, sys\n\
+        r = subprocess.run(sys.argv[1:], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)\n\
+        print(r.returncode, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)";
+    let out = std::process::Command::new("python3")
+        .args(["-c", WRAP])
+        .arg(bin())
+        .arg("--store")
+        .arg(store)
+        .args(args)
+        .env_remove("CAIRN_STORE")
+        .env("CAIRN_AUTHOR", "test@cairn")
+        .output()
+        .unwrap();
+    let text = String::from_utf8(out.stdout).unwrap();
+    let mut it = text.split_whitespace();
+    let code = it.next().unwrap().parse().unwrap();
+    let kib: u64 = it.next().unwrap().parse().unwrap();
+    (code, kib * 1024)
+}
+
+/// Regression: a pickle can ask the reader for far more memory than it is long (one memoized
+/// string fed to STACK_GLOBAL 1000 times drove a commit to ~2 GB; memo slots, stack slots and
+/// tuples of references each cost tens of bytes for one or two pickle bytes). Whatever a 10 MB
+/// pickle does, the commit's peak RSS stays within 64 MiB + 4x its size, and the file is stored
+/// opaque, byte for byte, with the reader's reason.
+#[test]
+fn amplifying_pickles_stay_within_the_memory_bound() {
+    const SIZE: usize = 10 << 20;
+    let big_str = |p: &mut Vec<u8>| {
+        p.push(b'X');
+        p.extend_from_slice(&(1u32 << 20).to_le_bytes());
+        p.resize(p.len() + (1 << 20), b'm');
+    };
+    let mut attacks: Vec<(&str, Vec<u8>)> = Vec::new();
+    // One 1 MB string, memoized again and again (one byte per memo slot).
+    let mut p = vec![0x80, 4];
+    big_str(&mut p);
+    p.resize(SIZE - 1, 0x94);
+    attacks.push(("memoize", p));
+    // Tuples of 900,000 references to that string (two bytes per stack slot and item), each
+    // memoized and popped, again and again.
+    let mut p = vec![0x80, 4];
+    big_str(&mut p);
+    p.push(0x94);
+    while p.len() < SIZE - 1_800_010 {
+        p.push(b'(');
+        for _ in 0..900_000 {
+            p.extend_from_slice(&[b'h', 0]);
+        }
+        p.extend_from_slice(&[b't', 0x94, b'0']);
+    }
+    p.extend_from_slice(&[b'h', 0]);
+    attacks.push(("tuple", p));
+    // Small strings, each memoized, and globals built from them, memoized too.
+    let mut p = vec![0x80, 4];
+    while p.len() < SIZE - 8 {
+        p.extend_from_slice(&[0x8c, 0, 0x94, 0x8c, 0, 0x94, 0x93, 0x94]);
+    }
+    attacks.push(("globals", p));
+    // Tuples of three references, each memoized, then dropped.
+    let mut p = vec![0x80, 4, b'N', 0x94];
+    while p.len() < SIZE - 6 {
+        p.extend_from_slice(&[b'2', b'2', 0x87, 0x94, b'0', b'N']);
+    }
+    attacks.push(("tuple3", p));
+
+    for (name, mut pickle) in attacks {
+        pickle.push(b'.');
+        let t = tempfile::tempdir().unwrap();
+        let store = t.path().join("store");
+        cairn(&store).arg("init").assert().success();
+        let ck = t.path().join("ck");
+        std::fs::create_dir_all(&ck).unwrap();
+        let archive = pickle_archive(&pickle);
+        std::fs::write(ck.join("model.pt"), &archive).unwrap();
+        let (code, peak) = exit_and_peak_rss(&store, &["commit".as_ref(), ck.as_os_str()]);
+        assert_eq!(code, 0, "{name}: commit failed");
+        let bound = (64 << 20) + 4 * pickle.len() as u64;
+        assert!(
+            peak <= bound,
+            "{name}: peak RSS {} MiB exceeds {} MiB",
+            peak >> 20,
+            bound >> 20
+        );
+        let v = show_json(&store, "HEAD");
+        let f = &v["files"][0];
+        assert_eq!(f["format"], "fallback", "{name}: {f}");
+        let reason = f["fallback_reason"].as_str().unwrap();
+        eprintln!("{name}: peak RSS {} MiB: {reason}", peak >> 20);
+        assert!(reason.contains("memory"), "{name}: {reason}");
+        let dst = t.path().join("out");
+        cairn(&store)
+            .args(["checkout", "HEAD"])
+            .arg(&dst)
+            .assert()
+            .success();
+        assert!(
+            std::fs::read(dst.join("model.pt")).unwrap() == archive,
+            "{name}"
+        );
+    }
+}
+
+mod fallback_property {
+    use cairn::model::object::FileFormat;
+    use cairn::ops::read;
+    use cairn::{CommitBuilder, CommitOptions, Store};
+    use proptest::prelude::*;
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(48))]
+
+        /// Whatever a `.pt` file holds (a real archive with bytes overwritten or its tail cut
+        /// off), a commit stores it as a torch archive or falls back to plain bytes with a
+        /// reason, and either way the file reads back byte for byte.
+        #[test]
+        fn a_fallback_never_changes_the_bytes(
+            edits in proptest::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 0..6),
+            keep in proptest::option::of(any::<prop::sample::Index>()),
+        ) {
+            let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+            let mut bytes = std::fs::read(dir.join("fuzz/seeds/torchzip_parse/lightning.ckpt")).unwrap();
+            for (at, b) in edits {
+                let i = at.index(bytes.len());
+                bytes[i] = b;
+            }
+            if let Some(k) = keep {
+                bytes.truncate(k.index(bytes.len() + 1));
+            }
+            let t = tempfile::tempdir().unwrap();
+            let file = t.path().join("model.pt");
+            std::fs::write(&file, &bytes).unwrap();
+            let store = Store::init(&t.path().join("store")).unwrap();
+            let mut b = CommitBuilder::new(&store, CommitOptions::default());
+            b.add_path(&file, "model.pt").unwrap();
+            let out = b.commit().unwrap();
+            let tree = store.tree(store.commit(out.commit).unwrap().tree).unwrap();
+            match &tree.files["model.pt"].format {
+                FileFormat::TorchZip => {}
+                FileFormat::Fallback(reason) => prop_assert!(!reason.is_empty()),
+                other => prop_assert!(false, "format {:?}", other),
+            }
+            let mut back = Vec::new();
+            read::cat(&store, out.commit, "model.pt", &mut back).unwrap();
+            prop_assert!(back == bytes);
+        }
+    }
+}

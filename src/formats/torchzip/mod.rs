@@ -34,8 +34,10 @@
 //!   `numel * width`.
 //!
 //! The interpreter has no loops or calls, so it runs at most one opcode per pickle byte; its
-//! stack and memo are capped at [`MAX_STACK`] and [`MAX_MEMO`], and values shared through the memo
-//! are reference-counted, so memory stays linear in the pickle's length.
+//! stack and memo are capped at [`MAX_STACK`] and [`MAX_MEMO`], values shared through the memo
+//! are reference-counted, and every allocation it makes is charged to a budget of
+//! [`PICKLE_MEMORY_BASE`] + [`PICKLE_MEMORY_PER_BYTE`] x the pickle's length, so however a pickle
+//! tries to amplify itself the reader's memory stays within that bound.
 //!
 //! Anything else is a [`TorchZipError`]; the caller falls back to plain chunking and records it.
 //! Nothing here panics on any input: all offsets use checked arithmetic, and every allocation is
@@ -64,6 +66,14 @@ pub const MAX_STACK: usize = 1 << 20;
 pub const MAX_NESTING: u32 = 512;
 /// The most memo slots a pickle may fill.
 pub const MAX_MEMO: usize = 1 << 22;
+/// What interpreting one pickle may allocate, beyond the pickle's own bytes: this many bytes...
+pub const PICKLE_MEMORY_BASE: u64 = 32 << 20;
+/// ...plus this many times the pickle's length. With the pickle itself held in memory, the
+/// reader's heap for one pickle stays below `PICKLE_MEMORY_BASE + (1 + PICKLE_MEMORY_PER_BYTE) *
+/// len`. Real torch.save pickles are charged 9 to 18 bytes per byte (the memo keeps every tuple
+/// and string they build), so a pickle of up to 2 MiB (some 13,000 tensors) always fits; a
+/// larger one may not, and its file is then stored as plain bytes.
+pub const PICKLE_MEMORY_PER_BYTE: u64 = 2;
 /// The longest `byteorder` entry read.
 const MAX_BYTEORDER_LEN: u64 = 16;
 
@@ -370,6 +380,22 @@ pub enum TorchZipError {
         offset: u64,
         /// What is wrong.
         what: String,
+    },
+
+    /// Reading a pickle would allocate more than its bound ([`PICKLE_MEMORY_BASE`] plus
+    /// [`PICKLE_MEMORY_PER_BYTE`] times its length): a pickle can ask for far more memory than
+    /// it is long (memo slots, stack slots and tuples of shared values cost tens of bytes for
+    /// one or two pickle bytes).
+    #[error(
+        "pickle {pickle:?} at byte {offset}: reading it needs more than its memory bound of {limit} bytes ({PICKLE_MEMORY_BASE} + {PICKLE_MEMORY_PER_BYTE} x its length)"
+    )]
+    PickleMemory {
+        /// The pickle's entry name.
+        pickle: String,
+        /// Offset in the pickle of the opcode that went over the bound.
+        offset: u64,
+        /// The bound, in bytes.
+        limit: u64,
     },
 
     /// A pickle uses an opcode the interpreter does not run.

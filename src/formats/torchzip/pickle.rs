@@ -5,13 +5,16 @@
 //!
 //! Invariants: the interpreter has no loops or calls, so it runs at most one opcode per pickle
 //! byte; its stack and memo are capped at [`MAX_STACK`] and [`MAX_MEMO`]; values shared through
-//! the memo are reference-counted, so memory stays linear in the pickle's length; no opcode
-//! panics on any operand.
+//! the memo are reference-counted; every allocation is charged, before it is made, to a budget
+//! of [`PICKLE_MEMORY_BASE`] + [`PICKLE_MEMORY_PER_BYTE`] x the pickle's length, and charges are
+//! never given back, so the sum of everything it allocates (an upper bound on its peak) stays
+//! within that budget; no opcode panics on any operand.
 
 #![warn(missing_docs)]
 
 use super::{
-    DType, MAX_MEMO, MAX_NESTING, MAX_STACK, TorchZipError, storage_dtype, to_u64, torch_dtype,
+    DType, MAX_MEMO, MAX_NESTING, MAX_STACK, PICKLE_MEMORY_BASE, PICKLE_MEMORY_PER_BYTE,
+    TorchZipError, storage_dtype, to_u64, torch_dtype,
 };
 use std::collections::BTreeMap;
 use std::rc::Rc;
@@ -68,6 +71,9 @@ pub(super) enum Fail {
     PersistentId(&'static str),
     /// Storage `key` declared twice with different `what` ([`TorchZipError::ConflictingStorage`]).
     Conflict { key: String, what: &'static str },
+    /// The opcode at byte `offset` would go over the memory bound `limit`
+    /// ([`TorchZipError::PickleMemory`]).
+    Memory { offset: u64, limit: u64 },
 }
 
 impl Fail {
@@ -89,6 +95,11 @@ impl Fail {
             Fail::Conflict { key, what } => TorchZipError::ConflictingStorage {
                 entry: format!("{pickle}: {key}"),
                 what,
+            },
+            Fail::Memory { offset, limit } => TorchZipError::PickleMemory {
+                pickle,
+                offset,
+                limit,
             },
         }
     }
@@ -137,7 +148,21 @@ struct Machine<'a> {
     refs: Vec<StorageRef>,
     /// Index into `refs` by storage key.
     by_key: BTreeMap<String, usize>,
+    /// Bytes charged so far for what the interpreter allocated, and the most it may charge.
+    charged: u64,
+    limit: u64,
+    /// The deepest the stack has been: a slot is charged when the stack first grows to it.
+    stack_high: usize,
 }
+
+/// What the interpreter charges, in bytes, for what it allocates: a value-stack slot (with the
+/// stack's spare capacity: a vector at most doubles); a memo slot (a B-tree entry with its share
+/// of a half-full node, as sequential keys leave them); the allocator's overhead per allocation
+/// (glibc's header and rounding to 16 bytes); and a reference count's header.
+const SLOT_COST: u64 = 2 * size_of::<Slot>() as u64;
+const MEMO_SLOT_COST: u64 = 64;
+const ALLOC_COST: u64 = 16;
+const RC_COST: u64 = 16;
 
 /// Run a whole pickle, which must end with `STOP` at its last byte, and return the storages it
 /// declares.
@@ -150,9 +175,45 @@ pub(super) fn run(code: &[u8]) -> Result<Vec<StorageRef>, Fail> {
         memo: BTreeMap::new(),
         refs: Vec::new(),
         by_key: BTreeMap::new(),
+        charged: 0,
+        limit: memory_limit(code.len()),
+        stack_high: 0,
     };
     m.run()?;
     Ok(m.refs)
+}
+
+/// The memory bound of a pickle of `len` bytes.
+fn memory_limit(len: usize) -> u64 {
+    PICKLE_MEMORY_PER_BYTE
+        .saturating_mul(to_u64(len))
+        .saturating_add(PICKLE_MEMORY_BASE)
+}
+
+/// Run a whole pickle, as [`run`], and return what it charged to its memory budget.
+#[cfg(test)]
+pub(super) fn charged(code: &[u8]) -> Result<u64, Fail> {
+    let mut m = Machine {
+        code,
+        pos: 0,
+        op_at: 0,
+        stack: Vec::new(),
+        memo: BTreeMap::new(),
+        refs: Vec::new(),
+        by_key: BTreeMap::new(),
+        charged: 0,
+        limit: u64::MAX,
+        stack_high: 0,
+    };
+    m.run()?;
+    Ok(m.charged)
+}
+
+/// Bytes charged for `n` items of `T` in one allocation.
+fn cost_of<T>(n: usize) -> u64 {
+    to_u64(size_of::<T>())
+        .saturating_mul(to_u64(n))
+        .saturating_add(ALLOC_COST)
 }
 
 const TORCH_UTILS: &str = "torch._utils";
@@ -163,6 +224,43 @@ impl<'a> Machine<'a> {
             offset: to_u64(self.op_at),
             what: what.into(),
         }
+    }
+
+    /// Charge `bytes` to the memory budget before allocating them.
+    fn charge(&mut self, bytes: u64) -> Result<(), Fail> {
+        let charged = self.charged.saturating_add(bytes);
+        if charged > self.limit {
+            return Err(Fail::Memory {
+                offset: to_u64(self.op_at),
+                limit: self.limit,
+            });
+        }
+        self.charged = charged;
+        Ok(())
+    }
+
+    /// Check that `bytes` more, allocated only while one opcode runs, would fit the budget.
+    fn fits(&self, bytes: u64) -> Result<(), Fail> {
+        if self.charged.saturating_add(bytes) > self.limit {
+            return Err(Fail::Memory {
+                offset: to_u64(self.op_at),
+                limit: self.limit,
+            });
+        }
+        Ok(())
+    }
+
+    /// Push a slot, charging for it when the stack grows deeper than it has been.
+    fn push_slot(&mut self, slot: Slot) -> Result<(), Fail> {
+        if self.stack.len() >= MAX_STACK {
+            return Err(self.fail(format!("stack deeper than {MAX_STACK}")));
+        }
+        if self.stack.len() >= self.stack_high {
+            self.charge(SLOT_COST)?;
+            self.stack_high = self.stack.len() + 1;
+        }
+        self.stack.push(slot);
+        Ok(())
     }
 
     fn take(&mut self, n: usize) -> Result<&'a [u8], Fail> {
@@ -216,16 +314,31 @@ impl<'a> Machine<'a> {
 
     fn str_operand(&mut self, n: usize) -> Result<Value, Fail> {
         let b = self.take(n)?;
-        match std::str::from_utf8(b) {
-            Ok(s) => Ok(Value::Str(Rc::from(s))),
-            Err(_) => Err(self.fail("string is not UTF-8")),
-        }
+        let s = std::str::from_utf8(b).map_err(|_| self.fail("string is not UTF-8"))?;
+        self.string(s)
+    }
+
+    /// A string value, charged for.
+    fn string(&mut self, s: &str) -> Result<Value, Fail> {
+        Ok(Value::Str(self.rc_str(s)?))
+    }
+
+    /// A shared copy of `s`, charged for.
+    fn rc_str(&mut self, s: &str) -> Result<Rc<str>, Fail> {
+        self.charge(cost_of::<u8>(s.len()).saturating_add(RC_COST))?;
+        Ok(Rc::from(s))
+    }
+
+    /// A global `module.name`, charged for.
+    fn global(&mut self, module: Rc<str>, name: Rc<str>) -> Result<Value, Fail> {
+        self.charge(cost_of::<(Rc<str>, Rc<str>)>(1).saturating_add(RC_COST))?;
+        Ok(Value::Global(Rc::new((module, name))))
     }
 
     /// A tuple of `items`, refused when it would nest deeper than [`MAX_NESTING`]: values are
     /// dropped recursively, so an unbounded depth (a 300 KB pickle can nest a tuple a few
     /// hundred thousand levels deep) would overflow the thread's stack.
-    fn tuple(&self, items: Vec<Value>) -> Result<Value, Fail> {
+    fn tuple(&mut self, items: Vec<Value>) -> Result<Value, Fail> {
         let inner = items
             .iter()
             .map(|v| match v {
@@ -237,15 +350,16 @@ impl<'a> Machine<'a> {
         if inner >= MAX_NESTING {
             return Err(self.fail(format!("tuples nested deeper than {MAX_NESTING}")));
         }
+        // The items were popped into a vector, which the tuple is copied from.
+        let n = items.len();
+        let tuple = cost_of::<Value>(n).saturating_add(RC_COST);
+        self.fits(tuple.saturating_add(cost_of::<Value>(n)))?;
+        self.charge(tuple)?;
         Ok(Value::Tuple(Rc::from(items), inner + 1))
     }
 
     fn push(&mut self, v: Value) -> Result<(), Fail> {
-        if self.stack.len() >= MAX_STACK {
-            return Err(self.fail(format!("stack deeper than {MAX_STACK}")));
-        }
-        self.stack.push(Slot::Value(v));
-        Ok(())
+        self.push_slot(Slot::Value(v))
     }
 
     fn pop(&mut self) -> Result<Value, Fail> {
@@ -299,8 +413,11 @@ impl<'a> Machine<'a> {
 
     fn put(&mut self, idx: u32) -> Result<(), Fail> {
         let v = self.top()?.clone();
-        if self.memo.len() >= MAX_MEMO && !self.memo.contains_key(&idx) {
-            return Err(self.fail(format!("more than {MAX_MEMO} memo slots")));
+        if !self.memo.contains_key(&idx) {
+            if self.memo.len() >= MAX_MEMO {
+                return Err(self.fail(format!("more than {MAX_MEMO} memo slots")));
+            }
+            self.charge(MEMO_SLOT_COST)?;
         }
         self.memo.insert(idx, v);
         Ok(())
@@ -363,9 +480,10 @@ impl<'a> Machine<'a> {
                 }
                 // GLOBAL
                 b'c' => {
-                    let module = Rc::from(self.line()?);
-                    let name = Rc::from(self.line()?);
-                    self.push(Value::Global(Rc::new((module, name))))?;
+                    let (module, name) = (self.line()?, self.line()?);
+                    let (module, name) = (self.rc_str(module)?, self.rc_str(name)?);
+                    let g = self.global(module, name)?;
+                    self.push(g)?;
                 }
                 // STACK_GLOBAL
                 0x93 => {
@@ -373,7 +491,8 @@ impl<'a> Machine<'a> {
                     let module = self.pop()?;
                     match (module, name) {
                         (Value::Str(m), Value::Str(n)) => {
-                            self.push(Value::Global(Rc::new((m, n))))?
+                            let g = self.global(m, n)?;
+                            self.push(g)?;
                         }
                         _ => return Err(self.fail("STACK_GLOBAL needs two strings")),
                     }
@@ -412,12 +531,7 @@ impl<'a> Machine<'a> {
                     self.get(i)?;
                 }
                 // MARK, POP, POP_MARK, DUP
-                b'(' => {
-                    if self.stack.len() >= MAX_STACK {
-                        return Err(self.fail(format!("stack deeper than {MAX_STACK}")));
-                    }
-                    self.stack.push(Slot::Mark);
-                }
+                b'(' => self.push_slot(Slot::Mark)?,
                 b'0' => match self.stack.pop() {
                     Some(_) => {}
                     None => return Err(self.fail("stack underflow")),
@@ -430,7 +544,10 @@ impl<'a> Machine<'a> {
                     self.push(v)?;
                 }
                 // Tuples
-                b')' => self.push(Value::Tuple(Rc::from(Vec::new()), 1))?,
+                b')' => {
+                    let t = self.tuple(Vec::new())?;
+                    self.push(t)?;
+                }
                 b't' => {
                     let items = self.pop_mark()?;
                     let t = self.tuple(items)?;
@@ -528,7 +645,7 @@ impl<'a> Machine<'a> {
                     };
                     let b = self.take(n)?;
                     let v = match std::str::from_utf8(b) {
-                        Ok(s) => Value::Str(Rc::from(s)),
+                        Ok(s) => self.string(s)?,
                         Err(_) => Value::Bytes,
                     };
                     self.push(v)?;
@@ -634,6 +751,13 @@ impl<'a> Machine<'a> {
             }
             return Ok(Value::Storage(i));
         }
+        // The record, its key twice (record and index) and class, and an index entry.
+        self.charge(
+            cost_of::<StorageRef>(1)
+                .saturating_add(cost_of::<u8>(key.len()).saturating_mul(2))
+                .saturating_add(cost_of::<u8>(name.len()))
+                .saturating_add(MEMO_SLOT_COST),
+        )?;
         let i = self.refs.len();
         self.refs.push(StorageRef {
             key: key.to_string(),
@@ -679,6 +803,7 @@ impl<'a> Machine<'a> {
         let Value::Tuple(size, _) = size else {
             return Err(self.fail("tensor size is not a tuple"));
         };
+        self.charge(cost_of::<u64>(size.len()))?;
         let shape: Option<Vec<u64>> = size
             .iter()
             .map(|d| match d {

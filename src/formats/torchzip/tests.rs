@@ -347,3 +347,101 @@ fn deeply_nested_tuples_are_refused_not_a_stack_overflow() {
         Err(TorchZipError::Pickle { .. })
     ));
 }
+
+/// What reading real torch.save pickles charges to the memory budget, per pickle byte: the
+/// figure `PICKLE_MEMORY_PER_BYTE`'s documentation quotes (at most 18 bytes per byte), which
+/// sets how large a legitimate pickle always fits.
+#[test]
+fn real_pickles_charge_at_most_18_bytes_per_byte() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/torch");
+    let mut worst = 0.0f64;
+    let mut seen: Vec<String> = Vec::new();
+    for name in [
+        "real_optimizer.pt",
+        "real_state_dict.pt",
+        "real_lightning.ckpt",
+        "state_dict.pt",
+        "silero_vad.jit",
+    ] {
+        let bytes = std::fs::read(dir.join(name)).unwrap();
+        let z = parse_bytes(&bytes).unwrap();
+        for e in z.entries.iter().filter(|e| e.name.ends_with(".pkl")) {
+            let start = e.data_offset as usize;
+            let pkl = &bytes[start..start + e.size as usize];
+            let charged = pickle::charged(pkl).unwrap_or_else(|_| panic!("{name}: {}", e.name));
+            let ratio = charged as f64 / pkl.len() as f64;
+            seen.push(format!(
+                "{name} {}: {} bytes, {ratio:.1}x",
+                e.name,
+                pkl.len()
+            ));
+            if pkl.len() > 400 {
+                worst = worst.max(ratio);
+            }
+        }
+    }
+    assert!(worst > 0.0 && worst <= 18.0, "worst {worst:.1}x: {seen:#?}");
+    // A 2 MiB pickle charged as much per byte as the worst of them fits its budget.
+    let two_mib = f64::from(2u32 << 20);
+    let limit = (PICKLE_MEMORY_BASE + PICKLE_MEMORY_PER_BYTE * (2 << 20)) as f64;
+    assert!(worst * two_mib <= limit, "worst {worst:.1}x");
+}
+
+/// The properties the fuzz target checks, as property tests that run with `cargo test`: any
+/// byte string either parses, and then its segments cover it exactly, or is refused with an
+/// error (never a panic).
+mod properties {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn seed() -> Vec<u8> {
+        let dir =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/seeds/torchzip_parse");
+        std::fs::read(dir.join("optimizer.pt")).unwrap()
+    }
+
+    fn check(bytes: &[u8]) {
+        let Ok(z) = parse_bytes(bytes) else {
+            return;
+        };
+        let mut cursor = 0u64;
+        for seg in segments(&z, bytes.len() as u64) {
+            assert_eq!(seg.start(), cursor);
+            assert!(seg.end() > seg.start());
+            cursor = seg.end();
+        }
+        assert_eq!(cursor, bytes.len() as u64);
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(400))]
+
+        #[test]
+        fn any_bytes_parse_or_are_refused(bytes in proptest::collection::vec(any::<u8>(), 0..2048)) {
+            check(&bytes);
+        }
+
+        /// A real archive with bytes overwritten, a range cut out, or its tail cut off.
+        #[test]
+        fn damaged_archives_parse_or_are_refused(
+            edits in proptest::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 0..8),
+            cut in proptest::option::of((any::<prop::sample::Index>(), 0usize..64)),
+            keep in proptest::option::of(any::<prop::sample::Index>()),
+        ) {
+            let mut bytes = seed();
+            for (at, b) in edits {
+                let i = at.index(bytes.len());
+                bytes[i] = b;
+            }
+            if let Some((at, n)) = cut {
+                let i = at.index(bytes.len());
+                let end = (i + n).min(bytes.len());
+                bytes.drain(i..end);
+            }
+            if let Some(k) = keep {
+                bytes.truncate(k.index(bytes.len() + 1));
+            }
+            check(&bytes);
+        }
+    }
+}
