@@ -36,6 +36,20 @@ if ! python3 -c 'import safetensors, numpy' >/dev/null 2>&1; then
   python3 -m pip install --quiet --disable-pip-version-check safetensors numpy
 fi
 
+# The Python package's virtualenv (scripts/python_env.sh): created once, reused after.
+source scripts/python_env.sh
+python3 -c 'import venv, ensurepip' >/dev/null 2>&1 || {
+  echo "setup: installing python3-venv (apt-get)" >&2
+  SUDO=""; [[ $(id -u) -ne 0 ]] && SUDO=sudo
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq python3-venv >/dev/null
+}
+if ! "$CAIRN_VENV/bin/python" -c "$CAIRN_PY_PROBE" >/dev/null 2>&1; then
+  echo "setup: creating the virtualenv $CAIRN_VENV with torch, JAX, numpy, safetensors, pytest and maturin (pip; torch's wheels are several GB: once per machine)" >&2
+  python3 -m venv "$CAIRN_VENV"
+  "$CAIRN_VENV/bin/python" -m pip install --quiet --disable-pip-version-check "${CAIRN_PY_REQUIREMENTS[@]}"
+fi
+
 # The checks, on every run: each fails loudly, naming what is missing.
 fail=0
 python3 scripts/check_libclang.py || { echo "setup: libclang-dev did not give a loadable libclang" >&2; fail=1; }
@@ -43,4 +57,6 @@ for pkg in "${!probe[@]}"; do
   ${probe[$pkg]} >/dev/null 2>&1 || { echo "setup: '${probe[$pkg]}' fails ($pkg)" >&2; fail=1; }
 done
 python3 -c 'import safetensors.numpy, numpy' || { echo "setup: python3 cannot import safetensors.numpy" >&2; fail=1; }
+"$CAIRN_VENV/bin/python" -c "$CAIRN_PY_PROBE" || { echo "setup: the virtualenv $CAIRN_VENV cannot import what the Python tests use" >&2; fail=1; }
+"$CAIRN_VENV/bin/maturin" --version >/dev/null || { echo "setup: maturin does not run in $CAIRN_VENV" >&2; fail=1; }
 exit "$fail"

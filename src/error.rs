@@ -68,3 +68,85 @@ pub enum Error {
 
 /// Results of the library's operations.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// What kind of failure an [`Error`] is, for callers that react by kind rather than by module
+/// (the Python package maps each to an exception class).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ErrorKind {
+    /// A revision, branch, tag, file or tensor that does not exist, or no store where one was
+    /// looked for.
+    NotFound,
+    /// The data asked for was deleted by gc (a pruned commit, or a slimmed commit's released
+    /// file).
+    Pruned,
+    /// The store holds damaged or missing data: a checksum, length or decode failure.
+    Corrupt,
+    /// The caller's input breaks a rule: a malformed file, path, name, revision, query or
+    /// policy, or a tensor whose bytes do not match its dtype and shape.
+    BadInput,
+    /// Anything else: I/O errors, a ref moved by another writer, a store busy or too new.
+    Other,
+}
+
+impl Error {
+    /// The kind of this error.
+    pub fn kind(&self) -> ErrorKind {
+        use crate::ops::read::ReadError;
+        use crate::ops::rev::RevError;
+        match self {
+            Error::Store(s) => store_kind(s),
+            Error::Rev(RevError::Store(s)) => store_kind(s),
+            Error::Rev(RevError::UnknownRevision { .. } | RevError::UnbornBranch { .. }) => {
+                ErrorKind::NotFound
+            }
+            Error::Rev(_) => ErrorKind::BadInput,
+            Error::Read(r) => match r {
+                ReadError::Store(s) => store_kind(s),
+                ReadError::NoSuchFile { .. }
+                | ReadError::NoSuchTensor { .. }
+                | ReadError::NoSuchTensorInFile { .. } => ErrorKind::NotFound,
+                ReadError::ChunkPastEnd { .. } | ReadError::SizeMismatch { .. } => {
+                    ErrorKind::Corrupt
+                }
+                ReadError::Io { .. } | ReadError::WriterStopped { .. } => ErrorKind::Other,
+                _ => ErrorKind::BadInput,
+            },
+            Error::Verification(_) | Error::Index(_) | Error::Pack(_) | Error::Object(_) => {
+                ErrorKind::Corrupt
+            }
+            Error::Commit(crate::ops::commit::CommitError::Store(s)) => store_kind(s),
+            Error::Commit(crate::ops::commit::CommitError::Io { .. }) => ErrorKind::Other,
+            Error::Commit(_)
+            | Error::Catalog(_)
+            | Error::Gc(_)
+            | Error::Ref(_)
+            | Error::Path(_)
+            | Error::Safetensors(_)
+            | Error::TorchZip(_) => ErrorKind::BadInput,
+            _ => ErrorKind::Other,
+        }
+    }
+}
+
+fn store_kind(e: &StoreError) -> ErrorKind {
+    match e {
+        StoreError::NotAStore { .. } | StoreError::NoStoreFound { .. } => ErrorKind::NotFound,
+        StoreError::NoSuchRef { .. } => ErrorKind::NotFound,
+        StoreError::Pruned { .. } | StoreError::Slimmed { .. } => ErrorKind::Pruned,
+        StoreError::Index(_)
+        | StoreError::Pack(_)
+        | StoreError::Object(_)
+        | StoreError::MissingChunk { .. }
+        | StoreError::MissingObject { .. }
+        | StoreError::DeltaChain { .. }
+        | StoreError::ChunkLength { .. }
+        | StoreError::BadState { .. }
+        | StoreError::BadManifest { .. }
+        | StoreError::BadMarker { .. } => ErrorKind::Corrupt,
+        StoreError::Ref(_) | StoreError::AlreadyAStore { .. } | StoreError::NotEmpty { .. } => {
+            ErrorKind::BadInput
+        }
+        _ => ErrorKind::Other,
+    }
+}

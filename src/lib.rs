@@ -47,7 +47,7 @@ pub mod remote;
 pub mod storage;
 
 #[cfg(feature = "store")]
-pub use error::{Error, Result};
+pub use error::{Error, ErrorKind, Result};
 pub use model::dtype::DType;
 pub use model::id::{ChunkId, CommitId, ObjectId, PackId, TreeId};
 #[cfg(feature = "store")]

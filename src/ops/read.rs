@@ -440,6 +440,7 @@ pub fn cat(
         path: path.to_string(),
         commit,
     })?;
+    crate::storage::state::check_file_not_released(store, commit, path)?;
     write_file_to(store, path, entry, out, &NoProgress)
 }
 

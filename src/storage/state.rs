@@ -170,3 +170,29 @@ pub fn check_not_released(
     }
     Ok(())
 }
+
+/// Refuse to read file `path` of `commit` when gc released it: the commit was pruned
+/// ([`StoreError::Pruned`]), or slimmed and `path` is among the released files
+/// ([`StoreError::Slimmed`]). Without this a read would fail on the first deleted chunk as if the
+/// store were damaged. Also fails when the state cannot be read.
+pub fn check_file_not_released(store: &Store, commit: CommitId, path: &str) -> Result<()> {
+    let st = state(store, commit)?;
+    let Some(p) = st.pruned else { return Ok(()) };
+    let when = crate::model::time::format_time(p.time_ns);
+    if p.released.is_empty() {
+        return Err(StoreError::Pruned {
+            commit,
+            when,
+            reason: p.reason,
+        });
+    }
+    if p.released.iter().any(|r| r == path) {
+        return Err(StoreError::Slimmed {
+            commit,
+            when,
+            reason: p.reason,
+            released: vec![path.to_string()],
+        });
+    }
+    Ok(())
+}

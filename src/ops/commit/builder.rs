@@ -35,7 +35,7 @@ use std::sync::Arc;
 /// Builds one commit. Add files, then call [`CommitBuilder::commit`].
 pub struct CommitBuilder<'s> {
     pub(super) store: &'s Store,
-    pub(super) inputs: Vec<Input>,
+    pub(super) inputs: Vec<Input<'s>>,
     empty_dirs: BTreeSet<String>,
     opts: CommitOptions,
     progress: &'s dyn Progress,
@@ -188,6 +188,54 @@ impl<'s> CommitBuilder<'s> {
         self.inputs.push(Input {
             rel: rel.to_string(),
             data: Data::Memory(bytes),
+            executable: false,
+        });
+        Ok(())
+    }
+
+    /// Add `bytes` as the file at `rel` without copying them: they are read from the caller's
+    /// memory while the commit runs.
+    pub fn add_borrowed_bytes(&mut self, rel: &str, bytes: &'s [u8]) -> Result<()> {
+        check_rel_path(rel)?;
+        self.inputs.push(Input {
+            rel: rel.to_string(),
+            data: Data::Pieces(vec![std::borrow::Cow::Borrowed(bytes)]),
+            executable: false,
+        });
+        Ok(())
+    }
+
+    /// Lay `tensors` out as one safetensors file at `rel` (tensors in the order given) without
+    /// copying them: the file is the header followed by the tensors' bytes, read from the
+    /// caller's memory while the commit runs (the builder borrows them), so a commit from
+    /// memory costs no second copy of the checkpoint (the Python package uses this). Names,
+    /// dtypes, shapes and lengths are checked here.
+    pub fn add_tensor_slices(
+        &mut self,
+        rel: &str,
+        tensors: &[crate::ops::commit::async_commit::TensorSlice<'s>],
+        metadata: Option<&std::collections::BTreeMap<String, String>>,
+    ) -> Result<()> {
+        check_rel_path(rel)?;
+        for t in tensors {
+            check_tensor_len(rel, t.name, t.dtype, t.shape, t.data.len())?;
+        }
+        let specs: Vec<(String, DType, Vec<u64>)> = tensors
+            .iter()
+            .map(|t| (t.name.to_string(), t.dtype, t.shape.to_vec()))
+            .collect();
+        let header = safetensors::serialize_header(&specs, metadata).map_err(|source| {
+            CommitError::Safetensors {
+                path: rel.to_string(),
+                source,
+            }
+        })?;
+        let mut pieces = Vec::with_capacity(tensors.len() + 1);
+        pieces.push(std::borrow::Cow::Owned(header));
+        pieces.extend(tensors.iter().map(|t| std::borrow::Cow::Borrowed(t.data)));
+        self.inputs.push(Input {
+            rel: rel.to_string(),
+            data: Data::Pieces(pieces),
             executable: false,
         });
         Ok(())
@@ -414,7 +462,15 @@ fn apply_trainer_state(inputs: &[Input], opts: &mut CommitOptions) -> Result<()>
     };
     let bytes = match &ts.data {
         Data::Disk(p) => std::fs::read(p).map_err(io_at(p))?,
-        Data::Memory(m) => m.to_vec(),
+        Data::Memory(_) | Data::Pieces(_) => {
+            let mut b = vec![0u8; ts.data.memory_len().unwrap_or(0) as usize];
+            if !ts.data.read_memory(0, &mut b) {
+                return Err(CommitError::ReadPastEnd {
+                    path: ts.rel.clone(),
+                });
+            }
+            b
+        }
     };
     let state = crate::ops::provenance::parse_trainer_state(&ts.rel, &bytes)?;
     crate::ops::provenance::apply_trainer_state(&mut opts.meta, &state)?;

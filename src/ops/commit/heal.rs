@@ -55,7 +55,7 @@ pub fn heal_from(store: &Store, path: &Path) -> Result<u64> {
 
 /// The files under `path` (a directory, or one file at its own name), planned as a commit
 /// with default options would plan them.
-fn plan_inputs(store: &Store, path: &Path) -> Result<Vec<PlannedFile>> {
+fn plan_inputs<'s>(store: &'s Store, path: &Path) -> Result<Vec<PlannedFile<'s>>> {
     let mut b = CommitBuilder::new(store, CommitOptions::default());
     if std::fs::metadata(path).map_err(io_at(path))?.is_dir() {
         b.add_dir(path)?;

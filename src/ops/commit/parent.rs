@@ -62,7 +62,7 @@ pub(super) fn probably_unchanged(pf: &PlannedFile, parent: Option<&(i64, Tree)>)
         return false;
     }
     match &pf.input.data {
-        Data::Memory(_) => true,
+        Data::Memory(_) | Data::Pieces(_) => true,
         Data::Disk(p) => {
             pf.mtime
                 .and_then(|m| m.duration_since(std::time::UNIX_EPOCH).ok())

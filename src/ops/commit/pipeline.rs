@@ -538,6 +538,14 @@ impl Reader<'_> {
         let iter: Box<dyn Iterator<Item = std::io::Result<(u64, Vec<u8>)>>> =
             match (&pf.input.data, file) {
                 (Data::Memory(m), _) => Box::new(chunker::cdc(std::io::Cursor::new(m.as_slice()))),
+                (Data::Pieces(_), _) => match pf.input.data.memory_reader() {
+                    Some(r) => Box::new(chunker::cdc(r)),
+                    None => {
+                        return Err(CommitError::ReadPastEnd {
+                            path: pf.input.rel.clone(),
+                        });
+                    }
+                },
                 (Data::Disk(_), Some(f)) => {
                     Box::new(chunker::cdc(std::io::BufReader::with_capacity(1 << 20, f)))
                 }

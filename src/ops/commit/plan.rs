@@ -29,9 +29,9 @@ pub(super) enum Plan {
 }
 
 /// An input with its size, modification time and plan.
-pub(super) struct PlannedFile {
+pub(super) struct PlannedFile<'a> {
     /// The input.
-    pub(super) input: Input,
+    pub(super) input: Input<'a>,
     /// Its size in bytes when planned; reading checks it did not change.
     pub(super) size: u64,
     /// Its modification time when planned (files on disk).
@@ -40,7 +40,7 @@ pub(super) struct PlannedFile {
     pub(super) plan: Plan,
 }
 
-impl PlannedFile {
+impl PlannedFile<'_> {
     /// The file's tree entry before any chunk is read: its segments with no chunks yet, and no
     /// SHA-256.
     pub(super) fn empty_entry(&self) -> FileEntry {
@@ -113,13 +113,16 @@ pub(super) fn build_globs(globs: &[String]) -> Result<globset::GlobSet> {
 
 /// Plan one input: safetensors by name (unless `opaque` matches), torch zip by name and
 /// signature, anything else opaque.
-pub(super) fn plan_file(input: Input, opaque: &globset::GlobSet) -> Result<PlannedFile> {
+pub(super) fn plan_file<'a>(
+    input: Input<'a>,
+    opaque: &globset::GlobSet,
+) -> Result<PlannedFile<'a>> {
     let (size, mtime) = match &input.data {
         Data::Disk(p) => {
             let m = std::fs::metadata(p).map_err(io_at(p))?;
             (m.len(), m.modified().ok())
         }
-        Data::Memory(m) => (m.len() as u64, None),
+        Data::Memory(_) | Data::Pieces(_) => (input.data.memory_len().unwrap_or(0), None),
     };
     let name = input.rel.rsplit('/').next().unwrap_or(&input.rel);
     let is_opaque = opaque.is_match(&input.rel) || opaque.is_match(name);
@@ -190,18 +193,17 @@ fn plan_torch_zip(
 ) -> std::result::Result<Vec<(SegmentKind, u64, u64)>, String> {
     let file = match &input.data {
         Data::Disk(p) => Some(std::fs::File::open(p).map_err(|e| e.to_string())?),
-        Data::Memory(_) => None,
+        Data::Memory(_) | Data::Pieces(_) => None,
     };
     let mut reader = |off: u64, buf: &mut [u8]| -> std::io::Result<()> {
         match (&input.data, &file) {
             (Data::Disk(_), Some(f)) => f.read_exact_at(buf, off),
-            (Data::Memory(m), _) => {
-                let start = usize::try_from(off).map_err(std::io::Error::other)?;
-                let src = m
-                    .get(start..start.saturating_add(buf.len()))
-                    .ok_or_else(|| std::io::Error::from(std::io::ErrorKind::UnexpectedEof))?;
-                buf.copy_from_slice(src);
-                Ok(())
+            (Data::Memory(_) | Data::Pieces(_), _) => {
+                if input.data.read_memory(off, buf) {
+                    Ok(())
+                } else {
+                    Err(std::io::ErrorKind::UnexpectedEof.into())
+                }
             }
             (Data::Disk(_), None) => Err(std::io::Error::other("file not open")),
         }

@@ -67,6 +67,7 @@ pub fn tensor(cli_store: Option<&Path>, a: TensorArgs) -> Result<()> {
     let format = cairn::ops::export::TensorFormat::from_path(&a.output)?;
     let tree = store.tree(store.commit(id)?.tree)?;
     let t = read::find_tensor(&tree, &a.name)?;
+    cairn::storage::state::check_file_not_released(&store, id, &t.file)?;
     let (tname, dtype, shape) = t.segment.tensor().expect("find_tensor returns tensors");
     let prefix = cairn::ops::export::tensor_prefix(format, tname, dtype, shape)?;
     let data = read::read_tensor(&store, &t)?;
