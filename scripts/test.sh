@@ -9,7 +9,7 @@ cd "$(dirname "$0")/.."
 scripts/setup.sh
 source scripts/env.sh
 warn_first_build
-cargo fmt --check
+cargo fmt --all --check
 fuzz_seconds="${CAIRN_FUZZ_SECONDS:-60}"
 if [[ "$fuzz_seconds" != 0 ]]; then
   scripts/fuzz.sh "$fuzz_seconds"
