@@ -97,6 +97,12 @@ class _Encoder:
                 items.append([key, self.node(v, path + [str(k)], depth + 1)])
             kind = "OrderedDict" if type(x) is collections.OrderedDict else "dict"
             return {"type": kind, "items": items}
+        if isinstance(x, dict):
+            # A dict subclass (Lightning's AttributeDict, ...) is stored as a plain dict.
+            return self.node(dict(x), path, depth)
+        if type(x).__module__ == "numpy" and hasattr(x, "item") and getattr(x, "shape", None) == ():
+            # A numpy scalar (np.float64, np.int64, ...) is stored as the Python number.
+            return self.node(x.item(), path, depth)
         where = ".".join(path) or "the state"
         raise BadInputError(
             f"{where}: cannot store a {tname} in a nested state (tensors, dicts, lists, tuples, "
