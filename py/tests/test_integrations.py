@@ -53,7 +53,7 @@ class Tokens(torch.utils.data.Dataset):
         return {"input_ids": self.x[i], "labels": self.x[i]}
 
 
-def trainer(out, store=None, max_steps=6, stop_at=None, **cb):
+def trainer(out, store=None, max_steps=6, stop_at=None, extra_args=None, **cb):
     from transformers import GPT2Config, GPT2LMHeadModel, Trainer, TrainerCallback, TrainingArguments
 
     from cairn.integrations.transformers import CairnCallback
@@ -65,7 +65,8 @@ def trainer(out, store=None, max_steps=6, stop_at=None, **cb):
     args = TrainingArguments(
         output_dir=str(out), max_steps=max_steps, save_steps=2, logging_steps=1,
         per_device_train_batch_size=4, learning_rate=1e-3, seed=0, report_to=[],
-        use_cpu=True, save_total_limit=2, dataloader_num_workers=0, disable_tqdm=True,
+        use_cpu=True, dataloader_num_workers=0, disable_tqdm=True,
+        **{"save_total_limit": 2, **(extra_args or {})},
     )
     callbacks = []
     cairn_cb = None
@@ -79,7 +80,8 @@ def trainer(out, store=None, max_steps=6, stop_at=None, **cb):
                     control.should_training_stop = True
 
         callbacks.append(Stop())
-    t = Trainer(model=model, args=args, train_dataset=Tokens(), callbacks=callbacks)
+    t = Trainer(model=model, args=args, train_dataset=Tokens(), eval_dataset=Tokens(8),
+                callbacks=callbacks)
     return t, cairn_cb
 
 
@@ -189,9 +191,23 @@ def test_lightning_top_k_is_cairn_retention_and_resumes(store, tmp_path):
     assert store.log()[0].metrics["val_loss"] == pytest.approx(0.1)
 
 
-def _loadable(store, rev):
+def test_trainer_best_model_metric_is_kept_too(store, tmp_path):
+    t, _ = trainer(
+        tmp_path / "run", store, max_steps=8,
+        extra_args={"save_total_limit": 1, "eval_strategy": "steps", "eval_steps": 2,
+                    "metric_for_best_model": "loss", "greater_is_better": False},
+    )
+    t.train()
+    log = store.log()
+    assert [c.step for c in log] == [8, 6, 4, 2]
+    best = min(log, key=lambda c: c.metrics["eval_loss"])
+    kept = {c.id for c in log if _loadable(store, c.id, "model.safetensors")}
+    assert kept == {log[0].id, best.id}
+
+
+def _loadable(store, rev, name="checkpoint"):
     try:
-        store.load(rev, "checkpoint")
+        store.load(rev, name)
         return True
     except cairn.PrunedError:
         return False
