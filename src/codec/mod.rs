@@ -185,7 +185,7 @@ pub enum CodecError {
 pub const ZSTD_LEVEL: i32 = 1;
 
 /// Chunks longer than this are always stored raw, and decoding refuses to allocate for more.
-pub const MAX_RAW_LEN: usize = 64 << 20;
+pub const MAX_RAW_LEN: usize = crate::model::object::MAX_CHUNK_LEN as usize;
 
 /// Elements sampled per chunk to estimate each plane's entropy.
 pub const SAMPLE_ELEMS: usize = 4096;

@@ -50,6 +50,15 @@ pub enum ObjectError {
         /// Bytes left over.
         extra: usize,
     },
+    /// A tree decoded, but breaks a rule every tree cairn writes keeps (a store can come from
+    /// a stranger: every object read is checked before it is used).
+    #[error("tree {id} is malformed: {what}")]
+    BadTree {
+        /// The tree's id.
+        id: ObjectId,
+        /// The rule it breaks, naming the path.
+        what: String,
+    },
     /// The object's kind byte names another kind than the one asked for.
     #[error("object {id} is a {found}, expected a {expected}")]
     WrongKind {
@@ -61,6 +70,11 @@ pub enum ObjectError {
         expected: &'static str,
     },
 }
+
+/// The longest chunk a tree may reference, in bytes. The writer cuts at most 1 MiB
+/// ([`crate::model::chunker::TENSOR_CHUNK`], [`crate::model::chunker::CDC_MAX`]); decoding
+/// refuses to allocate for more than this (the codec's `MAX_RAW_LEN` is this bound).
+pub const MAX_CHUNK_LEN: u64 = 64 << 20;
 
 /// A piece of a file's content, by id and raw length.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -337,16 +351,170 @@ impl Tree {
         let bytes = encode(&TreeObject::V1(self.clone()));
         (TreeId(ObjectId::of(KIND_TREE, &bytes).0), bytes)
     }
-    /// Decode the bytes of tree object `id` (already checked against its id).
+    /// Decode the bytes of tree object `id` (already checked against its id), and check it
+    /// ([`Tree::check`]): a tree that breaks a rule is [`ObjectError::BadTree`].
     pub fn decode(id: ObjectId, bytes: &[u8]) -> Result<Tree, ObjectError> {
         let TreeObject::V1(t) = decode(id, "tree", bytes)?;
+        t.check()
+            .map_err(|what| ObjectError::BadTree { id, what })?;
         Ok(t)
+    }
+
+    /// The rules every tree keeps, checked on every decode, so a forged tree is refused before
+    /// anything uses it:
+    /// - every file path and every empty directory passes the path rules
+    ///   ([`crate::model::path::check_rel_path`]: relative, no `..`, no empty or `.` component);
+    /// - no path is both a file and a directory, nor a path-component prefix of a file or of an
+    ///   empty directory (`a` beside `a/b`; `model` beside `model.bin` is fine);
+    /// - every chunk is at most [`MAX_CHUNK_LEN`] bytes, a tensor record's chunks add up to
+    ///   exactly what its dtype and shape take, and a file's segments to exactly its size,
+    ///   without overflow.
+    ///
+    /// Returns the first rule broken, naming the path.
+    pub fn check(&self) -> Result<(), String> {
+        use crate::model::path::check_rel_path;
+        for p in self.files.keys() {
+            check_rel_path(p).map_err(|e| format!("file path {p:?}: {e}"))?;
+        }
+        for d in &self.empty_dirs {
+            check_rel_path(d).map_err(|e| format!("empty directory {d:?}: {e}"))?;
+            if self.files.contains_key(d) {
+                return Err(format!("{d:?} is both a file and an empty directory"));
+            }
+        }
+        // No parent directory of any path may be a file or an empty directory.
+        let all = self
+            .files
+            .keys()
+            .map(|p| (p, "file"))
+            .chain(self.empty_dirs.iter().map(|d| (d, "empty directory")));
+        for (p, what) in all {
+            let mut parent = p.as_str();
+            while let Some((up, _)) = parent.rsplit_once('/') {
+                if self.files.contains_key(up) {
+                    return Err(format!("{up:?} is a file, but {what} {p:?} lies inside it"));
+                }
+                if self.empty_dirs.contains(up) {
+                    return Err(format!(
+                        "{up:?} is an empty directory, but {what} {p:?} lies inside it"
+                    ));
+                }
+                parent = up;
+            }
+        }
+        for (p, f) in &self.files {
+            let mut size = 0u64;
+            for seg in &f.segments {
+                let mut len = 0u64;
+                for c in &seg.chunks {
+                    if c.len > MAX_CHUNK_LEN {
+                        return Err(format!(
+                            "file {p:?}: a chunk of {} bytes exceeds the limit of {MAX_CHUNK_LEN}",
+                            c.len
+                        ));
+                    }
+                    len = len
+                        .checked_add(c.len)
+                        .ok_or_else(|| format!("file {p:?}: chunk lengths overflow"))?;
+                }
+                if let Some((name, dtype, shape)) = seg.tensor() {
+                    match dtype.byte_len(shape) {
+                        Ok(want) if want == len => {}
+                        Ok(want) => {
+                            return Err(format!(
+                                "file {p:?}: tensor {name:?} ({dtype} {shape:?}) takes {want} bytes, its chunks hold {len}"
+                            ));
+                        }
+                        Err(e) => return Err(format!("file {p:?}: tensor {name:?}: {e}")),
+                    }
+                }
+                size = size
+                    .checked_add(len)
+                    .ok_or_else(|| format!("file {p:?}: segment lengths overflow"))?;
+            }
+            if size != f.size {
+                return Err(format!(
+                    "file {p:?}: its segments hold {size} bytes, its size says {}",
+                    f.size
+                ));
+            }
+        }
+        Ok(())
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A forged tree (as a stranger's store may hold) is refused on decode, naming the rule.
+    fn refused(t: &Tree, rule: &str) {
+        let (id, bytes) = t.encode();
+        match Tree::decode(id.into(), &bytes) {
+            Err(ObjectError::BadTree { what, .. }) => assert!(what.contains(rule), "{what}"),
+            other => panic!("expected BadTree ({rule}), got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn forged_trees_are_refused_on_decode() {
+        let good = sample_tree();
+        let (id, bytes) = good.encode();
+        assert_eq!(Tree::decode(id.into(), &bytes).unwrap(), good);
+
+        let mut t = good.clone();
+        t.empty_dirs.insert("../X".into());
+        refused(&t, "empty directory \"../X\"");
+        let mut t = good.clone();
+        t.empty_dirs.insert("/etc/x".into());
+        refused(&t, "empty directory");
+        let mut t = good.clone();
+        let f = t.files["model.safetensors"].clone();
+        t.files.insert("../escape".into(), f.clone());
+        refused(&t, "file path \"../escape\"");
+
+        // A file inside a file, an empty directory inside a file, a file inside an empty
+        // directory, a path both a file and an empty directory.
+        let mut t = good.clone();
+        t.files.insert("model.safetensors/inner".into(), f.clone());
+        refused(&t, "is a file, but file \"model.safetensors/inner\"");
+        let mut t = good.clone();
+        t.empty_dirs.insert("model.safetensors/d".into());
+        refused(&t, "is a file, but empty directory");
+        let mut t = good.clone();
+        t.empty_dirs.insert("logs".into());
+        t.files.insert("logs/a".into(), f.clone());
+        refused(&t, "is an empty directory, but file");
+        let mut t = good.clone();
+        t.empty_dirs.insert("model.safetensors".into());
+        refused(&t, "both a file and an empty directory");
+        // `model` beside `model.safetensors` is fine.
+        let mut t = good.clone();
+        t.files.insert("model".into(), f.clone());
+        let (id, bytes) = t.encode();
+        assert!(Tree::decode(id.into(), &bytes).is_ok());
+
+        // Lengths: a 2^44-byte chunk (checkout would allocate 16 TiB; with every chunk bounded,
+        // no sum can overflow), a tensor whose chunks do not hold what its dtype and shape
+        // take, a size that is not the segments' sum.
+        let mut t = good.clone();
+        let e = t.files.get_mut("model.safetensors").unwrap();
+        e.segments[0].chunks[0].len = 1 << 44;
+        refused(&t, "exceeds the limit");
+        let mut t = good.clone();
+        let e = t.files.get_mut("model.safetensors").unwrap();
+        let ti = e
+            .segments
+            .iter()
+            .position(|s| s.tensor().is_some())
+            .unwrap();
+        e.segments[ti].chunks[0].len += 1;
+        e.size += 1;
+        refused(&t, "its chunks hold");
+        let mut t = good.clone();
+        t.files.get_mut("model.safetensors").unwrap().size += 1;
+        refused(&t, "its size says");
+    }
 
     fn sample_tree() -> Tree {
         let mut t = Tree::default();

@@ -313,3 +313,94 @@ fn checkout_into_an_unwritable_or_nonempty_directory() {
         assert!(String::from_utf8_lossy(&out.stderr).contains("ro/sub"));
     });
 }
+
+/// A stranger's store can hold any object: here a tree forged with the crate's own writers (an
+/// empty directory `../escaped`, and a file whose one chunk claims 2^44 bytes), in a pack
+/// written by hand and indexed by `repair --rebuild-index`. Checkout, show and cat refuse the
+/// tree, naming the rule it breaks, and create nothing outside the checkout directory (before,
+/// checkout made `../escaped`; the 2^44-byte chunk asked for a 16 TiB buffer).
+#[test]
+fn a_forged_tree_is_refused_and_checkout_writes_nothing_outside() {
+    use cairn::model::object::{ChunkRef, Commit, KIND_COMMIT, KIND_TREE, Tree};
+    use cairn::storage::pack::PackWriter;
+    let t = tempfile::tempdir().unwrap();
+    let store = t.path().join("store");
+    init(&store);
+    let ck = t.path().join("ck");
+    std::fs::create_dir_all(&ck).unwrap();
+    std::fs::write(ck.join("a.bin"), b"hello").unwrap();
+    cairn(&store).arg("commit").arg(&ck).assert().success();
+    let s = cairn::Store::open(&store).unwrap();
+    let head = s.head().unwrap().unwrap();
+    let good = s.commit(head).unwrap();
+    let tree = s.tree(good.tree).unwrap();
+
+    let forge = |tree: &Tree| -> String {
+        let (tid, tbytes) = tree.encode();
+        let c = Commit {
+            parents: vec![head],
+            tree: tid,
+            ..good.clone()
+        };
+        let (cid, cbytes) = c.encode();
+        let mut w = PackWriter::create(&s.packs_dir()).unwrap();
+        w.append_object(tid.into(), KIND_TREE, &tbytes).unwrap();
+        w.append_object(cid.into(), KIND_COMMIT, &cbytes).unwrap();
+        w.seal().unwrap();
+        cairn(&store)
+            .args(["repair", "--rebuild-index"])
+            .assert()
+            .success();
+        cid.to_string()
+    };
+    let mut escape = tree.clone();
+    escape.empty_dirs.insert("../escaped".into());
+    let id = forge(&escape);
+    let dst = t.path().join("work").join("out");
+    std::fs::create_dir_all(dst.parent().unwrap()).unwrap();
+    let out = cairn(&store)
+        .args(["checkout", &id])
+        .arg(&dst)
+        .output()
+        .unwrap();
+    no_panic(&out);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("malformed") && err.contains("../escaped"),
+        "{err}"
+    );
+    assert!(!t.path().join("work").join("escaped").exists());
+    for cmd in [
+        vec!["show", id.as_str()],
+        vec!["cat", &format!("{id}:a.bin")],
+    ] {
+        let out = cairn(&store).args(&cmd).output().unwrap();
+        no_panic(&out);
+    }
+
+    let mut huge = tree.clone();
+    let f = huge.files.get_mut("a.bin").unwrap();
+    f.segments[0].chunks = vec![ChunkRef {
+        len: 1 << 44,
+        ..f.segments[0].chunks[0]
+    }];
+    f.size = 1 << 44;
+    let id = forge(&huge);
+    let out = cairn(&store)
+        .args(["checkout", &id])
+        .arg(t.path().join("out2"))
+        .output()
+        .unwrap();
+    no_panic(&out);
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("exceeds the limit"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // The good commit still checks out.
+    cairn(&store)
+        .args(["checkout", &head.to_string()])
+        .arg(t.path().join("good"))
+        .assert()
+        .success();
+}
