@@ -132,7 +132,9 @@ pub fn tensor_prefix(
     }
 }
 
-/// Write `parts` to `path` atomically (temp file, fsync, rename, directory fsync).
+/// Write `parts` to `path` atomically (temp file, fsync, rename, directory fsync). The temp
+/// file's name is unpredictable and created exclusively (`O_EXCL`), so nothing planted in the
+/// directory is followed or overwritten.
 pub fn write_file_atomic(path: &Path, parts: &[&[u8]]) -> Result<()> {
     let dir = match path.parent() {
         Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
@@ -145,12 +147,17 @@ pub fn write_file_atomic(path: &Path, parts: &[&[u8]]) -> Result<()> {
         })?
         .to_string_lossy()
         .to_string();
-    let tmp = dir.join(format!(".{name}.cairn-tmp-{}", std::process::id()));
+    // An unpredictable name, created exclusively: a symlink or file planted at a name cairn
+    // would use is never followed or overwritten (O_EXCL also refuses a dangling symlink).
+    let tmp = dir.join(format!(
+        ".{name}.cairn-tmp-{}-{}",
+        std::process::id(),
+        crate::model::id::PackId::random()
+    ));
     let result = (|| -> std::io::Result<()> {
         let mut f = std::fs::OpenOptions::new()
             .write(true)
-            .create(true)
-            .truncate(true)
+            .create_new(true)
             .open(&tmp)?;
         for p in parts {
             f.write_all(p)?;
@@ -183,5 +190,29 @@ mod tests {
         assert!(String::from_utf8_lossy(&npy_header(DType::U8, &[5]).unwrap()).contains("(5,)"));
         let e = npy_header(DType::BF16, &[1]).unwrap_err().to_string();
         assert!(e.contains("safetensors"), "{e}");
+    }
+
+    /// Regression: the temp file's name was `.NAME.cairn-tmp-PID` and opened with
+    /// truncation, so a symlink planted at that name made `tensor -o` and `checkout --meta`
+    /// overwrite the link's target. Now the name is unpredictable and created exclusively.
+    #[test]
+    fn a_symlink_at_the_old_temp_name_is_not_followed() {
+        let dir = tempfile::tempdir().unwrap();
+        let victim = dir.path().join("victim");
+        std::fs::write(&victim, b"precious").unwrap();
+        let out = dir.path().join("w.npy");
+        let planted = dir
+            .path()
+            .join(format!(".w.npy.cairn-tmp-{}", std::process::id()));
+        std::os::unix::fs::symlink(&victim, &planted).unwrap();
+        write_file_atomic(&out, &[b"new", b" bytes"]).unwrap();
+        assert_eq!(std::fs::read(&victim).unwrap(), b"precious");
+        assert_eq!(std::fs::read(&out).unwrap(), b"new bytes");
+        // No temp file is left behind; the planted link is untouched.
+        let left: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().to_string())
+            .collect();
+        assert_eq!(left.len(), 3, "{left:?}");
     }
 }

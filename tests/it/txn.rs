@@ -315,3 +315,33 @@ fn conflicting_parts_fail_and_abandoned_transactions_are_cleaned_up() {
     assert_eq!(snapshot(&dst), snapshot(&keep));
     fsck_read_data_clean(&root);
 }
+
+/// Regression: parts whose files clash without sharing a path (`a` in one part, `a/b` in
+/// another) published a commit that checked out halfway with "File exists". The last part is now
+/// refused, naming both paths, and nothing is published.
+#[test]
+fn parts_whose_files_clash_are_refused() {
+    let t = tempfile::tempdir().unwrap();
+    let root = t.path().join("store");
+    cairn(&root).arg("init").assert().success();
+    let p1 = t.path().join("p1");
+    std::fs::create_dir_all(&p1).unwrap();
+    std::fs::write(p1.join("a"), b"file").unwrap();
+    let p2 = t.path().join("p2");
+    std::fs::create_dir_all(p2.join("a")).unwrap();
+    std::fs::write(p2.join("a").join("b"), b"inside").unwrap();
+    cairn(&root)
+        .args(["commit", "--txn", "clash", "--part", "1/2"])
+        .arg(&p1)
+        .assert()
+        .success();
+    let out = cairn(&root)
+        .args(["commit", "--txn", "clash", "--part", "2/2"])
+        .arg(&p2)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("clash") && err.contains("\"a/b\""), "{err}");
+    assert_eq!(head(&root), None);
+}

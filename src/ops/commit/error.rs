@@ -249,6 +249,15 @@ pub enum CommitError {
         /// The other part that holds it.
         second: u32,
     },
+    /// The parts of a transaction, merged, make a tree that breaks the tree rules (one part
+    /// holds a file `a`, another `a/b`).
+    #[error("transaction {id}: its parts clash: {what}")]
+    TxnClash {
+        /// The transaction id.
+        id: String,
+        /// The rule the merged tree breaks, naming the paths.
+        what: String,
+    },
     /// An async committer was asked for no slots.
     #[error("max_in_flight must be at least 1")]
     ZeroInFlight,

@@ -161,6 +161,11 @@ fn merge_parts(store: &Store, id: &str, parts: &[Manifest]) -> Result<Tree> {
         }
         merged.empty_dirs.extend(t.empty_dirs);
     }
+    // Parts may clash without sharing a path: `a` in one, `a/b` in another.
+    merged.check().map_err(|what| CommitError::TxnClash {
+        id: id.to_string(),
+        what,
+    })?;
     Ok(merged)
 }
 
