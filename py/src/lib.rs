@@ -351,10 +351,33 @@ impl RawStore {
             None => std::env::current_dir()
                 .map_err(|e| Error::new_err(format!("current directory: {e}")))?,
         };
+        // The CLI's config file ($CAIRN_CONFIG, else $XDG_CONFIG_HOME or ~/.config
+        // /cairn/config.json): its safe_stores trust stores other users own.
+        let config_path = std::env::var_os("CAIRN_CONFIG")
+            .filter(|p| !p.is_empty())
+            .map(PathBuf::from)
+            .unwrap_or_else(|| {
+                std::env::var_os("XDG_CONFIG_HOME")
+                    .filter(|p| !p.is_empty())
+                    .map(PathBuf::from)
+                    .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".config")))
+                    .unwrap_or_else(|| PathBuf::from(".config"))
+                    .join("cairn")
+                    .join("config.json")
+            });
+        let config = if explicit.is_none() && env.is_none() {
+            lib(cairn::storage::store::Config::load(&config_path))?
+        } else {
+            Default::default()
+        };
         let root = lib(cairn::storage::store::discover(
-            explicit.as_deref(),
-            env.as_deref(),
-            &start,
+            &cairn::storage::store::Discovery {
+                explicit: explicit.as_deref(),
+                env: env.as_deref(),
+                cwd: &start,
+                safe_stores: &config.safe_stores,
+                config_path: &config_path.display().to_string(),
+            },
         ))?;
         RawStore::open(py, root)
     }

@@ -30,6 +30,29 @@ pub enum StoreError {
         /// The directory the walk began in (the working directory).
         start: PathBuf,
     },
+    /// The walk up from the working directory found a store another user owns, which is not
+    /// listed as safe: its objects and hooks (`--verify-cmd`) would be someone else's.
+    #[error(
+        "the store {path} found above the working directory is owned by uid {owner}, not by you (uid {you}); name it with --store or $CAIRN_STORE to use it, or list it in \"safe_stores\" of the cairn config file ({config})"
+    )]
+    UnsafeStore {
+        /// The store found.
+        path: PathBuf,
+        /// Its owner's uid.
+        owner: u32,
+        /// The uid cairn runs as.
+        you: u32,
+        /// Where the config file is looked for, as the caller reported it.
+        config: String,
+    },
+    /// The config file does not parse.
+    #[error("config file {path}: {what}")]
+    BadConfig {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        what: String,
+    },
     /// `init` on a directory that already is a store.
     #[error("{path} is already a cairn store")]
     AlreadyAStore {

@@ -62,24 +62,103 @@ pub struct Store {
     packs: Mutex<HashMap<PackId, Arc<PackReader>>>,
 }
 
-/// Where to find a store: `explicit` (a `--store` flag), else `env` (`$CAIRN_STORE`, which the
-/// caller reads), else the nearest `.cairn` holding a marker, from `cwd` upward. An explicit
-/// or environment path is returned unchecked. Fails with [`StoreError::NoStoreFound`] when
-/// the walk finds none.
-pub fn discover(explicit: Option<&Path>, env: Option<&Path>, cwd: &Path) -> Result<PathBuf> {
-    if let Some(p) = explicit.or(env) {
+/// Where to find a store, and which stores found by walking up are trusted.
+#[derive(Clone, Debug)]
+pub struct Discovery<'a> {
+    /// A `--store` flag: used as it is.
+    pub explicit: Option<&'a Path>,
+    /// `$CAIRN_STORE`, which the caller reads: used as it is.
+    pub env: Option<&'a Path>,
+    /// Where the walk up starts (the working directory).
+    pub cwd: &'a Path,
+    /// Stores another user owns that may still be found by the walk (the `safe_stores` of the
+    /// config file); `*` trusts every store.
+    pub safe_stores: &'a [PathBuf],
+    /// Where the config file is, for the message that says how to trust a store.
+    pub config_path: &'a str,
+}
+
+/// The cairn config file: `{"safe_stores": ["/shared/runs/.cairn", ...]}` (JSON; every key
+/// optional). `safe_stores` lists stores another user owns that the walk up from the working
+/// directory may still use, as git's `safe.directory`; `"*"` trusts all.
+#[derive(Clone, Debug, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Stores owned by another user that discovery may use.
+    #[serde(default)]
+    pub safe_stores: Vec<PathBuf>,
+}
+
+impl Config {
+    /// Read the config file at `path`; a missing file is the default config. Fails with
+    /// [`StoreError::BadConfig`] when it cannot be read or does not parse.
+    pub fn load(path: &Path) -> Result<Config> {
+        match std::fs::read(path) {
+            Ok(b) => serde_json::from_slice(&b).map_err(|e| StoreError::BadConfig {
+                path: path.to_path_buf(),
+                what: e.to_string(),
+            }),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Config::default()),
+            Err(e) => Err(StoreError::BadConfig {
+                path: path.to_path_buf(),
+                what: e.to_string(),
+            }),
+        }
+    }
+}
+
+/// The uid this process runs as: the owner of `/proc/self` (Linux); `None` when unknown.
+fn current_uid() -> Option<u32> {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata("/proc/self").ok().map(|m| m.uid())
+}
+
+/// Where to find a store: `explicit` (a `--store` flag), else `env` (`$CAIRN_STORE`), else the
+/// nearest `.cairn` holding a marker, from `cwd` upward. An explicit or environment path is
+/// returned unchecked. A store the walk finds must be owned by the user cairn runs as, or be
+/// listed in `safe_stores` (as git refuses a repository another user owns): fails with
+/// [`StoreError::UnsafeStore`] otherwise, and with [`StoreError::NoStoreFound`] when the walk
+/// finds none.
+pub fn discover(d: &Discovery<'_>) -> Result<PathBuf> {
+    if let Some(p) = d.explicit.or(d.env) {
         return Ok(p.to_path_buf());
     }
-    let mut dir = Some(cwd);
-    while let Some(d) = dir {
-        let candidate = d.join(DEFAULT_DIR);
+    let mut dir = Some(d.cwd);
+    while let Some(at) = dir {
+        let candidate = at.join(DEFAULT_DIR);
         if candidate.join(MARKER).is_file() {
+            check_owner(&candidate, d)?;
             return Ok(candidate);
         }
-        dir = d.parent();
+        dir = at.parent();
     }
     Err(StoreError::NoStoreFound {
-        start: cwd.to_path_buf(),
+        start: d.cwd.to_path_buf(),
+    })
+}
+
+/// A store found by the walk: owned by us, or trusted by `safe_stores`.
+fn check_owner(store: &Path, d: &Discovery<'_>) -> Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    let (Some(you), Ok(meta)) = (current_uid(), std::fs::metadata(store)) else {
+        return Ok(());
+    };
+    if meta.uid() == you {
+        return Ok(());
+    }
+    let canon = std::fs::canonicalize(store).unwrap_or_else(|_| store.to_path_buf());
+    let trusted = d
+        .safe_stores
+        .iter()
+        .any(|s| s.as_os_str() == "*" || std::fs::canonicalize(s).is_ok_and(|c| c == canon));
+    if trusted {
+        return Ok(());
+    }
+    Err(StoreError::UnsafeStore {
+        path: store.to_path_buf(),
+        owner: meta.uid(),
+        you,
+        config: d.config_path.to_string(),
     })
 }
 

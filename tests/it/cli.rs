@@ -548,3 +548,82 @@ fn a_hub_snapshot_commits_with_follow_symlinks() {
             .is_symlink()
     );
 }
+
+/// A `.cairn` found by walking up from the working directory must be owned by the user cairn
+/// runs as (as git refuses a repository another user owns): another user's store is refused
+/// with a message naming it, its owner, `--store` and the config file, unless it is named with
+/// `--store`/`$CAIRN_STORE` or listed in the config file's `safe_stores`. Needs root (chown).
+#[test]
+fn a_store_another_user_owns_is_not_discovered_unless_trusted() {
+    use std::os::unix::fs::MetadataExt;
+    let t = tempfile::tempdir().unwrap();
+    let project = t.path().join("project");
+    let store = project.join(".cairn");
+    let work = project.join("src").join("deep");
+    std::fs::create_dir_all(&work).unwrap();
+    cairn(&store).arg("init").assert().success();
+    let ck = t.path().join("ck");
+    std::fs::create_dir_all(&ck).unwrap();
+    std::fs::write(ck.join("a.bin"), b"x").unwrap();
+    cairn(&store).arg("commit").arg(&ck).assert().success();
+    let config = t.path().join("config.json");
+    let found = |config: &std::path::Path| {
+        std::process::Command::new(bin())
+            .env_remove("CAIRN_STORE")
+            .env("CAIRN_CONFIG", config)
+            .current_dir(&work)
+            .arg("log")
+            .output()
+            .unwrap()
+    };
+    // Ours: found.
+    assert!(found(&config).status.success());
+    // Another user's: refused, nothing read.
+    let nobody = 65534;
+    let chown = |uid: u32| {
+        let status = std::process::Command::new("chown")
+            .arg("-R")
+            .arg(uid.to_string())
+            .arg(&store)
+            .status()
+            .unwrap();
+        assert!(status.success());
+    };
+    chown(nobody);
+    assert_eq!(std::fs::metadata(&store).unwrap().uid(), nobody);
+    let out = found(&config);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("owned by uid 65534")
+            && err.contains("--store")
+            && err.contains("safe_stores")
+            && err.contains(&config.display().to_string()),
+        "{err}"
+    );
+    // Named explicitly: used.
+    let out = std::process::Command::new(bin())
+        .env("CAIRN_CONFIG", &config)
+        .current_dir(&work)
+        .arg("--store")
+        .arg(&store)
+        .arg("log")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // Listed as safe: found again; a malformed config file is an error naming it.
+    std::fs::write(
+        &config,
+        format!("{{\"safe_stores\": [{:?}]}}", store.display().to_string()),
+    )
+    .unwrap();
+    assert!(found(&config).status.success());
+    std::fs::write(&config, b"{\"safe_store\": []}").unwrap();
+    let out = found(&config);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("config file"));
+    chown(0);
+}

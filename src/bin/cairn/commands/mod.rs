@@ -29,14 +29,39 @@ pub fn author(explicit: Option<String>) -> String {
         })
 }
 
-/// The store directory from `--store`, else $CAIRN_STORE, else the nearest `.cairn` upward.
+/// The config file: `$CAIRN_CONFIG`, else `$XDG_CONFIG_HOME/cairn/config.json`, else
+/// `~/.config/cairn/config.json` (docs/cli.md, "Configuration").
+pub fn config_path() -> PathBuf {
+    if let Some(p) = std::env::var_os("CAIRN_CONFIG").filter(|p| !p.is_empty()) {
+        return PathBuf::from(p);
+    }
+    let base = std::env::var_os("XDG_CONFIG_HOME")
+        .filter(|p| !p.is_empty())
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".config")))
+        .unwrap_or_else(|| PathBuf::from(".config"));
+    base.join("cairn").join("config.json")
+}
+
+/// The store directory from `--store`, else $CAIRN_STORE, else the nearest `.cairn` upward
+/// (which another user must not own unless the config file lists it as safe).
 pub fn store_path(cli_store: Option<&Path>) -> Result<PathBuf> {
     let env = std::env::var_os("CAIRN_STORE").map(PathBuf::from);
     let cwd = std::env::current_dir().context("reading the current directory")?;
+    let config_path = config_path();
+    let config = if cli_store.is_none() && env.is_none() {
+        cairn::storage::store::Config::load(&config_path)?
+    } else {
+        Default::default()
+    };
     Ok(cairn::storage::store::discover(
-        cli_store,
-        env.as_deref(),
-        &cwd,
+        &cairn::storage::store::Discovery {
+            explicit: cli_store,
+            env: env.as_deref(),
+            cwd: &cwd,
+            safe_stores: &config.safe_stores,
+            config_path: &config_path.display().to_string(),
+        },
     )?)
 }
 
