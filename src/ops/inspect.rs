@@ -6,7 +6,7 @@
 
 use crate::model::id::CommitId;
 use crate::model::object::{Commit, DatasetRef, FileFormat, GitInfo, SegmentKind};
-use crate::storage::error::Result;
+use crate::storage::error::{Result, StoreError};
 use crate::storage::store::Store;
 use serde::Serialize;
 use std::collections::{BTreeMap, BTreeSet, HashSet};
@@ -90,12 +90,27 @@ impl CommitInfo {
     }
 }
 
-/// Commits from `start` following first parents, newest first, at most `limit`.
+/// Commits from `start` following first parents, newest first, at most `limit`. Fails on the
+/// first commit that cannot be read; [`log_partial`] keeps what came before it.
 pub fn log(
     store: &Store,
     start: CommitId,
     limit: Option<usize>,
 ) -> Result<Vec<(CommitId, Commit)>> {
+    match log_partial(store, start, limit) {
+        (out, None) => Ok(out),
+        (_, Some((_, e))) => Err(e),
+    }
+}
+
+/// [`log`], keeping the commits read before one that cannot be (damaged, or missing from a
+/// store rebuilt without it), and that commit with its error: a history can still be shown
+/// down to the damage, which it then names.
+pub fn log_partial(
+    store: &Store,
+    start: CommitId,
+    limit: Option<usize>,
+) -> (Vec<(CommitId, Commit)>, Option<(CommitId, StoreError)>) {
     let mut out = Vec::new();
     let mut next = Some(start);
     let mut seen = HashSet::new();
@@ -103,11 +118,15 @@ pub fn log(
         if limit.is_some_and(|l| out.len() >= l) || !seen.insert(id) {
             break;
         }
-        let c = store.commit(id)?;
-        next = c.parents.first().copied();
-        out.push((id, c));
+        match store.commit(id) {
+            Ok(c) => {
+                next = c.parents.first().copied();
+                out.push((id, c));
+            }
+            Err(e) => return (out, Some((id, e))),
+        }
     }
-    Ok(out)
+    (out, None)
 }
 
 /// One tensor in `show`.

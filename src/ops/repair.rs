@@ -71,6 +71,21 @@ pub struct RebuildOutcome {
     pub states: u64,
     /// Where the previous index was moved, if there was one.
     pub old_index: Option<String>,
+    /// Packs whose header or entry table could not be read, with why: nothing in them was
+    /// indexed, the rest of the store was.
+    pub skipped_packs: Vec<Skipped>,
+    /// Commit objects that did not read back or decode, with why: left out of the index (a ref
+    /// that last pointed at one falls back to its previous target in the reflog).
+    pub damaged_commits: Vec<Skipped>,
+}
+
+/// Something a rebuild left out, and why.
+#[derive(Clone, Debug, Serialize)]
+pub struct Skipped {
+    /// The pack or commit id, hex.
+    pub id: String,
+    /// The error it gave.
+    pub error: String,
 }
 
 /// Rebuild the index from packs, reflog and statelog. Works on a store whose index is missing
@@ -80,8 +95,13 @@ pub fn rebuild_index(root: &Path) -> Result<RebuildOutcome, RepairError> {
     std::fs::create_dir_all(root.join("locks")).map_err(io_at(root))?;
     let _lock = crate::storage::lock::exclusive(&lock_path).map_err(io_at(&lock_path))?;
     let packs = list_packs(root)?;
-    let scan = scan_packs(root, &packs)?;
-    let rows = commit_rows(&packs, &scan.commit_objs)?;
+    let mut scan = scan_packs(root, &packs)?;
+    let (rows, damaged_commits) = commit_rows(&packs, &scan.commit_objs);
+    for d in &damaged_commits {
+        if let Ok(id) = d.id.parse::<CommitId>() {
+            scan.objects.remove(&ObjectId(id.0));
+        }
+    }
     let Refs { refs, head } = refs_from_reflog(root, &scan.objects)?;
     let states = states_from_statelog(root);
     let fresh = root.join("index.rebuild");
@@ -96,6 +116,8 @@ pub fn rebuild_index(root: &Path) -> Result<RebuildOutcome, RepairError> {
         refs: refs.values().filter(|v| v.is_some()).count() as u64,
         states: states.len() as u64,
         old_index: old,
+        skipped_packs: scan.skipped,
+        damaged_commits,
     })
 }
 
@@ -126,6 +148,8 @@ struct Scan {
     infos: Vec<(PackId, PackInfo)>,
     /// Commit objects: id, pack and offset.
     commit_objs: Vec<(CommitId, PackId, u64)>,
+    /// Packs that could not be read.
+    skipped: Vec<Skipped>,
 }
 
 /// Read the entry table of every pack not in `doomed-packs`.
@@ -140,13 +164,25 @@ fn scan_packs(root: &Path, packs: &[(PackId, PathBuf)]) -> Result<Scan, RepairEr
         objects: BTreeMap::new(),
         infos: Vec::new(),
         commit_objs: Vec::new(),
+        skipped: Vec::new(),
     };
     for (pid, path) in packs {
         if doomed.contains(&pid.to_hex()) {
             continue;
         }
-        let r = PackReader::open(path, *pid)?;
-        let entries = r.entries()?;
+        // A pack whose header or table is damaged is left out, and said so: the rest of the
+        // store is still worth an index.
+        let read = PackReader::open(path, *pid).and_then(|r| Ok((r.entries()?, r)));
+        let (entries, r) = match read {
+            Ok(x) => x,
+            Err(e) => {
+                scan.skipped.push(Skipped {
+                    id: pid.to_hex(),
+                    error: e.to_string(),
+                });
+                continue;
+            }
+        };
         let mut info = PackInfo {
             size: r.size(),
             ..Default::default()
@@ -191,23 +227,39 @@ fn scan_packs(root: &Path, packs: &[(PackId, PathBuf)]) -> Result<Scan, RepairEr
     Ok(scan)
 }
 
-/// The index row of every commit object found, decoded from its pack.
+/// The index row of every commit object found, decoded from its pack; and the commits that
+/// did not read back or decode, with why.
 fn commit_rows(
     packs: &[(PackId, PathBuf)],
     commit_objs: &[(CommitId, PackId, u64)],
-) -> Result<Vec<(CommitId, CommitRow)>, RepairError> {
-    let readers: HashMap<PackId, PackReader> = packs
+) -> (Vec<(CommitId, CommitRow)>, Vec<Skipped>) {
+    let readers: HashMap<PackId, Result<PackReader, String>> = packs
         .iter()
         .filter(|(p, _)| commit_objs.iter().any(|(_, cp, _)| cp == p))
-        .map(|(p, path)| Ok((*p, PackReader::open(path, *p)?)))
-        .collect::<Result<_, RepairError>>()?;
+        .map(|(p, path)| (*p, PackReader::open(path, *p).map_err(|e| e.to_string())))
+        .collect();
     let mut rows: Vec<(CommitId, CommitRow)> = Vec::new();
+    let mut damaged = Vec::new();
     for (cid, pid, off) in commit_objs {
-        let (_, bytes) = readers[pid].read_object((*cid).into(), *off)?;
-        let c = Commit::decode((*cid).into(), &bytes)?;
-        rows.push((*cid, CommitRow::of(&c)));
+        let read = match readers.get(pid) {
+            Some(Ok(r)) => r
+                .read_object((*cid).into(), *off)
+                .map_err(|e| e.to_string())
+                .and_then(|(_, bytes)| {
+                    Commit::decode((*cid).into(), &bytes).map_err(|e| e.to_string())
+                }),
+            Some(Err(e)) => Err(e.clone()),
+            None => Err("its pack is not open".to_string()),
+        };
+        match read {
+            Ok(c) => rows.push((*cid, CommitRow::of(&c))),
+            Err(error) => damaged.push(Skipped {
+                id: cid.to_string(),
+                error,
+            }),
+        }
     }
-    Ok(rows)
+    (rows, damaged)
 }
 
 /// What the reflog says the refs are.

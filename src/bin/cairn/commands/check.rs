@@ -144,6 +144,12 @@ fn rebuild_index(root: &Path, json: bool) -> Result<()> {
                 .map(|o| format!("; previous index kept at {o}"))
                 .unwrap_or_default()
         );
+        for p in &out.skipped_packs {
+            out!("skipped damaged pack {}: {}", p.id, p.error);
+        }
+        for c in &out.damaged_commits {
+            out!("left out damaged commit {}: {}", c.id, c.error);
+        }
     }
     Ok(())
 }

@@ -68,7 +68,9 @@ fn history(cli_store: Option<&Path>, a: LogArgs) -> Result<()> {
             None => return print_empty_branch(&store, a.json),
         },
     };
-    let entries = inspect::log(&store, start, a.limit)?;
+    // A damaged or missing commit ends the history: what came before it is still shown, then
+    // the error names it.
+    let (entries, broken) = inspect::log_partial(&store, start, a.limit);
     if a.json {
         let v: Vec<CommitInfo> = entries
             .iter()
@@ -79,6 +81,11 @@ fn history(cli_store: Option<&Path>, a: LogArgs) -> Result<()> {
         for (id, c) in &entries {
             print_log_line(id, c)?;
         }
+    }
+    if let Some((id, e)) = broken {
+        return Err(anyhow::Error::new(e).context(format!(
+            "commit {id} cannot be read; the history above ends at it (`cairn fsck` checks the store, `cairn repair` heals what it can)"
+        )));
     }
     Ok(())
 }
