@@ -103,14 +103,13 @@ pub fn log(
     }
 }
 
+/// What [`log_partial`] returns: the commits read, and the first that could not be, with why.
+pub type PartialLog = (Vec<(CommitId, Commit)>, Option<(CommitId, StoreError)>);
+
 /// [`log`], keeping the commits read before one that cannot be (damaged, or missing from a
 /// store rebuilt without it), and that commit with its error: a history can still be shown
 /// down to the damage, which it then names.
-pub fn log_partial(
-    store: &Store,
-    start: CommitId,
-    limit: Option<usize>,
-) -> (Vec<(CommitId, Commit)>, Option<(CommitId, StoreError)>) {
+pub fn log_partial(store: &Store, start: CommitId, limit: Option<usize>) -> PartialLog {
     let mut out = Vec::new();
     let mut next = Some(start);
     let mut seen = HashSet::new();
