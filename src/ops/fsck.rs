@@ -258,23 +258,47 @@ fn walk_refs(
                         continue;
                     }
                     for ch in f.chunks() {
-                        if referenced.insert(ch.id) && !locs.contains_key(&ch.id) {
-                            rep.problems.push(problem(
+                        let first = referenced.insert(ch.id);
+                        match locs.get(&ch.id) {
+                            None if first => rep.problems.push(problem(
                                 "missing-chunk",
                                 ch.id.to_hex(),
                                 None,
                                 format!("{path} of commit {} needs it", id.short()),
-                            ));
+                            )),
+                            // A reference must agree with the chunk it names, or a read
+                            // would come up short or long.
+                            Some(loc) if loc.raw_len != ch.len => rep.problems.push(problem(
+                                "chunk-length-mismatch",
+                                ch.id.to_hex(),
+                                Some(loc.pack),
+                                format!(
+                                    "{path} of commit {} says {} bytes, the chunk holds {}",
+                                    id.short(),
+                                    ch.len,
+                                    loc.raw_len
+                                ),
+                            )),
+                            _ => {}
                         }
                     }
                 }
             }
-            Err(e) => rep.problems.push(problem(
-                "missing-object",
-                c.tree.to_hex(),
-                None,
-                format!("tree of commit {}: {e}", id.short()),
-            )),
+            Err(e) => {
+                let kind = match &e {
+                    StoreError::MissingObject { .. } => "missing-object",
+                    StoreError::Object(crate::model::object::ObjectError::BadTree { .. }) => {
+                        "malformed-tree"
+                    }
+                    _ => "corrupt-object",
+                };
+                rep.problems.push(problem(
+                    kind,
+                    c.tree.to_hex(),
+                    None,
+                    format!("tree of commit {}: {e}", id.short()),
+                ))
+            }
         }
     }
     rep.chunks_referenced = referenced.len() as u64;

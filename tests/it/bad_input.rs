@@ -403,6 +403,34 @@ fn a_forged_tree_is_refused_and_checkout_writes_nothing_outside() {
         .arg(t.path().join("good"))
         .assert()
         .success();
+
+    // fsck names each kind: the malformed trees (reached through a tag), and a reference
+    // whose length disagrees with the chunk (a well-formed tree: 6 bytes said, 5 held).
+    let mut long = tree.clone();
+    let f = long.files.get_mut("a.bin").unwrap();
+    f.segments[0].chunks[0].len += 1;
+    f.size += 1;
+    let long_id = forge(&long);
+    let mut kinds = Vec::new();
+    for (name, id) in [("escape", &id), ("long", &long_id)] {
+        cairn(&store).args(["tag", name, id]).assert().success();
+    }
+    let out = cairn(&store).args(["fsck", "--json"]).output().unwrap();
+    no_panic_any(&out);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    for p in v["problems"].as_array().unwrap() {
+        kinds.push(p["kind"].as_str().unwrap().to_string());
+    }
+    assert!(kinds.contains(&"malformed-tree".to_string()), "{kinds:?}");
+    assert!(
+        kinds.contains(&"chunk-length-mismatch".to_string()),
+        "{kinds:?}"
+    );
+}
+
+fn no_panic_any(out: &std::process::Output) {
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!err.contains("panicked"), "panic: {err}");
 }
 
 /// Regression: one flipped byte in an old commit object made `repair --rebuild-index` give up,
