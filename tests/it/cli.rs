@@ -627,3 +627,39 @@ fn a_store_another_user_owns_is_not_discovered_unless_trusted() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("config file"));
     chown(0);
 }
+
+/// Regression: `--metric loss=nan` was accepted and stored a metric the catalog cannot compare
+/// or sort. Non-finite metrics are refused, naming the flag; nothing is committed.
+#[test]
+fn non_finite_metrics_are_refused() {
+    let t = tempfile::tempdir().unwrap();
+    let store = t.path().join("store");
+    cairn(&store).arg("init").assert().success();
+    let ck = t.path().join("ck");
+    std::fs::create_dir_all(&ck).unwrap();
+    std::fs::write(ck.join("a.bin"), b"x").unwrap();
+    for bad in ["loss=nan", "loss=inf", "loss=-inf", "loss=NaN"] {
+        let out = cairn(&store)
+            .args(["commit", "--metric", bad])
+            .arg(&ck)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{bad}: {err}");
+        assert!(err.contains("must be finite") && err.contains(bad), "{err}");
+    }
+    let out = cairn(&store)
+        .args(["commit", "--epoch", "nan"])
+        .arg(&ck)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("finite"));
+    let out = cairn(&store).args(["log", "--json"]).output().unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "[]");
+    cairn(&store)
+        .args(["commit", "--metric", "loss=0.5"])
+        .arg(&ck)
+        .assert()
+        .success();
+}

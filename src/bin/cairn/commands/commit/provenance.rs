@@ -33,6 +33,9 @@ pub fn options(a: &CommitArgs) -> Result<(CommitOptions, ExtraFiles)> {
     let mut extra_files = ExtraFiles::new();
     let m = &mut opts.meta;
     m.step = a.step;
+    if let Some(e) = a.epoch.filter(|e| !e.is_finite()) {
+        bail!("--epoch {e}: the epoch must be a finite number");
+    }
     m.epoch = a.epoch;
     m.run_id = a.run_id.clone();
     metrics_and_params(a, m)?;
@@ -70,6 +73,10 @@ fn metrics_and_params(a: &CommitArgs, m: &mut Metadata) -> Result<()> {
         let x: f64 = v
             .parse()
             .map_err(|_| anyhow!("--metric {kv}: {v:?} is not a number"))?;
+        // NaN and infinities cannot be compared or sorted by the catalog and gc's keep-best.
+        if !x.is_finite() {
+            bail!("--metric {kv}: {x} is not a finite number; metrics must be finite");
+        }
         m.metrics.insert(k.to_string(), x);
     }
     for kv in &a.params {
