@@ -923,3 +923,35 @@ fn a_commit_whose_view_predates_a_gc_still_commits() {
         .assert()
         .success();
 }
+
+/// Regression: `repair --rebuild-index --from PATH --json` printed two JSON documents one after
+/// the other, which no JSON parser reads as one. It prints one: `{"rebuild": ..., "heal":
+/// {"healed": N}}`; each alone keeps its own document.
+#[test]
+fn repair_with_both_modes_prints_one_json_document() {
+    let t = tempfile::tempdir().unwrap();
+    let store = t.path().join("store");
+    cairn(&store).arg("init").assert().success();
+    let ck = t.path().join("ck");
+    checkpoint(&ck, 3);
+    cairn(&store).arg("commit").arg(&ck).assert().success();
+    let v = json(
+        &store,
+        &[
+            "repair",
+            "--rebuild-index",
+            "--from",
+            ck.to_str().unwrap(),
+            "--json",
+        ],
+    );
+    assert_eq!(v["rebuild"]["commits"], 1, "{v}");
+    assert_eq!(v["heal"]["healed"], 0, "{v}");
+    let v = json(&store, &["repair", "--rebuild-index", "--json"]);
+    assert_eq!(v["commits"], 1, "{v}");
+    let v = json(
+        &store,
+        &["repair", "--from", ck.to_str().unwrap(), "--json"],
+    );
+    assert_eq!(v["healed"], 0, "{v}");
+}

@@ -111,16 +111,31 @@ pub fn repair(cli_store: Option<&Path>, a: RepairArgs) -> Result<()> {
         bail!("repair needs --rebuild-index or --from PATH");
     }
     let root = store_path(cli_store)?;
-    if a.rebuild_index {
-        rebuild_index(&root, a.json)?;
-    }
-    if let Some(path) = &a.from {
-        heal_from(&root, path, a.json)?;
+    // With both, --json prints one document holding both outcomes.
+    let both = a.rebuild_index && a.from.is_some();
+    // How each prints: text, its own JSON document, or nothing (printed together below).
+    let mode = match (a.json, both) {
+        (false, _) => Some(false),
+        (true, false) => Some(true),
+        (true, true) => None,
+    };
+    let rebuilt = if a.rebuild_index {
+        Some(rebuild_index(&root, mode)?)
+    } else {
+        None
+    };
+    let healed = match &a.from {
+        Some(path) => Some(heal_from(&root, path, mode)?),
+        None => None,
+    };
+    if a.json && both {
+        print_json(&serde_json::json!({"rebuild": rebuilt, "heal": {"healed": healed}}))?;
     }
     Ok(())
 }
 
-fn rebuild_index(root: &Path, json: bool) -> Result<()> {
+/// `json`: `Some(true)` prints JSON, `Some(false)` text, `None` nothing.
+fn rebuild_index(root: &Path, json: Option<bool>) -> Result<cairn::ops::repair::RebuildOutcome> {
     if !root.join(cairn::storage::store::MARKER).is_file() {
         return Err(cairn::StoreError::NotAStore {
             path: root.to_path_buf(),
@@ -128,9 +143,9 @@ fn rebuild_index(root: &Path, json: bool) -> Result<()> {
         .into());
     }
     let out = cairn::ops::repair::rebuild_index(root)?;
-    if json {
+    if json == Some(true) {
         print_json(&out)?;
-    } else {
+    } else if json == Some(false) {
         out!(
             "rebuilt the index: {} packs, {} chunks, {} objects, {} commits, {} refs, {} commit states{}",
             out.packs,
@@ -151,16 +166,17 @@ fn rebuild_index(root: &Path, json: bool) -> Result<()> {
             out!("left out damaged commit {}: {}", c.id, c.error);
         }
     }
-    Ok(())
+    Ok(out)
 }
 
-fn heal_from(root: &Path, path: &Path, json: bool) -> Result<()> {
+/// `json` as for [`rebuild_index`].
+fn heal_from(root: &Path, path: &Path, json: Option<bool>) -> Result<u64> {
     let store = Store::open(root)?;
     let healed = cairn::ops::commit::heal_from(&store, path)?;
-    if json {
+    if json == Some(true) {
         print_json(&serde_json::json!({"healed": healed}))?;
-    } else {
+    } else if json == Some(false) {
         out!("healed {healed} damaged chunk(s) from {}", path.display());
     }
-    Ok(())
+    Ok(healed as u64)
 }
