@@ -663,3 +663,34 @@ fn non_finite_metrics_are_refused() {
         .assert()
         .success();
 }
+
+/// Regression: `commit --verify --json` printed the commit's JSON before the checks ran, so the
+/// document could not say how they went. It is now printed once they are done, with `verify`
+/// and `load_test`; a failed check still exits 1 (the commit stays published).
+#[test]
+fn commit_json_reports_its_checks() {
+    let t = tempfile::tempdir().unwrap();
+    let store = t.path().join("store");
+    cairn(&store).arg("init").assert().success();
+    let ck = t.path().join("ck");
+    checkpoint(&ck, 5);
+    let out = cairn(&store)
+        .args(["commit", "--verify", "--verify-cmd", "true", "--json"])
+        .arg(&ck)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["verify"]["ok"], true, "{v}");
+    assert_eq!(v["load_test"]["ok"], true, "{v}");
+    let out = cairn(&store)
+        .args(["commit", "--verify-cmd", "exit 3", "--json"])
+        .arg(&ck)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["load_test"]["ok"], false, "{v}");
+    assert_eq!(v["load_test"]["exit_code"], 3, "{v}");
+    assert!(v["verify"].is_null());
+}

@@ -26,8 +26,35 @@ pub fn run(cli_store: Option<&Path>, a: CommitArgs) -> Result<()> {
     if let Some(t) = out.txn.as_ref().filter(|t| t.commit.is_none()) {
         return print_staged(&out, t, a.json);
     }
-    print_published(&store, &out, a.json)?;
-    check_published(&store, &a, out.commit, p.as_ref())
+    if a.json {
+        // One document, written once the checks are done, so it can say how they went.
+        let checks = check_published(&store, &a, out.commit, p.as_ref())?;
+        print_published(&store, &out, true, Some(&checks))?;
+        return checks.result();
+    }
+    print_published(&store, &out, false, None)?;
+    check_published(&store, &a, out.commit, p.as_ref())?.result()
+}
+
+/// What `--verify` and `--verify-cmd` found.
+#[derive(Default)]
+struct Checks {
+    /// The failure messages.
+    failed: Vec<String>,
+    /// `--verify`: whether the commit read back intact.
+    verify: Option<bool>,
+    /// `--verify-cmd`: the load test's record.
+    load_test: Option<serde_json::Value>,
+}
+
+impl Checks {
+    /// Every failure, in one error.
+    fn result(self) -> Result<()> {
+        if !self.failed.is_empty() {
+            bail!(self.failed.join("\n"));
+        }
+        Ok(())
+    }
 }
 
 /// A directory commits its contents; a single file commits under its own name.
@@ -76,10 +103,23 @@ fn print_staged(out: &CommitOutcome, t: &TxnStatus, json: bool) -> Result<()> {
     Ok(())
 }
 
-fn print_published(store: &Store, out: &CommitOutcome, json: bool) -> Result<()> {
+fn print_published(
+    store: &Store,
+    out: &CommitOutcome,
+    json: bool,
+    checks: Option<&Checks>,
+) -> Result<()> {
     if json {
         let mut v = serde_json::to_value(out)?;
         v["uri"] = format!("cairn://{}/{}", store.store_id(), out.commit).into();
+        if let Some(c) = checks {
+            if let Some(ok) = c.verify {
+                v["verify"] = serde_json::json!({ "ok": ok });
+            }
+            if let Some(rec) = &c.load_test {
+                v["load_test"] = rec.clone();
+            }
+        }
         print_json(&v)?;
     } else {
         out!(
@@ -102,20 +142,26 @@ fn print_published(store: &Store, out: &CommitOutcome, json: bool) -> Result<()>
     Ok(())
 }
 
-/// `--verify`, then `--verify-cmd`: both run even if the first fails, and every failure is
-/// reported in the one error.
-fn check_published(store: &Store, a: &CommitArgs, id: CommitId, p: &dyn Progress) -> Result<()> {
-    let mut failed = Vec::new();
+/// `--verify`, then `--verify-cmd`: both run even if the first fails; every failure is
+/// collected for the one error [`Checks::result`] gives.
+fn check_published(
+    store: &Store,
+    a: &CommitArgs,
+    id: CommitId,
+    p: &dyn Progress,
+) -> Result<Checks> {
+    let mut checks = Checks::default();
     if a.verify {
-        failed.extend(verify_in_fresh_process(store, id, a.json)?);
+        let failed = verify_in_fresh_process(store, id, a.json)?;
+        checks.verify = Some(failed.is_none());
+        checks.failed.extend(failed);
     }
     if let Some(cmd) = &a.verify_cmd {
-        failed.extend(load_test(store, id, cmd, a.json, p)?);
+        let (failed, rec) = load_test(store, id, cmd, a.json, p)?;
+        checks.load_test = Some(serde_json::to_value(&rec)?);
+        checks.failed.extend(failed);
     }
-    if !failed.is_empty() {
-        bail!(failed.join("\n"));
-    }
-    Ok(())
+    Ok(checks)
 }
 
 /// Runs `cairn verify` on the commit; the failure message if it did not read back intact.
@@ -149,7 +195,7 @@ fn load_test(
     cmd: &str,
     json: bool,
     p: &dyn Progress,
-) -> Result<Option<String>> {
+) -> Result<(Option<String>, cairn::storage::state::CheckRecord)> {
     let rec = cairn::ops::verify::run_check(store, id, cmd, p)?;
     cairn::ops::verify::update_state(store, id, |s| s.check = Some(rec.clone()))?;
     if !json {
@@ -160,11 +206,12 @@ fn load_test(
             rec.seconds
         );
     }
-    Ok((!rec.ok).then(|| {
+    let failed = (!rec.ok).then(|| {
         format!(
             "load test failed for commit {}: `{cmd}` exited {}",
             id.short(),
             rec.exit_code.map_or("by signal".into(), |c| c.to_string())
         )
-    }))
+    });
+    Ok((failed, rec))
 }
