@@ -679,7 +679,11 @@ fn commit_json_reports_its_checks() {
         .arg(&ck)
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v["verify"]["ok"], true, "{v}");
     assert_eq!(v["load_test"]["ok"], true, "{v}");
@@ -693,4 +697,40 @@ fn commit_json_reports_its_checks() {
     assert_eq!(v["load_test"]["ok"], false, "{v}");
     assert_eq!(v["load_test"]["exit_code"], 3, "{v}");
     assert!(v["verify"].is_null());
+}
+
+/// A reader that stops reading stdout early (`cairn cat ... | head -c 1`) is not a failure:
+/// exit 0 and no message. (A broken pipe anywhere else is an error: the binary's unit test
+/// `render::tests::only_a_closed_stdout_is_benign`.)
+#[test]
+fn a_closed_stdout_is_not_an_error() {
+    let t = tempfile::tempdir().unwrap();
+    let store = t.path().join("store");
+    cairn(&store).arg("init").assert().success();
+    let ck = t.path().join("ck");
+    std::fs::create_dir_all(&ck).unwrap();
+    std::fs::write(ck.join("big.bin"), noise(9, 8 << 20)).unwrap();
+    cairn(&store).arg("commit").arg(&ck).assert().success();
+    let mut child = std::process::Command::new(bin())
+        .env_remove("CAIRN_STORE")
+        .arg("--store")
+        .arg(&store)
+        .args(["cat", "HEAD:big.bin"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stdout.take());
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        out.stderr.is_empty(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }

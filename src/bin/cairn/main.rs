@@ -42,10 +42,8 @@ fn main() {
     cairn::storage::crashsim::finish();
     if let Err(e) = result {
         // Scripts piping into `head` close stdout early; that is not an error worth a message.
-        if e.chain().any(|c| {
-            c.downcast_ref::<std::io::Error>()
-                .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
-        }) {
+        // A broken pipe to anything else is.
+        if render::stdout_closed(&e) {
             std::process::exit(0);
         }
         eprintln!("error: {}", render::escape_controls(&e.to_string()));

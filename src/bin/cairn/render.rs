@@ -13,13 +13,13 @@ use std::io::{IsTerminal, Write};
 macro_rules! out {
     () => {{
         use std::io::Write as _;
-        writeln!(std::io::stdout().lock())?
+        writeln!($crate::render::stdout())?
     }};
     ($($t:tt)*) => {{
         use std::io::Write as _;
         let line = format!($($t)*);
         writeln!(
-            std::io::stdout().lock(),
+            $crate::render::stdout(),
             "{}",
             $crate::render::escape_controls(&line)
         )?
@@ -66,10 +66,58 @@ pub fn human(n: u64) -> String {
 }
 
 pub fn print_json<T: serde::Serialize>(v: &T) -> Result<()> {
-    let mut out = std::io::stdout().lock();
+    let mut out = stdout();
     serde_json::to_writer_pretty(&mut out, v)?;
     writeln!(out)?;
     Ok(())
+}
+
+/// Standard output, whose "broken pipe" errors say they are stdout's: a reader that closed it
+/// early (`cairn log | head`) is not a failure, while a broken pipe anywhere else is.
+pub struct Stdout(std::io::Stdout);
+
+/// The error inside an [`std::io::Error`] of kind `BrokenPipe` when the pipe was stdout.
+#[derive(Debug)]
+pub struct StdoutClosed;
+
+impl std::fmt::Display for StdoutClosed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("standard output was closed")
+    }
+}
+
+impl std::error::Error for StdoutClosed {}
+
+/// Standard output, for everything the commands print.
+pub fn stdout() -> Stdout {
+    Stdout(std::io::stdout())
+}
+
+fn mark(e: std::io::Error) -> std::io::Error {
+    if e.kind() == std::io::ErrorKind::BrokenPipe {
+        std::io::Error::new(std::io::ErrorKind::BrokenPipe, StdoutClosed)
+    } else {
+        e
+    }
+}
+
+impl std::io::Write for Stdout {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.write(buf).map_err(mark)
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.0.flush().map_err(mark)
+    }
+}
+
+/// Whether `e` only says that whoever read stdout stopped reading: the one error that exits 0.
+pub fn stdout_closed(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| {
+        c.is::<StdoutClosed>()
+            || c.downcast_ref::<std::io::Error>()
+                .and_then(|io| io.get_ref())
+                .is_some_and(|inner| inner.is::<StdoutClosed>())
+    })
 }
 
 struct Bar(indicatif::ProgressBar);
@@ -112,4 +160,18 @@ pub fn short_hex(id: &str) -> String {
     id.parse::<cairn::CommitId>()
         .map(|c| c.short())
         .unwrap_or_else(|_| id.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_a_closed_stdout_is_benign() {
+        let closed = anyhow::Error::new(mark(std::io::ErrorKind::BrokenPipe.into()));
+        assert!(stdout_closed(&closed.context("printing")));
+        // A broken pipe to anything else (a child process, a socket) is a failure.
+        let other = anyhow::Error::new(std::io::Error::from(std::io::ErrorKind::BrokenPipe));
+        assert!(!stdout_closed(&other.context("writing to the load test")));
+    }
 }

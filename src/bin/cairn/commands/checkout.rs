@@ -55,7 +55,7 @@ pub fn cat(cli_store: Option<&Path>, a: CatArgs) -> Result<()> {
         .split_once(':')
         .ok_or_else(|| anyhow!("{spec:?}: expected REV:PATH"))?;
     let id = rev::resolve(&store, r)?;
-    let mut out = std::io::BufWriter::with_capacity(1 << 20, std::io::stdout());
+    let mut out = std::io::BufWriter::with_capacity(1 << 20, crate::render::stdout());
     read::cat(&store, id, path, &mut out)?;
     out.flush()?;
     Ok(())
