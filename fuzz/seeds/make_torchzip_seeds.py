@@ -6,7 +6,9 @@ Run once, by hand, with the virtualenv the set-up script creates (it has torch):
     ~/.cache/cairn-venv/bin/python fuzz/seeds/make_torchzip_seeds.py
 
 The files are committed in fuzz/seeds/torchzip_parse/; scripts/fuzz.sh copies them, with the
-small fixtures of tests/fixtures/torch, into the working corpus before each run.
+small fixtures of tests/fixtures/torch, into the working corpus before each run. The `run1-*`
+files beside them are the minimized corpus of the first long run (50M inputs, 2026-12-04;
+docs/reliability.md), kept as seeds so every later run starts from the coverage it reached.
 """
 
 import io
