@@ -309,7 +309,7 @@ impl RawStore {
     /// Resolve `rev` against a fresh view of the index, so commits other processes (the CLI,
     /// another training job) made since the store was opened are seen.
     fn resolve_rev(&self, rev: &str) -> PyResult<CommitId> {
-        lib(self.store.refresh())?;
+        lib(self.store.refresh_if_changed())?;
         lib(rev::resolve(&self.store, rev))
     }
 }
@@ -353,18 +353,11 @@ impl RawStore {
         };
         // The CLI's config file ($CAIRN_CONFIG, else $XDG_CONFIG_HOME or ~/.config
         // /cairn/config.json): its safe_stores trust stores other users own.
-        let config_path = std::env::var_os("CAIRN_CONFIG")
-            .filter(|p| !p.is_empty())
-            .map(PathBuf::from)
-            .unwrap_or_else(|| {
-                std::env::var_os("XDG_CONFIG_HOME")
-                    .filter(|p| !p.is_empty())
-                    .map(PathBuf::from)
-                    .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".config")))
-                    .unwrap_or_else(|| PathBuf::from(".config"))
-                    .join("cairn")
-                    .join("config.json")
-            });
+        let config_path = cairn::storage::store::config_path(
+            std::env::var_os("CAIRN_CONFIG").as_deref(),
+            std::env::var_os("XDG_CONFIG_HOME").as_deref(),
+            std::env::var_os("HOME").as_deref(),
+        );
         let config = if explicit.is_none() && env.is_none() {
             lib(cairn::storage::store::Config::load(&config_path))?
         } else {
@@ -507,7 +500,7 @@ impl RawStore {
         limit: Option<usize>,
         all: bool,
     ) -> PyResult<String> {
-        lib(self.store.refresh())?;
+        lib(self.store.refresh_if_changed())?;
         let store = &*self.store;
         let out = py.detach(move || -> cairn::Result<Vec<inspect::CommitInfo>> {
             let start = match rev {
@@ -743,7 +736,7 @@ impl RawStore {
 
     /// Branches and tags as JSON: `{"head": BRANCH, "branches": {..}, "tags": {..}}`.
     fn refs(&self) -> PyResult<String> {
-        lib(self.store.refresh())?;
+        lib(self.store.refresh_if_changed())?;
         let s = &*self.store;
         let map = |v: Vec<(String, CommitId)>| -> BTreeMap<String, String> {
             v.into_iter().map(|(n, id)| (n, id.to_string())).collect()

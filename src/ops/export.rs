@@ -59,7 +59,6 @@ pub enum ExportError {
 
 type Result<T, E = ExportError> = std::result::Result<T, E>;
 
-use std::io::Write;
 use std::path::Path;
 
 /// The `.npy` (format 1.0) header for a C-order array.
@@ -136,40 +135,12 @@ pub fn tensor_prefix(
 /// file's name is unpredictable and created exclusively (`O_EXCL`), so nothing planted in the
 /// directory is followed or overwritten.
 pub fn write_file_atomic(path: &Path, parts: &[&[u8]]) -> Result<()> {
-    let dir = match path.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
-        _ => std::path::PathBuf::from("."),
-    };
-    let name = path
-        .file_name()
-        .ok_or_else(|| ExportError::NotAFilePath {
+    if path.file_name().is_none() {
+        return Err(ExportError::NotAFilePath {
             path: path.to_path_buf(),
-        })?
-        .to_string_lossy()
-        .to_string();
-    // An unpredictable name, created exclusively: a symlink or file planted at a name cairn
-    // would use is never followed or overwritten (O_EXCL also refuses a dangling symlink).
-    let tmp = dir.join(format!(
-        ".{name}.cairn-tmp-{}-{}",
-        std::process::id(),
-        crate::model::id::PackId::random()
-    ));
-    let result = (|| -> std::io::Result<()> {
-        let mut f = std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .open(&tmp)?;
-        for p in parts {
-            f.write_all(p)?;
-        }
-        f.sync_all()?;
-        std::fs::rename(&tmp, path)?;
-        crate::storage::fsutil::sync_dir(&dir)
-    })();
-    if result.is_err() {
-        let _ = std::fs::remove_file(&tmp);
+        });
     }
-    result.map_err(|source| ExportError::Io {
+    crate::storage::fsutil::write_atomic_parts(path, parts).map_err(|source| ExportError::Io {
         path: path.to_path_buf(),
         source,
     })

@@ -82,9 +82,19 @@ pub fn create_dir_all(path: &Path) -> io::Result<()> {
 /// Fails when `path` has no parent directory or file name, or any step fails; the temporary
 /// file is then removed.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
-    let dir = path
-        .parent()
-        .ok_or_else(|| io::Error::other("path has no parent directory"))?;
+    write_atomic_parts(path, &[bytes])
+}
+
+/// [`write_atomic`] of `parts`, one after the other. The temporary file's name is
+/// unpredictable and created exclusively (`O_EXCL`), so nothing planted in the directory (a
+/// symlink at a name cairn would use) is followed or overwritten. A path with no directory
+/// part is in the working directory.
+pub fn write_atomic_parts(path: &Path, parts: &[&[u8]]) -> io::Result<()> {
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        Some(_) => Path::new("."),
+        None => return Err(io::Error::other("path has no parent directory")),
+    };
     let name = path
         .file_name()
         .ok_or_else(|| io::Error::other("path has no file name"))?;
@@ -98,7 +108,9 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
     let result = (|| {
         let mut f = create_new(&tmp)?;
         created = true;
-        write_all(&mut f, &tmp, bytes)?;
+        for bytes in parts {
+            write_all(&mut f, &tmp, bytes)?;
+        }
         // The content must be on disk before the name points at it.
         sync_file(&f, &tmp)?;
         rename(&tmp, path)?;

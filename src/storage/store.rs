@@ -59,7 +59,18 @@ pub struct Store {
     root: PathBuf,
     marker: Marker,
     view: RwLock<Arc<Index>>,
+    /// The modification time of the index directory, taken just before the view was opened:
+    /// every publish flushes a new table file into it, so a different time means there may be
+    /// more to see ([`Store::refresh_if_changed`]).
+    view_stamp: Mutex<Option<std::time::SystemTime>>,
     packs: Mutex<HashMap<PackId, Arc<PackReader>>>,
+}
+
+/// The index directory's modification time, if it can be read.
+fn index_stamp(root: &Path) -> Option<std::time::SystemTime> {
+    std::fs::metadata(root.join("index"))
+        .and_then(|m| m.modified())
+        .ok()
 }
 
 /// Where to find a store, and which stores found by walking up are trusted.
@@ -105,6 +116,25 @@ impl Config {
             }),
         }
     }
+}
+
+/// Where the config file is, from the caller's environment (the library reads none): the
+/// variable `CAIRN_CONFIG`, else `$XDG_CONFIG_HOME/cairn/config.json`, else
+/// `$HOME/.config/cairn/config.json`. Empty values count as unset.
+pub fn config_path(
+    cairn_config: Option<&std::ffi::OsStr>,
+    xdg_config_home: Option<&std::ffi::OsStr>,
+    home: Option<&std::ffi::OsStr>,
+) -> PathBuf {
+    let set = |v: Option<&std::ffi::OsStr>| v.filter(|v| !v.is_empty()).map(PathBuf::from);
+    if let Some(p) = set(cairn_config) {
+        return p;
+    }
+    set(xdg_config_home)
+        .or_else(|| set(home).map(|h| h.join(".config")))
+        .unwrap_or_else(|| PathBuf::from(".config"))
+        .join("cairn")
+        .join("config.json")
 }
 
 /// The uid this process runs as: the owner of `/proc/self` (Linux); `None` when unknown.
@@ -247,11 +277,13 @@ impl Store {
                 what: "the index is missing; the packs still hold every chunk and object".into(),
             });
         }
+        let stamp = index_stamp(root);
         let view = Index::open_read(&index_path)?;
         Ok(Store {
             root: root.to_path_buf(),
             marker,
             view: RwLock::new(Arc::new(view)),
+            view_stamp: Mutex::new(stamp),
             packs: Mutex::new(HashMap::new()),
         })
     }
@@ -361,12 +393,27 @@ impl Store {
     /// Reopen the read-only view so it sees everything published so far. Fails when the index
     /// cannot be opened; the old view then stays.
     pub fn refresh(&self) -> Result<()> {
+        let stamp = index_stamp(&self.root);
         let fresh = Arc::new(Index::open_read(&self.root.join("index"))?);
         *self
             .view
             .write()
             .expect("the view lock is never poisoned: no panics while held") = fresh;
+        *self.view_stamp.lock().unwrap_or_else(|e| e.into_inner()) = stamp;
         Ok(())
+    }
+
+    /// [`Store::refresh`], only when the index directory changed since the view was opened
+    /// (or its time cannot be read): what a long-lived handle (the Python package's) calls
+    /// before each read, so another process's commits are seen without reopening the index on
+    /// every call (which costs about 2 ms).
+    pub fn refresh_if_changed(&self) -> Result<()> {
+        let now = index_stamp(&self.root);
+        let seen = *self.view_stamp.lock().unwrap_or_else(|e| e.into_inner());
+        if now.is_some() && now == seen {
+            return Ok(());
+        }
+        self.refresh()
     }
 
     /// Run `f` with the index open read-write, holding the index lock; then refresh the view.

@@ -467,16 +467,7 @@ fn a_damaged_commit_object_is_left_out_of_a_rebuild_and_log_shows_what_it_can() 
     bytes[at] ^= 0x55;
     std::fs::write(&pack, &bytes).unwrap();
     std::fs::remove_dir_all(store.join("index")).unwrap();
-    let out = cairn(&store)
-        .args(["repair", "--rebuild-index"])
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let text = rebuild_index(&store);
     assert!(
         text.contains(&format!("left out damaged commit {}", ids[1])),
         "{text}"
@@ -509,16 +500,7 @@ fn a_damaged_commit_object_is_left_out_of_a_rebuild_and_log_shows_what_it_can() 
     let mut bytes = std::fs::read(&first_pack).unwrap();
     bytes[..8].copy_from_slice(b"garbage!");
     std::fs::write(&first_pack, &bytes).unwrap();
-    let out = cairn(&store)
-        .args(["repair", "--rebuild-index"])
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let text = rebuild_index(&store);
     assert!(
         text.contains(&format!("skipped damaged pack {}", first.to_hex())),
         "{text}"
@@ -527,4 +509,18 @@ fn a_damaged_commit_object_is_left_out_of_a_rebuild_and_log_shows_what_it_can() 
     // pack: fsck and checkout then name what is missing).
     let out = cairn(&store).arg("log").output().unwrap();
     assert!(String::from_utf8_lossy(&out.stdout).contains("c2"));
+}
+
+/// `repair --rebuild-index`, which must succeed; its text output.
+fn rebuild_index(store: &Path) -> String {
+    let out = cairn(store)
+        .args(["repair", "--rebuild-index"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
 }

@@ -481,3 +481,24 @@ fn borrowed_memory_inputs_round_trip() {
         store.commit(out.commit).unwrap().tree
     );
 }
+
+/// A long-lived handle sees another handle's (or process's) commits after
+/// `refresh_if_changed`, and that call does not reopen the index when nothing changed.
+#[test]
+fn refresh_if_changed_sees_other_writers() {
+    let t = tempfile::tempdir().unwrap();
+    let root = t.path().join("store");
+    let reader = Store::init(&root).unwrap();
+    for i in 0..3u8 {
+        let writer = Store::open(&root).unwrap();
+        let mut b = CommitBuilder::new(&writer, CommitOptions::default());
+        b.add_bytes("f.bin", vec![i; 10]).unwrap();
+        let out = b.commit().unwrap();
+        reader.refresh_if_changed().unwrap();
+        assert_eq!(reader.head().unwrap(), Some(out.commit));
+    }
+    // Unchanged: the same view is kept.
+    let before = reader.view();
+    reader.refresh_if_changed().unwrap();
+    assert!(std::sync::Arc::ptr_eq(&before, &reader.view()));
+}

@@ -167,18 +167,7 @@ const RC_COST: u64 = 16;
 /// Run a whole pickle, which must end with `STOP` at its last byte, and return the storages it
 /// declares.
 pub(super) fn run(code: &[u8]) -> Result<Vec<StorageRef>, Fail> {
-    let mut m = Machine {
-        code,
-        pos: 0,
-        op_at: 0,
-        stack: Vec::new(),
-        memo: BTreeMap::new(),
-        refs: Vec::new(),
-        by_key: BTreeMap::new(),
-        charged: 0,
-        limit: memory_limit(code.len()),
-        stack_high: 0,
-    };
+    let mut m = Machine::new(code, memory_limit(code.len()));
     m.run()?;
     Ok(m.refs)
 }
@@ -190,21 +179,10 @@ fn memory_limit(len: usize) -> u64 {
         .saturating_add(PICKLE_MEMORY_BASE)
 }
 
-/// Run a whole pickle, as [`run`], and return what it charged to its memory budget.
+/// Run a whole pickle, as [`run`] but unbounded, and return what it charged to its budget.
 #[cfg(test)]
 pub(super) fn charged(code: &[u8]) -> Result<u64, Fail> {
-    let mut m = Machine {
-        code,
-        pos: 0,
-        op_at: 0,
-        stack: Vec::new(),
-        memo: BTreeMap::new(),
-        refs: Vec::new(),
-        by_key: BTreeMap::new(),
-        charged: 0,
-        limit: u64::MAX,
-        stack_high: 0,
-    };
+    let mut m = Machine::new(code, u64::MAX);
     m.run()?;
     Ok(m.charged)
 }
@@ -219,6 +197,22 @@ fn cost_of<T>(n: usize) -> u64 {
 const TORCH_UTILS: &str = "torch._utils";
 
 impl<'a> Machine<'a> {
+    /// A machine about to run `code`, allowed to charge `limit` bytes.
+    fn new(code: &'a [u8], limit: u64) -> Machine<'a> {
+        Machine {
+            code,
+            pos: 0,
+            op_at: 0,
+            stack: Vec::new(),
+            memo: BTreeMap::new(),
+            refs: Vec::new(),
+            by_key: BTreeMap::new(),
+            charged: 0,
+            limit,
+            stack_high: 0,
+        }
+    }
+
     fn fail(&self, what: impl Into<String>) -> Fail {
         Fail::At {
             offset: to_u64(self.op_at),

@@ -68,6 +68,26 @@ pub(super) fn check_tensor_len(
     Ok(())
 }
 
+/// The safetensors header of a file laying out `tensors` in the order given, once each tensor's
+/// bytes are checked to be exactly what its dtype and shape take.
+pub(super) fn tensor_file_header(
+    rel: &str,
+    tensors: &[crate::ops::commit::async_commit::TensorSlice<'_>],
+    metadata: Option<&std::collections::BTreeMap<String, String>>,
+) -> Result<Vec<u8>> {
+    for t in tensors {
+        check_tensor_len(rel, t.name, t.dtype, t.shape, t.data.len())?;
+    }
+    let specs: Vec<(String, DType, Vec<u64>)> = tensors
+        .iter()
+        .map(|t| (t.name.to_string(), t.dtype, t.shape.to_vec()))
+        .collect();
+    safetensors::serialize_header(&specs, metadata).map_err(|source| CommitError::Safetensors {
+        path: rel.to_string(),
+        source,
+    })
+}
+
 impl<'s> CommitBuilder<'s> {
     /// A builder for a commit to `store` with `opts`, holding no file yet.
     pub fn new(store: &'s Store, opts: CommitOptions) -> CommitBuilder<'s> {
@@ -217,19 +237,7 @@ impl<'s> CommitBuilder<'s> {
         metadata: Option<&std::collections::BTreeMap<String, String>>,
     ) -> Result<()> {
         check_rel_path(rel)?;
-        for t in tensors {
-            check_tensor_len(rel, t.name, t.dtype, t.shape, t.data.len())?;
-        }
-        let specs: Vec<(String, DType, Vec<u64>)> = tensors
-            .iter()
-            .map(|t| (t.name.to_string(), t.dtype, t.shape.to_vec()))
-            .collect();
-        let header = safetensors::serialize_header(&specs, metadata).map_err(|source| {
-            CommitError::Safetensors {
-                path: rel.to_string(),
-                source,
-            }
-        })?;
+        let header = tensor_file_header(rel, tensors, metadata)?;
         let mut pieces = Vec::with_capacity(tensors.len() + 1);
         pieces.push(std::borrow::Cow::Owned(header));
         pieces.extend(tensors.iter().map(|t| std::borrow::Cow::Borrowed(t.data)));
@@ -242,31 +250,33 @@ impl<'s> CommitBuilder<'s> {
     }
 
     /// Add tensors from memory as one safetensors file at `rel` (laid out in the order given).
+    /// The tensors' buffers become the file's pieces: nothing is copied.
     pub fn add_tensors(
         &mut self,
         rel: &str,
         tensors: Vec<TensorInput>,
         metadata: Option<&std::collections::BTreeMap<String, String>>,
     ) -> Result<()> {
-        let specs: Vec<(String, DType, Vec<u64>)> = tensors
+        check_rel_path(rel)?;
+        let slices: Vec<crate::ops::commit::async_commit::TensorSlice<'_>> = tensors
             .iter()
-            .map(|t| (t.name.clone(), t.dtype, t.shape.clone()))
+            .map(|t| crate::ops::commit::async_commit::TensorSlice {
+                name: &t.name,
+                dtype: t.dtype,
+                shape: &t.shape,
+                data: &t.data,
+            })
             .collect();
-        let mut file = safetensors::serialize_header(&specs, metadata).map_err(|source| {
-            CommitError::Safetensors {
-                path: rel.to_string(),
-                source,
-            }
-        })?;
-        for t in &tensors {
-            check_tensor_len(rel, &t.name, t.dtype, &t.shape, t.data.len())?;
-        }
-        let total: usize = tensors.iter().map(|t| t.data.len()).sum();
-        file.reserve(total);
-        for t in tensors {
-            file.extend_from_slice(&t.data);
-        }
-        self.add_bytes(rel, file)
+        let header = tensor_file_header(rel, &slices, metadata)?;
+        let mut pieces = Vec::with_capacity(tensors.len() + 1);
+        pieces.push(std::borrow::Cow::Owned(header));
+        pieces.extend(tensors.into_iter().map(|t| std::borrow::Cow::Owned(t.data)));
+        self.inputs.push(Input {
+            rel: rel.to_string(),
+            data: Data::Pieces(pieces),
+            executable: false,
+        });
+        Ok(())
     }
 
     /// Write and publish the commit; then, if the store has a retention policy, apply it to the

@@ -42,7 +42,7 @@ pub mod sharded;
 mod writer;
 
 pub use builder::CommitBuilder;
-use builder::check_tensor_len;
+use builder::tensor_file_header;
 pub use error::CommitError;
 use gate::Gate;
 pub use heal::heal_from;

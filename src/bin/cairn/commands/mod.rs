@@ -32,15 +32,11 @@ pub fn author(explicit: Option<String>) -> String {
 /// The config file: `$CAIRN_CONFIG`, else `$XDG_CONFIG_HOME/cairn/config.json`, else
 /// `~/.config/cairn/config.json` (docs/cli.md, "Configuration").
 pub fn config_path() -> PathBuf {
-    if let Some(p) = std::env::var_os("CAIRN_CONFIG").filter(|p| !p.is_empty()) {
-        return PathBuf::from(p);
-    }
-    let base = std::env::var_os("XDG_CONFIG_HOME")
-        .filter(|p| !p.is_empty())
-        .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".config")))
-        .unwrap_or_else(|| PathBuf::from(".config"));
-    base.join("cairn").join("config.json")
+    cairn::storage::store::config_path(
+        std::env::var_os("CAIRN_CONFIG").as_deref(),
+        std::env::var_os("XDG_CONFIG_HOME").as_deref(),
+        std::env::var_os("HOME").as_deref(),
+    )
 }
 
 /// The store directory from `--store`, else $CAIRN_STORE, else the nearest `.cairn` upward

@@ -29,11 +29,10 @@
 
 #![warn(missing_docs)]
 
-use crate::formats::safetensors;
 use crate::model::dtype::DType;
 use crate::ops::commit::error::Result;
 use crate::ops::commit::{
-    CommitBuilder, CommitError, CommitOptions, CommitOutcome, Gate, check_tensor_len,
+    CommitBuilder, CommitError, CommitOptions, CommitOutcome, Gate, tensor_file_header,
 };
 use crate::storage::store::Store;
 use std::collections::BTreeMap;
@@ -446,19 +445,7 @@ impl AsyncCommit<'_> {
         metadata: Option<&BTreeMap<String, String>>,
     ) -> Result<()> {
         crate::model::path::check_rel_path(rel)?;
-        for t in tensors {
-            check_tensor_len(rel, t.name, t.dtype, t.shape, t.data.len())?;
-        }
-        let specs: Vec<(String, DType, Vec<u64>)> = tensors
-            .iter()
-            .map(|t| (t.name.to_string(), t.dtype, t.shape.to_vec()))
-            .collect();
-        let header = safetensors::serialize_header(&specs, metadata).map_err(|source| {
-            CommitError::Safetensors {
-                path: rel.to_string(),
-                source,
-            }
-        })?;
+        let header = tensor_file_header(rel, tensors, metadata)?;
         let len = header.len() + tensors.iter().map(|t| t.data.len()).sum::<usize>();
         let _paused = self.committer.gate.as_deref().map(Gate::close);
         let mut buf = self.buffer(len);
