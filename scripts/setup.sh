@@ -15,6 +15,8 @@ declare -A probe=(
   [e2fsprogs]="mkfs.ext4 -V"
   [util-linux]="mount --version"
   [bsdutils]="script --version"
+  [dosfstools]="mkfs.vfat --help"
+  [fusefat]="scripts/check_fusefat.sh"
 )
 
 need_apt=()

@@ -34,7 +34,7 @@
 //! the index, refs, the [`Store`]) → [`remote`] → [`ops`] (commit, read, gc, fsck, ...).
 //! `tests/layering.rs` checks it; docs/architecture.md explains the design, docs/format.md the
 //! bytes.
-#![deny(unsafe_code)]
+#![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
 pub mod codec;

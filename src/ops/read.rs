@@ -10,6 +10,10 @@
 
 #![warn(missing_docs)]
 
+pub mod outdir;
+
+pub use outdir::{OutDir, OutDirError};
+
 use crate::model::id::{ChunkId, CommitId};
 use crate::model::object::{ChunkRef, FileEntry, Segment, Tree};
 use crate::model::path::PathError;
@@ -19,7 +23,6 @@ use crate::storage::store::Store;
 use rayon::prelude::*;
 use serde::Serialize;
 use sha2::{Digest, Sha256};
-use std::collections::BTreeSet;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
@@ -126,6 +129,9 @@ pub enum ReadError {
         /// The buffer's length.
         got: usize,
     },
+    /// Writing into the checkout directory failed or would leave it.
+    #[error(transparent)]
+    OutDir(#[from] OutDirError),
     /// A tree path that breaks the path rules.
     #[error(transparent)]
     Path(#[from] PathError),
@@ -321,14 +327,6 @@ pub struct CheckoutOutcome {
     pub released: Vec<String>,
 }
 
-fn target_path(dir: &Path, rel: &str) -> PathBuf {
-    let mut p = dir.to_path_buf();
-    for c in rel.split('/') {
-        p.push(c);
-    }
-    p
-}
-
 /// Write every file of `commit` into `dir`, byte for byte.
 pub fn checkout(
     store: &Store,
@@ -349,9 +347,7 @@ pub fn checkout(
             });
         }
     }
-    std::fs::create_dir_all(dir).map_err(io_at(dir))?;
-    let mut dirs = BTreeSet::new();
-    dirs.insert(dir.to_path_buf());
+    let mut out = OutDir::open(dir)?;
     let released = crate::storage::state::released_files(store, commit)?;
     progress.begin("checkout", tree.logical_size());
     let mut skipped = Vec::new();
@@ -361,56 +357,45 @@ pub fn checkout(
             continue;
         }
         crate::model::path::check_rel_path(rel)?;
-        let target = target_path(dir, rel);
-        let parent = target
-            .parent()
-            .expect("target has a parent: it is under dir")
-            .to_path_buf();
-        std::fs::create_dir_all(&parent).map_err(io_at(&parent))?;
-        dirs.insert(parent.clone());
-        let tmp = parent.join(format!(
-            ".cairn-checkout-{}-{}.tmp",
-            std::process::id(),
-            crate::model::id::PackId::random()
+        let (f, tmp) = out.create_temp(rel)?;
+        let tmp_path = out.path_of(&format!(
+            "{}/{tmp}",
+            rel.rsplit_once('/').map_or("", |p| p.0)
         ));
-        let result = (|| -> Result<()> {
-            let f = std::fs::OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .open(&tmp)
-                .map_err(io_at(&tmp))?;
+        let result = (|| -> Result<crate::storage::fsutil::WritebackFile> {
             // Written back early as it grows, so the fsync below does not wait for all of it.
             let mut buf = std::io::BufWriter::with_capacity(
                 8 << 20,
                 crate::storage::fsutil::WritebackFile::new(f),
             );
             write_file_to(store, rel, entry, &mut buf, progress)?;
-            let wf = buf.into_inner().map_err(|e| io_at(&tmp)(e.into_error()))?;
+            let wf = buf
+                .into_inner()
+                .map_err(|e| io_at(&tmp_path)(e.into_error()))?;
             let f = wf.file();
             if entry.executable {
                 use std::os::unix::fs::PermissionsExt;
-                let mut perm = f.metadata().map_err(io_at(&tmp))?.permissions();
+                let mut perm = f.metadata().map_err(io_at(&tmp_path))?.permissions();
                 perm.set_mode(perm.mode() | 0o111);
-                f.set_permissions(perm).map_err(io_at(&tmp))?;
+                f.set_permissions(perm).map_err(io_at(&tmp_path))?;
             }
             // The bytes must be on disk before the file appears under its name.
-            f.sync_all().map_err(io_at(&tmp))?;
-            std::fs::rename(&tmp, &target).map_err(io_at(&target))?;
-            Ok(())
+            f.sync_all().map_err(io_at(&tmp_path))?;
+            Ok(wf)
         })();
-        if result.is_err() {
-            let _ = std::fs::remove_file(&tmp);
+        match result {
+            Ok(wf) => out.publish(rel, &tmp, wf.file())?,
+            Err(e) => {
+                out.discard(rel, &tmp);
+                return Err(e);
+            }
         }
-        result?;
     }
     for d in &tree.empty_dirs {
-        let p = target_path(dir, d);
-        std::fs::create_dir_all(&p).map_err(io_at(&p))?;
+        out.enter(d, d)?;
     }
-    for d in &dirs {
-        // The new names must survive a crash once checkout reports success.
-        crate::storage::fsutil::sync_dir(d).map_err(io_at(d))?;
-    }
+    // The new names must survive a crash once checkout reports success.
+    out.sync()?;
     progress.end();
     Ok(CheckoutOutcome {
         commit,

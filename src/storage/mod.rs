@@ -1,4 +1,4 @@
-//! Where bytes live: pack files (written once, sealed, read through a map), the RocksDB index
+//! Where bytes live: pack files (written once, sealed, read by positional reads), the RocksDB index
 //! over them, refs and the reflog, locks, the durable file operations and their crash
 //! simulation, and [`store::Store`], which ties them into one directory.
 //!
@@ -18,7 +18,6 @@ pub mod fsutil;
 #[cfg(feature = "store")]
 pub mod index;
 pub mod lock;
-pub mod mmap;
 pub mod pack;
 pub mod refs;
 #[cfg(feature = "store")]

@@ -17,7 +17,6 @@
 
 use crate::codec::{self, Encoding};
 use crate::model::id::{ChunkId, ObjectId, PackId};
-use crate::storage::mmap::PackMap;
 use std::fs::File;
 use std::io::{self, BufWriter};
 use std::path::{Path, PathBuf};
@@ -134,8 +133,20 @@ pub enum EntryError {
         /// Offset one past its last byte.
         end: u64,
         /// The pack's length in bytes.
-        pack_len: usize,
+        pack_len: u64,
     },
+    /// The file ended before the range: it shrank after it was opened (truncated by another
+    /// program while being read).
+    #[error("pack ended before bytes [{offset}, {end}): truncated while being read")]
+    ShortRead {
+        /// Offset of the range's first byte.
+        offset: u64,
+        /// Offset one past its last byte.
+        end: u64,
+    },
+    /// Reading the range failed.
+    #[error("reading the pack failed: {0}")]
+    Read(String),
 }
 
 fn io_err(path: &Path) -> impl FnOnce(io::Error) -> PackError + '_ {
@@ -424,23 +435,28 @@ impl Drop for PackWriter {
     }
 }
 
-/// A sealed pack opened for reading, through a read-only map of the whole file.
+/// A sealed pack opened for reading through positional reads (`pread`) of the exact ranges
+/// asked for. No map: a pack truncated by another program while it is being read gives a short
+/// read, reported as an error naming the pack, never a `SIGBUS` (docs/reliability.md).
 pub struct PackReader {
     /// The pack's id, checked against its header on open.
     pub id: PackId,
-    map: PackMap,
+    file: File,
+    /// The file's length when it was opened; reads past it are refused without a syscall.
+    len: u64,
 }
 
 impl PackReader {
-    /// Open and map the sealed pack `id` at `path`. Fails with [`PackError::Io`] when the file
-    /// cannot be opened or mapped, and with [`PackError::Corrupt`] when it is shorter than a
-    /// header and trailer, or its magic, version or id is wrong. The footer is not checked here.
+    /// Open the sealed pack `id` at `path`. Fails with [`PackError::Io`] when the file cannot be
+    /// opened or read, and with [`PackError::Corrupt`] when it is shorter than a header and
+    /// trailer, or its magic, version or id is wrong. The footer is not checked here.
     pub fn open(path: &Path, id: PackId) -> Result<PackReader, PackError> {
         let file = File::open(path).map_err(io_err(path))?;
-        let map = PackMap::new(&file).map_err(io_err(path))?;
-        let r = PackReader { id, map };
-        let b = r.map.bytes();
-        if b.len() < (HEADER_LEN + TRAILER_LEN) as usize || &b[0..8] != PACK_MAGIC {
+        let len = file.metadata().map_err(io_err(path))?.len();
+        let r = PackReader { id, file, len };
+        let mut b = [0u8; HEADER_LEN as usize];
+        if len < HEADER_LEN + TRAILER_LEN || r.read_at(0, &mut b).is_err() || &b[0..8] != PACK_MAGIC
+        {
             return Err(PackError::Corrupt {
                 pack: id.to_hex(),
                 what: "not a cairn pack (bad magic or too short)".into(),
@@ -462,38 +478,62 @@ impl PackReader {
         Ok(r)
     }
 
-    /// Bytes of the pack file, footer and trailer included.
+    /// Bytes of the pack file, footer and trailer included, when it was opened.
     pub fn size(&self) -> u64 {
-        self.map.bytes().len() as u64
+        self.len
+    }
+
+    /// Fill `buf` with the bytes from `offset`. Fails with [`EntryError::PastEnd`] when the
+    /// range runs past the length the pack had when opened, [`EntryError::ShortRead`] when the
+    /// file has shrunk since, and [`EntryError::Read`] when the read itself fails.
+    fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<(), EntryError> {
+        use std::os::unix::fs::FileExt;
+        let end = offset
+            .checked_add(buf.len() as u64)
+            .ok_or(EntryError::LengthOverflow)?;
+        if end > self.len {
+            return Err(EntryError::PastEnd {
+                offset,
+                end,
+                pack_len: self.len,
+            });
+        }
+        self.file.read_exact_at(buf, offset).map_err(|e| {
+            if e.kind() == io::ErrorKind::UnexpectedEof {
+                EntryError::ShortRead { offset, end }
+            } else {
+                EntryError::Read(e.to_string())
+            }
+        })
     }
 
     /// The entry header stored just before `offset`, checked.
     fn header_at(&self, offset: u64) -> Result<EntryHeader, EntryError> {
-        let b = self.map.bytes();
         let start = offset
             .checked_sub(ENTRY_HEADER_LEN)
             .ok_or(EntryError::OffsetInPackHeader)?;
-        let start = usize::try_from(start).map_err(|_| EntryError::OffsetOutOfRange)?;
-        let end = start + ENTRY_HEADER_LEN as usize;
-        if end > b.len() {
+        if offset > self.len {
             return Err(EntryError::OffsetPastEnd);
         }
-        EntryHeader::from_bytes(&b[start..end])
+        let mut b = [0u8; ENTRY_HEADER_LEN as usize];
+        self.read_at(start, &mut b)?;
+        EntryHeader::from_bytes(&b)
     }
 
     /// The stored payload at `offset` of `len` bytes, bounds-checked; not decoded, not
-    /// verified. Fails when the range runs past the end of the pack.
-    pub fn payload(&self, offset: u64, len: u64) -> Result<&[u8], EntryError> {
-        let b = self.map.bytes();
+    /// verified. Fails when the range runs past the end of the pack or cannot be read.
+    pub fn payload(&self, offset: u64, len: u64) -> Result<Vec<u8>, EntryError> {
         let end = offset.checked_add(len).ok_or(EntryError::LengthOverflow)?;
-        if end > b.len() as u64 {
+        if end > self.len {
             return Err(EntryError::PastEnd {
                 offset,
                 end,
-                pack_len: b.len(),
+                pack_len: self.len,
             });
         }
-        Ok(&b[offset as usize..end as usize])
+        let mut buf = vec![0u8; len as usize];
+        self.read_at(offset, &mut buf)?;
+        Ok(buf)
     }
 
     fn bad_chunk(&self, id: ChunkId, what: String) -> PackError {
@@ -504,8 +544,8 @@ impl PackReader {
         }
     }
 
-    /// The checked entry header of chunk `id` at `offset`, and its stored bytes.
-    fn chunk_entry(&self, id: ChunkId, offset: u64) -> Result<(EntryHeader, &[u8]), PackError> {
+    /// The checked entry header of chunk `id` at `offset`.
+    fn chunk_header(&self, id: ChunkId, offset: u64) -> Result<EntryHeader, PackError> {
         let h = self
             .header_at(offset)
             .map_err(|w| self.bad_chunk(id, w.to_string()))?;
@@ -515,6 +555,12 @@ impl PackReader {
                 "the entry at the indexed offset is a different chunk".into(),
             ));
         }
+        Ok(h)
+    }
+
+    /// The checked entry header of chunk `id` at `offset`, and its stored bytes.
+    fn chunk_entry(&self, id: ChunkId, offset: u64) -> Result<(EntryHeader, Vec<u8>), PackError> {
+        let h = self.chunk_header(id, offset)?;
         let stored = self
             .payload(offset, h.stored_len)
             .map_err(|w| self.bad_chunk(id, w.to_string()))?;
@@ -524,8 +570,8 @@ impl PackReader {
     /// Decode and verify chunk `id` whose payload is at `offset`. `base` is the raw bytes of its
     /// delta base, when its encoding needs one; `expect`, when given, is the header the caller
     /// expects, whose lengths must match. Fails with [`PackError::BadChunk`] when the entry
-    /// header is damaged or names another entry, the lengths differ, the payload does not
-    /// decode, or the result does not hash to `id`. Releases the payload's pages afterwards.
+    /// header is damaged or names another entry, the lengths differ, the payload cannot be read
+    /// or does not decode, or the result does not hash to `id`.
     pub fn read_chunk(
         &self,
         id: ChunkId,
@@ -539,26 +585,24 @@ impl PackReader {
         {
             return Err(self.bad_chunk(id, "entry lengths differ from the index".into()));
         }
-        let raw = codec::decode(h.encoding, stored, h.raw_len, base)
+        let raw = codec::decode(h.encoding, &stored, h.raw_len, base)
             .map_err(|e| self.bad_chunk(id, format!("does not decode: {e}")))?;
         if ChunkId::of(&raw) != id {
             return Err(self.bad_chunk(id, "its bytes do not hash to its id".into()));
         }
-        self.map.release(offset as usize, h.stored_len as usize);
         Ok(raw)
     }
 
-    /// The encoding and stored bytes of the chunk at `offset`, whose raw length must be
-    /// `raw_len`, after checking its entry header. Not decoded, not verified. Fails with
-    /// [`PackError::BadChunk`] when the header is damaged, names another entry or records
-    /// another raw length, or the payload runs past the end.
-    pub fn chunk_payload(
+    /// The entry header of the chunk at `offset` after checking it names chunk `id` and records
+    /// `raw_len` raw bytes. Fails with [`PackError::BadChunk`] when the header is damaged, names
+    /// another entry or records another raw length.
+    fn chunk_header_of_len(
         &self,
         id: ChunkId,
         offset: u64,
         raw_len: usize,
-    ) -> Result<(Encoding, &[u8]), PackError> {
-        let (h, stored) = self.chunk_entry(id, offset)?;
+    ) -> Result<EntryHeader, PackError> {
+        let h = self.chunk_header(id, offset)?;
         if h.raw_len != raw_len as u64 {
             return Err(self.bad_chunk(
                 id,
@@ -568,12 +612,48 @@ impl PackReader {
                 ),
             ));
         }
+        Ok(h)
+    }
+
+    /// The encoding and stored bytes of the chunk at `offset`, whose raw length must be
+    /// `raw_len`, after checking its entry header. Not decoded, not verified. Fails with
+    /// [`PackError::BadChunk`] when the header is damaged, names another entry or records
+    /// another raw length, or the payload runs past the end or cannot be read.
+    pub fn chunk_payload(
+        &self,
+        id: ChunkId,
+        offset: u64,
+        raw_len: usize,
+    ) -> Result<(Encoding, Vec<u8>), PackError> {
+        let h = self.chunk_header_of_len(id, offset, raw_len)?;
+        let stored = self
+            .payload(offset, h.stored_len)
+            .map_err(|w| self.bad_chunk(id, w.to_string()))?;
         Ok((h.encoding, stored))
+    }
+
+    /// Read the chunk at `offset` straight into `out` when it is stored raw (its stored bytes
+    /// are its raw bytes): `Ok(true)`. `Ok(false)`, with `out` untouched, when it is encoded.
+    /// Not verified. Fails as [`PackReader::chunk_payload`] does.
+    pub fn raw_chunk_into(
+        &self,
+        id: ChunkId,
+        offset: u64,
+        out: &mut [u8],
+    ) -> Result<bool, PackError> {
+        let h = self.chunk_header_of_len(id, offset, out.len())?;
+        if h.encoding != Encoding::Raw || h.stored_len != h.raw_len {
+            return Ok(false);
+        }
+        self.read_at(offset, out)
+            .map_err(|w| self.bad_chunk(id, w.to_string()))?;
+        Ok(true)
     }
 
     /// Decode and verify object `id` whose payload is at `offset`: its kind byte and raw bytes.
     /// Fails with [`PackError::BadObject`] when the entry header is damaged or names another
-    /// entry, the payload does not decode, or kind and bytes do not hash to `id`.
+    /// entry, the payload cannot be read or does not decode, or kind and bytes do not hash to
+    /// `id`.
     pub fn read_object(&self, id: ObjectId, offset: u64) -> Result<(u8, Vec<u8>), PackError> {
         let bad = |what: String| PackError::BadObject {
             object: id,
@@ -589,7 +669,7 @@ impl PackReader {
         let stored = self
             .payload(offset, h.stored_len)
             .map_err(|e| bad(e.to_string()))?;
-        let raw = codec::decode(h.encoding, stored, h.raw_len, None)
+        let raw = codec::decode(h.encoding, &stored, h.raw_len, None)
             .map_err(|e| bad(format!("does not decode: {e}")))?;
         if ObjectId::of(h.object_kind, &raw) != id {
             return Err(bad("its bytes do not hash to its id".into()));
@@ -609,14 +689,15 @@ impl PackReader {
 
     /// Every entry, from the footer table only. Fails with [`PackError::Corrupt`] when the
     /// trailer magic is wrong, the table does not end at the trailer or does not match its hash,
-    /// or a row does not parse or points outside the entries.
+    /// a row does not parse or points outside the entries, or the footer cannot be read.
     pub fn entries_from_footer(&self) -> Result<Vec<Entry>, PackError> {
-        let b = self.map.bytes();
         let corrupt = |what: &str| PackError::Corrupt {
             pack: self.id.to_hex(),
             what: what.to_string(),
         };
-        let t = &b[b.len() - TRAILER_LEN as usize..];
+        let mut t = [0u8; TRAILER_LEN as usize];
+        self.read_at(self.len - TRAILER_LEN, &mut t)
+            .map_err(|e| corrupt(&format!("trailer unreadable: {e}")))?;
         if &t[48..56] != TRAILER_MAGIC {
             return Err(corrupt(
                 "trailer magic is wrong (pack not sealed or truncated)",
@@ -630,11 +711,13 @@ impl PackReader {
         let table_end = table_offset
             .checked_add(table_len)
             .ok_or_else(|| corrupt("table overflows"))?;
-        if table_offset < HEADER_LEN || table_end != b.len() as u64 - TRAILER_LEN {
+        if table_offset < HEADER_LEN || table_end != self.len - TRAILER_LEN {
             return Err(corrupt("footer table does not end at the trailer"));
         }
-        let table = &b[table_offset as usize..table_end as usize];
-        if blake3::hash(table).as_bytes() != &t[16..48] {
+        let table = self
+            .payload(table_offset, table_len)
+            .map_err(|e| corrupt(&format!("footer table unreadable: {e}")))?;
+        if blake3::hash(&table).as_bytes() != &t[16..48] {
             return Err(corrupt("footer table hash does not match"));
         }
         let mut out = Vec::with_capacity(count as usize);
@@ -651,16 +734,19 @@ impl PackReader {
     }
 
     fn entries_by_scan(&self) -> Result<Vec<Entry>, PackError> {
-        let b = self.map.bytes();
         let mut pos = HEADER_LEN;
         let mut out = Vec::new();
-        while pos + ENTRY_HEADER_LEN <= b.len() as u64 {
-            let Ok(header) = EntryHeader::from_bytes(&b[pos as usize..]) else {
+        let mut hb = [0u8; ENTRY_HEADER_LEN as usize];
+        while pos + ENTRY_HEADER_LEN <= self.len {
+            if self.read_at(pos, &mut hb).is_err() {
+                break;
+            }
+            let Ok(header) = EntryHeader::from_bytes(&hb) else {
                 break;
             };
             let offset = pos + ENTRY_HEADER_LEN;
             match offset.checked_add(header.stored_len) {
-                Some(end) if end <= b.len() as u64 => {
+                Some(end) if end <= self.len => {
                     out.push(Entry { header, offset });
                     pos = end;
                 }
@@ -668,12 +754,6 @@ impl PackReader {
             }
         }
         Ok(out)
-    }
-
-    /// Let go of this process's pages of the `len` bytes from `offset`: they leave the
-    /// resident set and stay in the page cache. Ranges past the end are ignored.
-    pub fn release(&self, offset: u64, len: u64) {
-        self.map.release(offset as usize, len as usize);
     }
 }
 

@@ -573,6 +573,16 @@ impl Store {
             .iter()
             .map(|(_, loc)| self.pack(loc.pack))
             .collect::<Result<Vec<_>>>()?;
+        if let [(cur, loc)] = chain.as_slice()
+            && loc.encoding == crate::codec::Encoding::Raw
+        {
+            // The common case of a chunk stored as it is: read it straight into place.
+            return match packs[0].raw_chunk_into(*cur, loc.offset, out) {
+                Ok(read) => Ok(read),
+                Err(PackError::BadChunk { .. }) => Ok(false),
+                Err(e) => Err(e.into()),
+            };
+        }
         let mut links = Vec::with_capacity(chain.len());
         for ((cur, loc), pack) in chain.iter().zip(&packs).rev() {
             match pack.chunk_payload(*cur, loc.offset, out.len()) {
@@ -581,6 +591,8 @@ impl Store {
                 Err(e) => return Err(e.into()),
             }
         }
+        let links: Vec<(crate::codec::Encoding, &[u8])> =
+            links.iter().map(|(e, s)| (*e, s.as_slice())).collect();
         let decoded = match links.split_first() {
             Some(((enc, stored), deltas)) if !enc.needs_base() => {
                 crate::codec::decode_into(*enc, stored, out)
@@ -589,9 +601,6 @@ impl Store {
             }
             _ => false,
         };
-        for ((_, loc), pack) in chain.iter().zip(&packs) {
-            pack.release(loc.offset, loc.stored_len);
-        }
         Ok(decoded)
     }
 

@@ -2,6 +2,7 @@
 //! was: malformed safetensors, unknown revisions, missing or damaged stores, unwritable places.
 
 use crate::common::*;
+use cairn::DType;
 use std::path::Path;
 
 fn init(store: &Path) {
@@ -523,4 +524,282 @@ fn rebuild_index(store: &Path) -> String {
         String::from_utf8_lossy(&out.stderr)
     );
     String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// A pack truncated by another program while cairn reads it: every reader ends with exit 0
+/// (it finished first) or 1 with an error naming the pack, never a signal, and checkout leaves
+/// no temp file. With packs read through a memory map, these died of SIGBUS.
+#[test]
+fn a_pack_truncated_under_running_readers_is_an_error_not_a_signal() {
+    use std::io::{Seek, Write};
+    use std::os::unix::process::ExitStatusExt;
+    let t = tempfile::tempdir().unwrap();
+    let store = t.path().join("store");
+    init(&store);
+    let ck = t.path().join("ck");
+    // Incompressible, so the chunks are stored raw and the pack is as large as the data.
+    write_st(
+        &ck.join("model.safetensors"),
+        &[("w", DType::U8, vec![96 << 20], noise(7, 96 << 20))],
+    );
+    cairn(&store).arg("commit").arg(&ck).assert().success();
+    let pack = std::fs::read_dir(store.join("packs"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "pack"))
+        .max_by_key(|p| std::fs::metadata(p).unwrap().len())
+        .unwrap();
+    let pack_id = pack.file_stem().unwrap().to_str().unwrap().to_string();
+    let original = std::fs::read(&pack).unwrap();
+    let commands: [&[&str]; 4] = [
+        &["checkout", "HEAD"],
+        &["cat", "HEAD:model.safetensors"],
+        &["tensor", "HEAD", "model.safetensors:w", "-o"],
+        &["fsck", "--read-data"],
+    ];
+    let mut failed = 0;
+    for round in 0..16u64 {
+        let cmd = commands[round as usize % commands.len()];
+        let dst = t.path().join(format!("out{round}"));
+        let mut c = std::process::Command::new(bin());
+        c.env_remove("CAIRN_STORE")
+            .arg("--store")
+            .arg(&store)
+            .args(cmd)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped());
+        if cmd[0] == "checkout" {
+            c.arg(&dst);
+        }
+        if cmd[0] == "tensor" {
+            c.arg(t.path().join(format!("w{round}.npy")));
+        }
+        let child = c.spawn().unwrap();
+        // Let it get going, then cut the pack to a twentieth.
+        std::thread::sleep(std::time::Duration::from_millis(20 + round * 9 % 80));
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(&pack)
+            .unwrap()
+            .set_len(original.len() as u64 / 20)
+            .unwrap();
+        let out = child.wait_with_output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(
+            out.status.signal(),
+            None,
+            "{cmd:?} died of a signal; stderr: {err}"
+        );
+        assert!(!err.contains("panicked"), "{cmd:?}: {err}");
+        match out.status.code() {
+            Some(0) => {}
+            Some(1) => {
+                failed += 1;
+                assert!(
+                    err.contains(&pack_id),
+                    "{cmd:?} does not name the pack: {err}"
+                );
+            }
+            other => panic!("{cmd:?} exited {other:?}: {err}"),
+        }
+        if dst.exists() {
+            for e in walkdir(&dst) {
+                let name = e.file_name().unwrap().to_string_lossy().to_string();
+                assert!(!name.contains("cairn-checkout"), "temp file left: {e:?}");
+            }
+        }
+        // Put the pack back, in place (same inode), for the next round.
+        let mut f = std::fs::OpenOptions::new().write(true).open(&pack).unwrap();
+        f.seek(std::io::SeekFrom::Start(0)).unwrap();
+        f.write_all(&original).unwrap();
+    }
+    assert!(
+        failed >= 4,
+        "only {failed} of 16 readers met the truncation"
+    );
+    fsck_read_data_clean(&store);
+}
+
+fn walkdir(dir: &Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).unwrap() {
+        let p = e.unwrap().path();
+        if p.is_dir() {
+            out.extend(walkdir(&p));
+        } else {
+            out.push(p);
+        }
+    }
+    out
+}
+
+/// `checkout --force` into a directory whose path components are symbolic links writes nothing
+/// through them (git: "beyond a symbolic link"); a link at a file's own name is replaced, and its
+/// target left alone.
+#[test]
+fn checkout_never_writes_beyond_a_symlink() {
+    let t = tempfile::tempdir().unwrap();
+    let store = t.path().join("store");
+    init(&store);
+    let ck = t.path().join("ck");
+    std::fs::create_dir_all(ck.join("sub")).unwrap();
+    std::fs::create_dir_all(ck.join("a/b")).unwrap();
+    std::fs::write(ck.join("sub/f.bin"), b"through sub").unwrap();
+    std::fs::write(ck.join("a/b/g.bin"), b"through a/b").unwrap();
+    std::fs::write(ck.join("top.bin"), b"top").unwrap();
+    cairn(&store).arg("commit").arg(&ck).assert().success();
+    let elsewhere = t.path().join("elsewhere");
+    std::fs::create_dir_all(&elsewhere).unwrap();
+    std::fs::write(elsewhere.join("victim"), b"keep me").unwrap();
+
+    // A link as the first component, then as a deeper one.
+    for link in ["sub", "a/b"] {
+        let dst = t.path().join(format!("out-{}", link.replace('/', "-")));
+        std::fs::create_dir_all(dst.join(link).parent().unwrap()).unwrap();
+        std::os::unix::fs::symlink(&elsewhere, dst.join(link)).unwrap();
+        let out = cairn(&store)
+            .args(["checkout", "--force", "HEAD"])
+            .arg(&dst)
+            .output()
+            .unwrap();
+        no_panic(&out);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.contains("beyond a symbolic link") && err.contains(link),
+            "{link}: {err}"
+        );
+        let names: Vec<_> = std::fs::read_dir(&elsewhere)
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(
+            names,
+            ["victim"],
+            "{link}: something was written through the link"
+        );
+    }
+
+    // A link at a file's own name: replaced by the file, its target untouched.
+    let dst = t.path().join("out-file");
+    std::fs::create_dir_all(&dst).unwrap();
+    std::os::unix::fs::symlink(elsewhere.join("victim"), dst.join("top.bin")).unwrap();
+    cairn(&store)
+        .args(["checkout", "--force", "HEAD"])
+        .arg(&dst)
+        .assert()
+        .success();
+    assert!(!dst.join("top.bin").is_symlink());
+    assert_eq!(std::fs::read(dst.join("top.bin")).unwrap(), b"top");
+    assert_eq!(std::fs::read(elsewhere.join("victim")).unwrap(), b"keep me");
+    assert_eq!(snapshot(&dst), snapshot(&ck));
+
+    // The checkout directory itself may be a link: the user named it.
+    let real = t.path().join("real");
+    std::fs::create_dir_all(&real).unwrap();
+    let named = t.path().join("named");
+    std::os::unix::fs::symlink(&real, &named).unwrap();
+    cairn(&store)
+        .args(["checkout", "HEAD"])
+        .arg(&named)
+        .assert()
+        .success();
+    assert_eq!(snapshot(&real), snapshot(&ck));
+}
+
+/// A FAT32 image mounted by `fusefat`: a real case-insensitive filesystem (FAT's long names),
+/// through the kernel's FUSE. Needs root and `fusefat` (scripts/setup.sh installs it); a machine
+/// where it cannot be mounted fails the test, which is never skipped.
+struct FatFs {
+    mnt: std::path::PathBuf,
+}
+
+impl FatFs {
+    fn new(dir: &Path) -> FatFs {
+        use std::process::Command;
+        let img = dir.join("fat.img");
+        let mnt = dir.join("fat");
+        std::fs::create_dir_all(&mnt).unwrap();
+        std::fs::File::create(&img)
+            .unwrap()
+            .set_len(64 << 20)
+            .unwrap();
+        let ok = |c: &mut Command| c.output().map(|o| o.status.success()).unwrap_or(false);
+        assert!(
+            ok(Command::new("mkfs.vfat").args(["-F", "32"]).arg(&img))
+                && ok(Command::new("fusefat")
+                    .args(["-o", "rw+"])
+                    .arg(&img)
+                    .arg(&mnt)),
+            "could not make and mount a FAT32 image with fusefat (needs root, /dev/fuse, \
+             dosfstools and fusefat: scripts/setup.sh)"
+        );
+        FatFs { mnt }
+    }
+}
+
+impl Drop for FatFs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg(&self.mnt).status();
+    }
+}
+
+/// On a case-insensitive filesystem, two tree paths that name one entry are an error naming
+/// both, and what was written first is not overwritten; a tree without such pairs checks out
+/// byte for byte on the same filesystem.
+#[test]
+fn case_folding_collisions_are_errors_on_a_case_insensitive_filesystem() {
+    let t = tempfile::tempdir().unwrap();
+    let fat = FatFs::new(t.path());
+    let store = t.path().join("store");
+    init(&store);
+    let plain = t.path().join("plain");
+    std::fs::create_dir_all(plain.join("Sub/deeper")).unwrap();
+    std::fs::write(plain.join("Sub/deeper/w.bin"), noise(1, 3 << 20)).unwrap();
+    std::fs::write(plain.join("config.json"), b"{}").unwrap();
+    cairn(&store).arg("commit").arg(&plain).assert().success();
+    let dst = fat.mnt.join("plain");
+    cairn(&store)
+        .args(["checkout", "HEAD"])
+        .arg(&dst)
+        .assert()
+        .success();
+    assert_eq!(snapshot(&dst), snapshot(&plain));
+
+    // (first written, second, what the second is)
+    let cases = [
+        ("Model.bin", "model.bin", "file"),
+        ("Dir/x.bin", "dir/y.bin", "directory"),
+        ("Weights", "weights/z.bin", "file then directory"),
+    ];
+    for (i, (first, second, what)) in cases.iter().enumerate() {
+        let ck = t.path().join(format!("ck{i}"));
+        for (n, p) in [first, second].iter().enumerate() {
+            let f = ck.join(p);
+            std::fs::create_dir_all(f.parent().unwrap()).unwrap();
+            std::fs::write(&f, format!("{p} {n}")).unwrap();
+        }
+        cairn(&store).arg("commit").arg(&ck).assert().success();
+        let dst = fat.mnt.join(format!("out{i}"));
+        let out = cairn(&store)
+            .args(["checkout", "HEAD"])
+            .arg(&dst)
+            .output()
+            .unwrap();
+        no_panic(&out);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.contains("same name on this filesystem"),
+            "{what}: {err}"
+        );
+        let (a, b) = (
+            first.split('/').next().unwrap(),
+            second.split('/').next().unwrap(),
+        );
+        assert!(err.contains(a) && err.contains(b), "{what}: {err}");
+        assert_eq!(
+            std::fs::read(dst.join(first)).unwrap(),
+            format!("{first} 0").as_bytes(),
+            "{what}: the first file was overwritten"
+        );
+    }
 }

@@ -204,7 +204,7 @@ impl Executor<'_> {
                             pack: pid,
                             what: what.to_string(),
                         })?;
-                let ne = w.append_chunk(id, h.encoding, h.raw_len, stored, h.base, h.depth)?;
+                let ne = w.append_chunk(id, h.encoding, h.raw_len, &stored, h.base, h.depth)?;
                 rw.moved.push((
                     id,
                     ChunkLoc {
