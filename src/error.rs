@@ -106,10 +106,12 @@ impl Error {
                 ReadError::NoSuchFile { .. }
                 | ReadError::NoSuchTensor { .. }
                 | ReadError::NoSuchTensorInFile { .. } => ErrorKind::NotFound,
-                ReadError::ChunkPastEnd { .. } | ReadError::SizeMismatch { .. } => {
-                    ErrorKind::Corrupt
-                }
-                ReadError::Io { .. } | ReadError::WriterStopped { .. } => ErrorKind::Other,
+                ReadError::ChunkPastEnd { .. }
+                | ReadError::SizeMismatch { .. }
+                | ReadError::Sha256Mismatch { .. } => ErrorKind::Corrupt,
+                ReadError::Io { .. }
+                | ReadError::WriterStopped { .. }
+                | ReadError::OutDir(crate::ops::read::OutDirError::Io { .. }) => ErrorKind::Other,
                 _ => ErrorKind::BadInput,
             },
             Error::Verification(_) | Error::Index(_) | Error::Pack(_) | Error::Object(_) => {
