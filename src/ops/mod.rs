@@ -16,6 +16,7 @@
 //! 11. [`repair`]: rebuilding the index from the packs, reflog and statelog
 //! 12. [`gc`]: retention policies, the gc plan and its execution
 //! 13. [`commit`]: building a commit, async and sharded commits (may run gc for auto-retention)
+//! 14. [`sync`]: push, fetch, pull, clone and fsck of remotes ([`crate::remote`])
 
 #[cfg(feature = "store")]
 pub mod catalog;
@@ -40,5 +41,7 @@ pub mod read;
 pub mod repair;
 #[cfg(feature = "store")]
 pub mod rev;
+#[cfg(feature = "store")]
+pub mod sync;
 #[cfg(feature = "store")]
 pub mod verify;

@@ -117,6 +117,9 @@ fn resolve_base(store: &Store, base: &str, rev: &str) -> Result<CommitId> {
             return Ok(id);
         }
     }
+    if let Some(id) = remote_tracking(store, base, rev)? {
+        return Ok(id);
+    }
     if base.len() >= MIN_PREFIX && base.len() <= 64 && base.chars().all(|c| c.is_ascii_hexdigit()) {
         let lower = base.to_ascii_lowercase();
         let bytes = hex::decode(&lower[..lower.len() / 2 * 2]).expect("even-length hex decodes");
@@ -146,6 +149,47 @@ fn resolve_base(store: &Store, base: &str, rev: &str) -> Result<CommitId> {
         rev: rev.to_string(),
         hint: ": not HEAD, a branch, a tag or a commit id prefix of 4+ hex digits".into(),
     })
+}
+
+/// `REMOTE/NAME`, a branch or tag of a configured remote as its last fetch or push saw it;
+/// `None` when `base` names no remote's ref. Fails when that ref diverged (several heads).
+fn remote_tracking(store: &Store, base: &str, rev: &str) -> Result<Option<CommitId>> {
+    let Some((remote, name)) = base.split_once('/') else {
+        return Ok(None);
+    };
+    if !crate::remote::local::remotes(store)
+        .unwrap_or_default()
+        .contains_key(remote)
+    {
+        return Ok(None);
+    }
+    let t = crate::remote::local::tracking(store, remote).map_err(|e| RevError::BadRevision {
+        rev: rev.to_string(),
+        what: e.to_string(),
+    })?;
+    for full in [
+        format!("{}{name}", refs::HEADS),
+        format!("{}{name}", refs::TAGS),
+    ] {
+        match t.refs.get(&full).map(Vec::as_slice) {
+            Some([one]) => return Ok(Some(*one)),
+            Some(heads) if heads.len() > 1 => {
+                return Err(RevError::BadRevision {
+                    rev: rev.to_string(),
+                    what: format!(
+                        "{base} has diverged on the remote: {}",
+                        heads
+                            .iter()
+                            .map(|c| c.short())
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    ),
+                });
+            }
+            _ => {}
+        }
+    }
+    Ok(None)
 }
 
 /// Resolve a revision to a commit id.

@@ -397,11 +397,7 @@ impl PackWriter {
     /// when a write, the fsync or the rename fails; the temporary file is then removed.
     pub fn seal(mut self) -> Result<SealedPack, PackError> {
         let table_offset = self.len;
-        let mut table = Vec::with_capacity(self.entries.len() * TABLE_ROW_LEN as usize);
-        for e in &self.entries {
-            table.extend_from_slice(&e.offset.to_le_bytes());
-            table.extend_from_slice(&e.header.to_bytes());
-        }
+        let table = table_bytes(&self.entries);
         let mut trailer = [0u8; TRAILER_LEN as usize];
         trailer[0..8].copy_from_slice(&table_offset.to_le_bytes());
         trailer[8..16].copy_from_slice(&(self.entries.len() as u64).to_le_bytes());
@@ -433,6 +429,39 @@ impl Drop for PackWriter {
             let _ = crate::storage::fsutil::remove_file(&self.tmp_path);
         }
     }
+}
+
+/// The footer table of `entries`: per entry, its payload offset (u64 LE) then its 96-byte
+/// header (docs/format.md, "Pack files"). Remote index objects list a pack's entries in the same
+/// rows.
+pub fn table_bytes(entries: &[Entry]) -> Vec<u8> {
+    let mut table = Vec::with_capacity(entries.len() * TABLE_ROW_LEN as usize);
+    for e in entries {
+        table.extend_from_slice(&e.offset.to_le_bytes());
+        table.extend_from_slice(&e.header.to_bytes());
+    }
+    table
+}
+
+/// Parse table rows written by [`table_bytes`] for a pack whose entries end at `entries_end`
+/// (where its footer table starts). Fails, saying why, when the length is not a whole number of
+/// rows, a header does not parse (magic, checksum, kind, encoding), or an entry lies outside
+/// `[header, entries_end)`.
+pub fn parse_table(table: &[u8], entries_end: u64) -> Result<Vec<Entry>, String> {
+    if !(table.len() as u64).is_multiple_of(TABLE_ROW_LEN) {
+        return Err("the table is not a whole number of rows".into());
+    }
+    let mut out = Vec::with_capacity(table.len() / TABLE_ROW_LEN as usize);
+    for row in table.chunks_exact(TABLE_ROW_LEN as usize) {
+        let offset = u64::from_le_bytes(row[..8].try_into().expect("8 bytes"));
+        let header = EntryHeader::from_bytes(&row[8..]).map_err(|e| e.to_string())?;
+        let end = offset.checked_add(header.stored_len);
+        if offset < HEADER_LEN + ENTRY_HEADER_LEN || end.is_none_or(|e| e > entries_end) {
+            return Err("a table row points outside the entries".into());
+        }
+        out.push(Entry { header, offset });
+    }
+    Ok(out)
 }
 
 /// A sealed pack opened for reading through positional reads (`pread`) of the exact ranges
@@ -720,17 +749,7 @@ impl PackReader {
         if blake3::hash(&table).as_bytes() != &t[16..48] {
             return Err(corrupt("footer table hash does not match"));
         }
-        let mut out = Vec::with_capacity(count as usize);
-        for row in table.chunks_exact(TABLE_ROW_LEN as usize) {
-            let offset = u64::from_le_bytes(row[..8].try_into().expect("8 bytes"));
-            let header = EntryHeader::from_bytes(&row[8..]).map_err(|e| corrupt(&e.to_string()))?;
-            let end = offset.checked_add(header.stored_len);
-            if offset < HEADER_LEN + ENTRY_HEADER_LEN || end.is_none_or(|e| e > table_offset) {
-                return Err(corrupt("a table row points outside the entries"));
-            }
-            out.push(Entry { header, offset });
-        }
-        Ok(out)
+        parse_table(&table, table_offset).map_err(|e| corrupt(&e))
     }
 
     fn entries_by_scan(&self) -> Result<Vec<Entry>, PackError> {

@@ -513,6 +513,19 @@ impl Store {
         Ok(self.view().chunk(&id)?)
     }
 
+    /// Chunk `id`'s location and stored (encoded, not decoded) bytes, after checking its entry
+    /// header names it with the indexed raw length: what a push copies into a remote's pack.
+    /// Fails with [`StoreError::MissingChunk`] when it is not indexed, and a pack error when the
+    /// entry is damaged or cannot be read.
+    pub fn stored_chunk(&self, id: ChunkId) -> Result<(ChunkLoc, Vec<u8>)> {
+        self.retry_moved(|| {
+            let loc = self.chunk_loc(id)?.ok_or(StoreError::MissingChunk { id })?;
+            let len = usize::try_from(loc.raw_len).map_err(|_| StoreError::DeltaChain { id })?;
+            let (_, stored) = self.pack(loc.pack)?.chunk_payload(id, loc.offset, len)?;
+            Ok((loc, stored))
+        })
+    }
+
     /// Read and verify chunk `id`'s raw bytes, decoding its delta chain when it has one. Fails
     /// with [`StoreError::MissingChunk`] when it (or a base) is not indexed,
     /// [`StoreError::DeltaChain`] for a chain too deep, and a pack error naming the damaged

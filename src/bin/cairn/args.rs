@@ -65,6 +65,79 @@ pub enum Cmd {
     Fsck(FsckArgs),
     /// Repair: rebuild the index from the packs and logs, or heal corrupt chunks from files.
     Repair(RepairArgs),
+    /// Add, list or remove remotes (s3://BUCKET/PREFIX or file:///PATH).
+    Remote {
+        #[command(subcommand)]
+        cmd: RemoteCmd,
+    },
+    /// Send branches and tags to a remote: [REMOTE] [BRANCH|TAG ...], only what it lacks.
+    Push(PushArgs),
+    /// Read a remote's refs, commits and trees (no tensor data) as REMOTE/BRANCH.
+    Fetch(FetchArgs),
+    /// Fetch, then fast-forward a local branch to the remote's, with its data.
+    Pull(PullArgs),
+    /// Make a new store at DIR holding everything a remote holds.
+    Clone(CloneArgs),
+}
+
+#[derive(Subcommand)]
+pub enum RemoteCmd {
+    /// Add remote NAME at URL.
+    Add {
+        name: String,
+        url: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// List remotes with their URLs and tracking refs.
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Remove remote NAME and what this store kept about it.
+    Remove { name: String },
+}
+
+#[derive(clap::Args)]
+pub struct PushArgs {
+    /// The remote (default origin), then branches or tags (default: the current branch).
+    pub args: Vec<String>,
+    /// Push every branch and tag.
+    #[arg(long)]
+    pub all: bool,
+    /// Replace the remote's ref even when the push is not a fast-forward.
+    #[arg(long)]
+    pub force: bool,
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(clap::Args)]
+pub struct FetchArgs {
+    /// The remote (default origin).
+    pub remote: Option<String>,
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(clap::Args)]
+pub struct PullArgs {
+    /// The remote (default origin).
+    pub remote: Option<String>,
+    /// The branch (default: the current one).
+    pub branch: Option<String>,
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(clap::Args)]
+pub struct CloneArgs {
+    /// s3://BUCKET/PREFIX or file:///PATH.
+    pub url: String,
+    /// The new store's directory.
+    pub dir: PathBuf,
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(clap::Args)]
@@ -335,6 +408,9 @@ pub enum RetentionCmd {
 
 #[derive(clap::Args)]
 pub struct FsckArgs {
+    /// Check the remote NAME (its bucket) instead of this store.
+    #[arg(long, value_name = "NAME")]
+    pub remote: Option<String>,
     /// Decode and re-hash every chunk.
     #[arg(long)]
     pub read_data: bool,

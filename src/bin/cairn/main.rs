@@ -9,7 +9,7 @@ mod render;
 use anyhow::Result;
 use args::{Cli, Cmd};
 use clap::Parser;
-use commands::{check, checkout, commit, gc, init, log, refs, show};
+use commands::{check, checkout, commit, gc, init, log, refs, remote, show};
 
 fn run(cli: Cli) -> Result<()> {
     let s = cli.store.as_deref();
@@ -33,6 +33,11 @@ fn run(cli: Cli) -> Result<()> {
         Cmd::Retention { cmd } => gc::retention(s, cmd),
         Cmd::Fsck(a) => check::fsck(s, a),
         Cmd::Repair(a) => check::repair(s, a),
+        Cmd::Remote { cmd } => remote::remote(s, cmd),
+        Cmd::Push(a) => remote::push(s, a),
+        Cmd::Fetch(a) => remote::fetch(s, a),
+        Cmd::Pull(a) => remote::pull(s, a),
+        Cmd::Clone(a) => remote::clone(a),
     }
 }
 

@@ -40,6 +40,9 @@ pub fn verify(cli_store: Option<&Path>, a: VerifyArgs) -> Result<()> {
 }
 
 pub fn fsck(cli_store: Option<&Path>, a: FsckArgs) -> Result<()> {
+    if let Some(name) = &a.remote {
+        return super::remote::fsck_remote(cli_store, name, a.read_data, a.json);
+    }
     let store = open(cli_store)?;
     let subset = a
         .read_data_subset

@@ -10,6 +10,7 @@ pub mod gc;
 pub mod init;
 pub mod log;
 pub mod refs;
+pub mod remote;
 pub mod show;
 
 use anyhow::{Context, Result};
