@@ -426,6 +426,8 @@ pub struct PushOptions {
     pub all: bool,
     /// Replace the remote's refs even when the push is not a fast-forward.
     pub force: bool,
+    /// Seal data packs at this size instead of [`REMOTE_PACK_SIZE`] (tests use small packs).
+    pub pack_size: Option<u64>,
 }
 
 /// One ref a push moved (or found up to date).
@@ -529,14 +531,16 @@ fn outgoing(
         if !seen_objects.insert(oid) {
             continue;
         }
-        if has_object(&oid) {
-            if let Some((h, _)) = view.objects.get(&oid) {
-                out.relied.insert(*h);
-            }
+        // A commit on the remote has all its history and data there (pushes send whole
+        // closures); one only an interrupted push uploaded may not: walk it, send what is left.
+        if let Some((h, _)) = view.objects.get(&oid) {
+            out.relied.insert(*h);
             continue;
         }
         let commit = store.commit(c)?;
-        out.objects.push((oid, KIND_COMMIT));
+        if !has_object(&oid) {
+            out.objects.push((oid, KIND_COMMIT));
+        }
         todo.extend(commit.parents.iter().copied());
         let tid: ObjectId = commit.tree.into();
         if let Some((h, _)) = view.objects.get(&tid) {
@@ -741,7 +745,7 @@ pub fn push(
         writer.append_chunk(*id, loc.encoding, loc.raw_len, &stored, loc.base, loc.depth)?;
         outcome.chunks += 1;
         outcome.logical_bytes += loc.raw_len;
-        if writer.len() >= REMOTE_PACK_SIZE {
+        if writer.len() >= opts.pack_size.unwrap_or(REMOTE_PACK_SIZE) {
             let full = w.take().expect("just used");
             ship(
                 store,

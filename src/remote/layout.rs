@@ -364,7 +364,12 @@ pub fn resolve(
             pushed.entry(u.name.clone()).or_default().insert(new);
             if u.force {
                 let set = replaced.entry(u.name.clone()).or_default();
-                set.extend(u.old.iter().filter_map(|o| o.parse::<CommitId>().ok()));
+                set.extend(
+                    u.old
+                        .iter()
+                        .filter_map(|o| o.parse::<CommitId>().ok())
+                        .filter(|o| *o != new),
+                );
             }
         }
     }

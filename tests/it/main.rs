@@ -14,6 +14,7 @@ mod failpoints;
 mod fsync_order;
 mod gc;
 mod provenance;
+mod remote;
 mod roundtrip;
 mod torch;
 mod txn;

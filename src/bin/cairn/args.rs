@@ -108,6 +108,9 @@ pub struct PushArgs {
     /// Replace the remote's ref even when the push is not a fast-forward.
     #[arg(long)]
     pub force: bool,
+    /// Seal data packs at BYTES (tests of resumed pushes use small packs).
+    #[arg(long, value_name = "BYTES", hide = true)]
+    pub pack_size: Option<u64>,
     #[arg(long)]
     pub json: bool,
 }

@@ -91,6 +91,7 @@ pub fn push(cli_store: Option<&Path>, a: PushArgs) -> Result<()> {
             refs: args,
             all: a.all,
             force: a.force,
+            pack_size: a.pack_size,
         },
         p.as_ref(),
     )?;

@@ -1,0 +1,844 @@
+//! Remotes, through the built CLI, against real servers on loopback: SeaweedFS (`weed mini`, a
+//! production distributed store that enforces conditional writes), s3rver (which accepts
+//! conditional headers and overwrites anyway), and `file://` directories. Each test starts its
+//! own server on free ports and stops it by its PID. The servers are installed by
+//! scripts/setup.sh under ~/.cache/cairn-s3 ($CAIRN_WEED and $CAIRN_S3RVER override); a machine
+//! without them fails these tests, which are never skipped.
+
+use crate::common::*;
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn tool(var: &str, default: &str) -> PathBuf {
+    let p = std::env::var_os(var).map(PathBuf::from).unwrap_or_else(|| {
+        PathBuf::from(std::env::var_os("HOME").unwrap())
+            .join(".cache/cairn-s3")
+            .join(default)
+    });
+    assert!(
+        p.exists(),
+        "{} is missing: run scripts/setup.sh (it installs the S3 servers the remote tests use)",
+        p.display()
+    );
+    p
+}
+
+/// An S3 server on loopback, killed when dropped.
+pub struct Server {
+    child: Child,
+    pub endpoint: String,
+    key: &'static str,
+}
+
+/// Wait until `port` answers HTTP with a status in `ok`.
+fn wait_http(port: u16, path: &str, ok: &[&str], child: &mut Child, what: &str) {
+    use std::io::{Read, Write};
+    let start = Instant::now();
+    loop {
+        if let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) {
+            let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
+            let _ = write!(s, "GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n");
+            let mut buf = [0u8; 32];
+            if let Ok(n) = s.read(&mut buf) {
+                let head = String::from_utf8_lossy(&buf[..n]).to_string();
+                if ok.iter().any(|c| head.contains(c)) {
+                    return;
+                }
+            }
+        }
+        if let Ok(Some(st)) = child.try_wait() {
+            panic!("{what} exited early: {st}");
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "{what} did not come up on port {port}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+impl Server {
+    /// SeaweedFS `weed mini` with bucket `cairn`, every port chosen free.
+    pub fn seaweed(dir: &Path) -> Server {
+        let weed = tool("CAIRN_WEED", "venv/bin/weed");
+        let data = dir.join("weed");
+        std::fs::create_dir_all(&data).unwrap();
+        let s3 = free_port();
+        let mut c = Command::new(weed);
+        c.arg("mini")
+            .arg(format!("-dir={}", data.display()))
+            .args([
+                "-ip=127.0.0.1",
+                "-ip.bind=127.0.0.1",
+                "-bucket=cairn",
+                "-admin.ui=false",
+                "-webdav=false",
+            ])
+            .arg(format!("-s3.port={s3}"));
+        for flag in [
+            "master.port",
+            "master.port.grpc",
+            "volume.port",
+            "volume.port.grpc",
+            "filer.port",
+            "filer.port.grpc",
+            "s3.port.grpc",
+            "s3.port.iceberg",
+            "admin.port",
+            "admin.port.grpc",
+            "metricsPort",
+        ] {
+            c.arg(format!("-{flag}={}", free_port()));
+        }
+        let log = std::fs::File::create(dir.join("weed.log")).unwrap();
+        let mut child = c
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        wait_http(s3, "/cairn/", &[" 200 "], &mut child, "weed mini");
+        Server {
+            child,
+            endpoint: format!("http://127.0.0.1:{s3}"),
+            key: "cairn-test",
+        }
+    }
+
+    /// s3rver with bucket `cairn` (its fixed keys are S3RVER/S3RVER).
+    pub fn s3rver(dir: &Path) -> Server {
+        let bin = tool("CAIRN_S3RVER", "node/node_modules/.bin/s3rver");
+        let data = dir.join("s3rver");
+        std::fs::create_dir_all(&data).unwrap();
+        let port = free_port();
+        let mut child = Command::new(bin)
+            .arg("-d")
+            .arg(&data)
+            .args(["-a", "127.0.0.1", "-p", &port.to_string()])
+            .args(["--configure-bucket", "cairn", "--silent"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        wait_http(port, "/cairn/", &["HTTP/1."], &mut child, "s3rver");
+        Server {
+            child,
+            endpoint: format!("http://127.0.0.1:{port}"),
+            key: "S3RVER",
+        }
+    }
+
+    /// Point `c` at this server.
+    pub fn env<'c>(&self, c: &'c mut assert_cmd::Command) -> &'c mut assert_cmd::Command {
+        c.env("AWS_ENDPOINT_URL", &self.endpoint)
+            .env("AWS_ALLOW_HTTP", "true")
+            .env("AWS_ACCESS_KEY_ID", self.key)
+            .env("AWS_SECRET_ACCESS_KEY", self.key)
+            .env("AWS_REGION", "us-east-1")
+            .env("HOME", "/nonexistent")
+    }
+
+    fn std_env<'c>(&self, c: &'c mut Command) -> &'c mut Command {
+        c.env("AWS_ENDPOINT_URL", &self.endpoint)
+            .env("AWS_ALLOW_HTTP", "true")
+            .env("AWS_ACCESS_KEY_ID", self.key)
+            .env("AWS_SECRET_ACCESS_KEY", self.key)
+            .env("AWS_REGION", "us-east-1")
+            .env("HOME", "/nonexistent")
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A remote under test: a server (none for file://) and the URL.
+struct Remote {
+    server: Option<Server>,
+    url: String,
+}
+
+impl Remote {
+    fn file(dir: &Path) -> Remote {
+        Remote {
+            server: None,
+            url: format!("file://{}", dir.join("bucket").display()),
+        }
+    }
+    fn s3(server: Server, prefix: &str) -> Remote {
+        Remote {
+            server: Some(server),
+            url: format!("s3://cairn/{prefix}"),
+        }
+    }
+    /// The CLI against `store`, reaching this remote.
+    fn cairn(&self, store: &Path) -> assert_cmd::Command {
+        let mut c = cairn(store);
+        if let Some(s) = &self.server {
+            s.env(&mut c);
+        }
+        c
+    }
+    fn std_cairn(&self, store: &Path) -> Command {
+        let mut c = Command::new(bin());
+        c.env_remove("CAIRN_STORE")
+            .env("CAIRN_AUTHOR", "test@cairn")
+            .arg("--store")
+            .arg(store);
+        if let Some(s) = &self.server {
+            s.std_env(&mut c);
+        }
+        c
+    }
+    fn clone_to(&self, dir: &Path) {
+        let mut c = assert_cmd::Command::new(bin());
+        c.env_remove("CAIRN_STORE")
+            .env("CAIRN_AUTHOR", "test@cairn");
+        if let Some(s) = &self.server {
+            s.env(&mut c);
+        }
+        c.arg("clone").arg(&self.url).arg(dir).assert().success();
+    }
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    for (rel, bytes) in snapshot(from) {
+        let p = to.join(rel);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(p, bytes).unwrap();
+    }
+}
+
+fn dir_size(dir: &Path) -> u64 {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().metadata().unwrap().len())
+        .sum()
+}
+
+fn head(store: &Path) -> String {
+    let out = cairn(store).args(["log", "--json"]).output().unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    v[0]["id"].as_str().unwrap().to_string()
+}
+
+fn log_ids(store: &Path, rev: &str) -> Vec<String> {
+    let out = cairn(store).args(["log", rev, "--json"]).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["id"].as_str().unwrap().to_string())
+        .collect()
+}
+
+/// The remote's heads of `name` as a fetch into `store` sees them.
+fn remote_heads(r: &Remote, store: &Path, name: &str) -> Vec<String> {
+    let out = r.cairn(store).args(["fetch", "--json"]).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    v["refs"][name]
+        .as_array()
+        .map(|a| a.iter().map(|c| c.as_str().unwrap().to_string()).collect())
+        .unwrap_or_default()
+}
+
+/// A store with `n` commits of a changing checkpoint (safetensors + config), pushed to `r`.
+fn pushed_store(t: &Path, r: &Remote, n: u64) -> (PathBuf, Vec<PathBuf>) {
+    let store = t.join("origin-store");
+    cairn(&store).arg("init").assert().success();
+    let mut cks = Vec::new();
+    for i in 0..n {
+        let ck = t.join(format!("ck{i}"));
+        checkpoint(&ck, i);
+        cairn(&store)
+            .args(["commit", "-m", &format!("step {i}")])
+            .arg(&ck)
+            .assert()
+            .success();
+        cks.push(ck);
+    }
+    r.cairn(&store)
+        .args(["remote", "add", "origin", &r.url])
+        .assert()
+        .success();
+    r.cairn(&store).arg("push").assert().success();
+    (store, cks)
+}
+
+/// Push, clone, checkout of every commit byte for byte with its history; then a second
+/// commit goes up by a fast-forward push and comes down by pull; a diverged push is refused.
+fn roundtrip(t: &Path, r: &Remote) {
+    let (store, cks) = pushed_store(t, r, 3);
+    let copy = t.join("copy");
+    r.clone_to(&copy);
+    assert_eq!(log_ids(&copy, "HEAD"), log_ids(&store, "HEAD"));
+    for (i, ck) in cks.iter().enumerate() {
+        let dst = t.join(format!("out{i}"));
+        cairn(&copy)
+            .args(["checkout", &format!("HEAD~{}", cks.len() - 1 - i)])
+            .arg(&dst)
+            .assert()
+            .success();
+        assert_eq!(snapshot(&dst), snapshot(ck), "commit {i}");
+    }
+    fsck_read_data_clean(&copy);
+    // A new commit upstream: fetch shows it as origin/main, pull brings it with its data.
+    let ck = t.join("ck-next");
+    copy_dir(cks.last().unwrap(), &ck);
+    std::fs::write(ck.join("optimizer.pt"), noise(999, 3_000_000)).unwrap();
+    let before = dir_size(&store.join("packs"));
+    cairn(&store).arg("commit").arg(&ck).assert().success();
+    let grown = dir_size(&store.join("packs")) - before;
+    let pushed = r.cairn(&store).args(["push", "--json"]).output().unwrap();
+    assert!(pushed.status.success());
+    let v: serde_json::Value = serde_json::from_slice(&pushed.stdout).unwrap();
+    // Only what the remote lacks travels: about what the commit added to the local store.
+    let sent = v["bytes_sent"].as_u64().unwrap();
+    let logical: u64 = snapshot(&ck).values().map(|b| b.len() as u64).sum();
+    assert!(
+        sent <= grown + (64 << 10) && sent < logical / 2,
+        "sent {sent}, the commit stored {grown}, logical {logical}"
+    );
+    r.cairn(&copy).arg("fetch").assert().success();
+    assert_eq!(log_ids(&copy, "origin/main")[0], head(&store));
+    r.cairn(&copy).arg("pull").assert().success();
+    assert_eq!(head(&copy), head(&store));
+    let dst = t.join("out-next");
+    cairn(&copy)
+        .args(["checkout", "HEAD"])
+        .arg(&dst)
+        .assert()
+        .success();
+    assert_eq!(snapshot(&dst), snapshot(&ck));
+    // Diverge: each side commits; the second push is refused, and so is pulling into it.
+    let a = t.join("ck-a");
+    checkpoint(&a, 21);
+    cairn(&store).arg("commit").arg(&a).assert().success();
+    r.cairn(&store).arg("push").assert().success();
+    let b = t.join("ck-b");
+    checkpoint(&b, 22);
+    cairn(&copy).arg("commit").arg(&b).assert().success();
+    let out = r.cairn(&copy).arg("push").output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("non-fast-forward"), "{err}");
+    let out = r.cairn(&copy).arg("pull").output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("cannot fast-forward"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // --force replaces it; nothing else changed on the remote.
+    r.cairn(&copy).args(["push", "--force"]).assert().success();
+    assert_eq!(
+        remote_heads(r, &store, "refs/heads/main"),
+        vec![head(&copy)]
+    );
+    let out = r
+        .cairn(&store)
+        .args(["fsck", "--remote", "origin", "--read-data"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+}
+
+#[test]
+fn file_remote_roundtrip_fast_forward_and_refused_divergence() {
+    let t = tempfile::tempdir().unwrap();
+    roundtrip(t.path(), &Remote::file(t.path()));
+}
+
+#[test]
+fn seaweedfs_roundtrip_fast_forward_and_refused_divergence() {
+    let t = tempfile::tempdir().unwrap();
+    let r = Remote::s3(Server::seaweed(t.path()), "runs/roundtrip");
+    roundtrip(t.path(), &r);
+}
+
+/// `n` stores cloned from the remote each commit on one branch and push at once, three rounds
+/// (a branch per round): every push that exits 0 is a head of the remote's branch afterwards
+/// (none silently lost; more than one head is divergence, which fetch and fsck report), every
+/// other is refused as non-fast-forward. Then each pushes a branch of its own: all succeed.
+fn concurrent_pushes(t: &Path, r: &Remote, n: usize) {
+    let (store, _) = pushed_store(t, r, 1);
+    let mut acked_total = 0;
+    for round in 0..3u64 {
+        let branch = format!("race{round}");
+        cairn(&store).args(["branch", &branch]).assert().success();
+        r.cairn(&store)
+            .args(["push", "origin", &branch])
+            .assert()
+            .success();
+        let mut clones = Vec::new();
+        let mut commits = Vec::new();
+        for i in 0..n {
+            let c = t.join(format!("pusher{round}-{i}"));
+            r.clone_to(&c);
+            cairn(&c).args(["switch", &branch]).assert().success();
+            let ck = t.join(format!("p{round}-{i}"));
+            std::fs::create_dir_all(&ck).unwrap();
+            std::fs::write(ck.join("w.bin"), noise(100 * round + i as u64, 64 << 10)).unwrap();
+            cairn(&c).arg("commit").arg(&ck).assert().success();
+            commits.push(head(&c));
+            clones.push(c);
+        }
+        let children: Vec<_> = clones
+            .iter()
+            .map(|c| {
+                r.std_cairn(c)
+                    .arg("push")
+                    .stdout(Stdio::piped())
+                    .stderr(Stdio::piped())
+                    .spawn()
+                    .unwrap()
+            })
+            .collect();
+        let outs: Vec<_> = children
+            .into_iter()
+            .map(|c| c.wait_with_output().unwrap())
+            .collect();
+        let heads = remote_heads(r, &store, &format!("refs/heads/{branch}"));
+        let mut acked = 0;
+        for (i, o) in outs.iter().enumerate() {
+            let err = String::from_utf8_lossy(&o.stderr);
+            if o.status.success() {
+                acked += 1;
+                assert!(
+                    heads.contains(&commits[i]),
+                    "round {round}: acknowledged push {i} lost: {heads:?}"
+                );
+            } else {
+                assert_eq!(o.status.code(), Some(1), "pusher {i}: {err}");
+                assert!(
+                    err.contains("non-fast-forward") || err.contains("run `cairn fetch` first"),
+                    "pusher {i}: {err}"
+                );
+                assert!(!heads.contains(&commits[i]));
+            }
+        }
+        assert!(acked >= 1, "round {round}: no push succeeded");
+        // Heads are exactly the acknowledged pushes.
+        assert_eq!(heads.len(), acked, "round {round}: {heads:?}");
+        acked_total += acked;
+    }
+    assert!(acked_total >= 3);
+    // On branches of their own, all succeed.
+    let mut clones = Vec::new();
+    for i in 0..n {
+        let c = t.join(format!("own{i}"));
+        r.clone_to(&c);
+        let ck = t.join(format!("own-ck{i}"));
+        std::fs::create_dir_all(&ck).unwrap();
+        std::fs::write(ck.join("w.bin"), noise(5000 + i as u64, 64 << 10)).unwrap();
+        cairn(&c)
+            .args(["branch", &format!("b{i}")])
+            .assert()
+            .success();
+        cairn(&c)
+            .args(["switch", &format!("b{i}")])
+            .assert()
+            .success();
+        cairn(&c).arg("commit").arg(&ck).assert().success();
+        clones.push(c);
+    }
+    let children: Vec<_> = clones
+        .iter()
+        .map(|c| {
+            r.std_cairn(c)
+                .arg("push")
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    for (i, ch) in children.into_iter().enumerate() {
+        let o = ch.wait_with_output().unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        assert_eq!(
+            remote_heads(r, &store, &format!("refs/heads/b{i}")),
+            vec![head(&clones[i])]
+        );
+    }
+    let out = r
+        .cairn(&store)
+        .args(["fsck", "--remote", "origin", "--read-data"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    // Divergence the races left is reported; nothing else is wrong.
+    for line in text.lines().filter(|l| l.contains('\t')) {
+        assert!(line.starts_with("diverged-ref"), "{text}");
+    }
+}
+
+#[test]
+fn concurrent_pushes_on_seaweedfs_lose_nothing() {
+    let t = tempfile::tempdir().unwrap();
+    let r = Remote::s3(Server::seaweed(t.path()), "runs/concurrent");
+    concurrent_pushes(t.path(), &r, 4);
+}
+
+#[test]
+fn concurrent_pushes_on_s3rver_without_compare_and_swap_lose_nothing() {
+    let t = tempfile::tempdir().unwrap();
+    let r = Remote::s3(Server::s3rver(t.path()), "runs/concurrent");
+    concurrent_pushes(t.path(), &r, 4);
+    let t2 = tempfile::tempdir().unwrap();
+    let r2 = Remote::s3(Server::s3rver(t2.path()), "runs/two");
+    concurrent_pushes(t2.path(), &r2, 2);
+}
+
+/// kill -9 of a push at several moments, each resumed by the next push: nothing is visible
+/// until a push completes, finished packs are not sent again, and the remote checks clean.
+#[test]
+fn a_killed_push_resumes_and_the_remote_checks_clean() {
+    let t = tempfile::tempdir().unwrap();
+    let r = Remote::s3(Server::seaweed(t.path()), "runs/killed");
+    let store = t.path().join("s");
+    cairn(&store).arg("init").assert().success();
+    let mut cks = Vec::new();
+    for i in 0..3u64 {
+        let ck = t.path().join(format!("big{i}"));
+        std::fs::create_dir_all(&ck).unwrap();
+        std::fs::write(ck.join("w.bin"), noise(50 + i, 12 << 20)).unwrap();
+        cairn(&store).arg("commit").arg(&ck).assert().success();
+        cks.push(ck);
+    }
+    r.cairn(&store)
+        .args(["remote", "add", "origin", &r.url])
+        .assert()
+        .success();
+    let watcher = t.path().join("watcher");
+    cairn(&watcher).arg("init").assert().success();
+    r.cairn(&watcher)
+        .args(["remote", "add", "origin", &r.url])
+        .assert()
+        .success();
+    let mut resumed = 0;
+    let mut killed = 0;
+    for round in 0..6u64 {
+        let mut child = r
+            .std_cairn(&store)
+            .args(["push", "--json", "--pack-size", "2000000"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(150 + round * 137 % 400));
+        let done = child.try_wait().unwrap().is_some();
+        if !done {
+            child.kill().unwrap();
+            killed += 1;
+        }
+        let out = child.wait_with_output().unwrap();
+        let heads = remote_heads(&r, &watcher, "refs/heads/main");
+        if out.status.success() {
+            let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+            resumed += v["resumed_packs"].as_u64().unwrap();
+            assert_eq!(heads, vec![head(&store)]);
+            break;
+        }
+        assert!(heads.is_empty(), "a killed push became visible: {heads:?}");
+    }
+    assert!(killed >= 1, "no push was killed");
+    // Whatever state the rounds left, a last push completes.
+    let out = r.cairn(&store).args(["push", "--json"]).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    resumed += v["resumed_packs"].as_u64().unwrap();
+    assert!(resumed >= 1, "no finished pack was reused");
+    let out = r
+        .cairn(&store)
+        .args(["fsck", "--remote", "origin", "--read-data"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let copy = t.path().join("copy");
+    r.clone_to(&copy);
+    let dst = t.path().join("out");
+    cairn(&copy)
+        .args(["checkout", "HEAD"])
+        .arg(&dst)
+        .assert()
+        .success();
+    assert_eq!(snapshot(&dst), snapshot(&cks[2]));
+}
+
+/// A flipped byte in a remote pack is an error naming it, never wrong bytes; fsck --remote
+/// --read-data reports it.
+#[test]
+fn a_flipped_byte_in_a_remote_pack_is_caught() {
+    let t = tempfile::tempdir().unwrap();
+    let r = Remote::file(t.path());
+    let (store, _) = pushed_store(t.path(), &r, 2);
+    let packs = t.path().join("bucket/packs");
+    let biggest = std::fs::read_dir(&packs)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .max_by_key(|p| std::fs::metadata(p).unwrap().len())
+        .unwrap();
+    let mut b = std::fs::read(&biggest).unwrap();
+    let mid = b.len() / 2;
+    b[mid] ^= 0x10;
+    std::fs::write(&biggest, b).unwrap();
+    let name = biggest.file_name().unwrap().to_str().unwrap().to_string();
+    let out = Command::new(bin())
+        .args(["clone", &r.url])
+        .arg(t.path().join("copy"))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains(&name) && err.contains("damaged"), "{err}");
+    let out = cairn(&store)
+        .args(["fsck", "--remote", "origin", "--read-data"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("corrupt-pack") && text.contains(&name),
+        "{text}"
+    );
+}
+
+/// An index object no record names is ignored: it cannot make a pusher skip a chunk.
+#[test]
+fn a_forged_index_is_ignored() {
+    use cairn::remote::layout::{Index, PackKind, PackListing, index_name};
+    let t = tempfile::tempdir().unwrap();
+    let r = Remote::file(t.path());
+    let (store, _) = pushed_store(t.path(), &r, 1);
+    // The chunk a new file will have, claimed by a forged index in a pack that does not exist.
+    let content = noise(77, 100_000);
+    let dir = t.path().join("forge");
+    std::fs::create_dir_all(&dir).unwrap();
+    let mut w = cairn::storage::pack::PackWriter::create(&dir).unwrap();
+    let id = cairn::ChunkId::of(&content);
+    w.append_chunk(
+        id,
+        cairn::codec::Encoding::Raw,
+        content.len() as u64,
+        &content,
+        None,
+        0,
+    )
+    .unwrap();
+    let sealed = w.seal().unwrap();
+    let idx = Index {
+        packs: vec![PackListing {
+            id: sealed.id,
+            kind: PackKind::Data,
+            size: sealed.size,
+            blake3: [0; 32],
+            entries: sealed.entries.clone(),
+        }],
+        released: vec![],
+    };
+    let (h, bytes) = idx.encode();
+    let path = t.path().join("bucket").join(index_name(&h));
+    std::fs::write(&path, bytes).unwrap();
+    let ck = t.path().join("ck-new");
+    std::fs::create_dir_all(&ck).unwrap();
+    std::fs::write(ck.join("new.bin"), &content).unwrap();
+    cairn(&store).arg("commit").arg(&ck).assert().success();
+    let out = cairn(&store).args(["push", "--json"]).output().unwrap();
+    assert!(out.status.success());
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(v["chunks"].as_u64().unwrap() >= 1, "{v}");
+    let copy = t.path().join("copy");
+    r.clone_to(&copy);
+    let dst = t.path().join("out");
+    cairn(&copy)
+        .args(["checkout", "HEAD"])
+        .arg(&dst)
+        .assert()
+        .success();
+    assert_eq!(std::fs::read(dst.join("new.bin")).unwrap(), content);
+}
+
+/// A prefix holding objects cairn did not write, and a layout from a newer cairn, are refused;
+/// a bad URL and an unknown remote are clear errors; credentials never reach a message.
+#[test]
+fn foreign_buckets_newer_layouts_and_bad_remotes_are_refused() {
+    let t = tempfile::tempdir().unwrap();
+    let store = t.path().join("s");
+    cairn(&store).arg("init").assert().success();
+    let ck = t.path().join("ck");
+    checkpoint(&ck, 1);
+    cairn(&store).arg("commit").arg(&ck).assert().success();
+    let foreign = t.path().join("foreign");
+    std::fs::create_dir_all(&foreign).unwrap();
+    std::fs::write(foreign.join("holiday.jpg"), b"not ours").unwrap();
+    cairn(&store)
+        .args([
+            "remote",
+            "add",
+            "f",
+            &format!("file://{}", foreign.display()),
+        ])
+        .assert()
+        .success();
+    let out = cairn(&store).args(["push", "f"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("not a cairn remote") && err.contains("holiday.jpg"),
+        "{err}"
+    );
+    let newer = t.path().join("newer");
+    std::fs::create_dir_all(&newer).unwrap();
+    std::fs::write(
+        newer.join("cairn-remote"),
+        br#"{"format":"cairn-remote","layout":99}"#,
+    )
+    .unwrap();
+    cairn(&store)
+        .args(["remote", "add", "n", &format!("file://{}", newer.display())])
+        .assert()
+        .success();
+    for cmd in [vec!["push", "n"], vec!["fetch", "n"]] {
+        let out = cairn(&store).args(&cmd).output().unwrap();
+        assert_eq!(out.status.code(), Some(1));
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.contains("layout 99") && err.contains("upgrade cairn"),
+            "{err}"
+        );
+    }
+    for (args, want) in [
+        (
+            vec!["remote", "add", "x", "http://bucket"],
+            "bad remote URL",
+        ),
+        (
+            vec!["remote", "add", "../x", "s3://bucket/p"],
+            "bad remote name",
+        ),
+        (vec!["push", "nosuch"], "no remote named"),
+        (vec!["fetch", "nosuch"], "no remote named"),
+    ] {
+        let out = cairn(&store).args(&args).output().unwrap();
+        assert_eq!(out.status.code(), Some(1), "{args:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(want), "{args:?}: {err}");
+    }
+    // An endpoint nobody listens on: a clear error, bounded in time, without the secret.
+    cairn(&store)
+        .args(["remote", "add", "dead", "s3://cairn/p"])
+        .assert()
+        .success();
+    let start = Instant::now();
+    let out = cairn(&store)
+        .args(["push", "dead"])
+        .env(
+            "AWS_ENDPOINT_URL",
+            format!("http://127.0.0.1:{}", free_port()),
+        )
+        .env("AWS_ALLOW_HTTP", "true")
+        .env("AWS_ACCESS_KEY_ID", "AKIAEXAMPLEKEYID")
+        .env("AWS_SECRET_ACCESS_KEY", "SuperSecretValue123")
+        .env("HOME", "/nonexistent")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("s3://cairn/p"), "{err}");
+    assert!(
+        !err.contains("SuperSecretValue123") && !err.contains("AKIAEXAMPLEKEYID"),
+        "{err}"
+    );
+    assert!(start.elapsed() < Duration::from_secs(90));
+    // Nothing of the credentials is stored.
+    let remotes = std::fs::read_to_string(store.join("remotes.json")).unwrap();
+    assert!(!remotes.contains("Secret"));
+}
+
+/// History whose older commits retention pruned travels without their data: the clone knows
+/// them as pruned (log and show work, checkout says so), the newest checks out byte for byte,
+/// and both fsck runs are clean.
+#[test]
+fn pruned_history_is_pushed_without_its_data() {
+    let t = tempfile::tempdir().unwrap();
+    let r = Remote::file(t.path());
+    let store = t.path().join("s");
+    cairn(&store).arg("init").assert().success();
+    cairn(&store)
+        .args(["retention", "set", "keep-last 1"])
+        .assert()
+        .success();
+    let mut last = PathBuf::new();
+    for i in 0..3u64 {
+        let ck = t.path().join(format!("ck{i}"));
+        checkpoint(&ck, i);
+        cairn(&store).arg("commit").arg(&ck).assert().success();
+        last = ck;
+    }
+    cairn(&store)
+        .args(["remote", "add", "origin", &r.url])
+        .assert()
+        .success();
+    cairn(&store).arg("push").assert().success();
+    cairn(&store)
+        .args(["fsck", "--remote", "origin", "--read-data"])
+        .assert()
+        .success();
+    let copy = t.path().join("copy");
+    r.clone_to(&copy);
+    assert_eq!(log_ids(&copy, "HEAD"), log_ids(&store, "HEAD"));
+    let out = cairn(&copy)
+        .args(["checkout", "HEAD~2"])
+        .arg(t.path().join("old"))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("pruned"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let dst = t.path().join("new");
+    cairn(&copy)
+        .args(["checkout", "HEAD"])
+        .arg(&dst)
+        .assert()
+        .success();
+    assert_eq!(snapshot(&dst), snapshot(&last));
+    fsck_read_data_clean(&copy);
+}
