@@ -1286,3 +1286,49 @@ pub fn fsck_remote(
         .sort_by(|a, b| (&a.kind, &a.subject).cmp(&(&b.kind, &b.subject)));
     Ok(rep)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ops::commit::{CommitBuilder, CommitOptions};
+    use crate::ops::progress::NoProgress;
+
+    fn commit(store: &Store, name: &str, data: Vec<u8>) -> CommitId {
+        let mut b = CommitBuilder::new(store, CommitOptions::default());
+        b.add_bytes(name, data).unwrap();
+        b.commit().unwrap().commit
+    }
+
+    /// The library's surface on object_store's in-memory store: push, clone, pull, and a
+    /// refused non-fast-forward, all synchronous.
+    #[test]
+    fn push_clone_pull_through_an_in_memory_bucket() {
+        let t = tempfile::tempdir().unwrap();
+        let mem: std::sync::Arc<dyn object_store::ObjectStore> =
+            std::sync::Arc::new(object_store::memory::InMemory::new());
+        let bucket = Bucket::with_store(mem, "memory://test").unwrap();
+        let a = Store::init(&t.path().join("a")).unwrap();
+        local::add_remote(&a, "origin", "file:///unused").unwrap();
+        let c1 = commit(&a, "w.bin", vec![7u8; 300_000]);
+        let out = push(&a, "origin", &bucket, &PushOptions::default(), &NoProgress).unwrap();
+        assert_eq!(out.refs[0].new, c1);
+        assert_eq!(out.refs[0].status, "updated");
+        let b_dir = t.path().join("b");
+        let cl = clone("file:///unused", &bucket, &b_dir, &NoProgress).unwrap();
+        assert_eq!(cl.refs["refs/heads/main"], c1);
+        let b = Store::open(&b_dir).unwrap();
+        let c2 = commit(&a, "w.bin", vec![8u8; 300_000]);
+        push(&a, "origin", &bucket, &PushOptions::default(), &NoProgress).unwrap();
+        let p = pull(&b, "origin", &bucket, None, &NoProgress).unwrap();
+        assert_eq!((p.new, p.status.as_str()), (c2, "fast-forward"));
+        let tree = b.tree(b.commit(c2).unwrap().tree).unwrap();
+        let chunk = tree.files["w.bin"].chunks().next().unwrap().id;
+        assert_eq!(b.read_chunk(chunk).unwrap()[0], 8);
+        // b commits on top of c2, a on top of c2 too: whoever pushes second is refused.
+        commit(&b, "x.bin", vec![1; 10]);
+        commit(&a, "y.bin", vec![2; 10]);
+        push(&a, "origin", &bucket, &PushOptions::default(), &NoProgress).unwrap();
+        let err = push(&b, "origin", &bucket, &PushOptions::default(), &NoProgress).unwrap_err();
+        assert!(matches!(err, RemoteError::NonFastForward { .. }), "{err}");
+    }
+}
