@@ -10,6 +10,9 @@ pub enum Error {
     /// The store directory, its objects, chunks, refs and records.
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// A remote: its URL, its bucket's objects, the ref protocol.
+    #[error(transparent)]
+    Remote(#[from] crate::remote::RemoteError),
     /// Resolving a revision name.
     #[error(transparent)]
     Rev(#[from] crate::ops::rev::RevError),
@@ -114,6 +117,20 @@ impl Error {
                 | ReadError::OutDir(crate::ops::read::OutDirError::Io { .. }) => ErrorKind::Other,
                 _ => ErrorKind::BadInput,
             },
+            Error::Remote(r) => {
+                use crate::remote::RemoteError as R;
+                match r {
+                    R::Store(s) => store_kind(s),
+                    R::NoSuchRemote { .. } | R::NoSuchRef { .. } => ErrorKind::NotFound,
+                    R::BadObject { .. } | R::Missing { .. } | R::Pack(_) => ErrorKind::Corrupt,
+                    R::BadUrl { .. }
+                    | R::BadName { .. }
+                    | R::RemoteExists { .. }
+                    | R::NotCairn { .. }
+                    | R::NotEmpty { .. } => ErrorKind::BadInput,
+                    _ => ErrorKind::Other,
+                }
+            }
             Error::Verification(_) | Error::Index(_) | Error::Pack(_) | Error::Object(_) => {
                 ErrorKind::Corrupt
             }

@@ -19,6 +19,7 @@
 use cairn::model::object::{DatasetRef, GitInfo};
 use cairn::ops::commit::async_commit::AsyncOptions;
 use cairn::ops::gc::{Direction, Retention};
+use cairn::ops::progress::NoProgress;
 use cairn::ops::read::{self, CheckoutOptions};
 use cairn::ops::{catalog, diff, gc, inspect, provenance, rev};
 use cairn::{
@@ -659,6 +660,68 @@ impl RawStore {
         json(&lib(out)?)
     }
 
+    /// Add remote `name` at `url` (`s3://BUCKET/PREFIX` or `file:///PATH`).
+    fn add_remote(&self, name: &str, url: &str) -> PyResult<String> {
+        let u = lib(cairn::remote::local::add_remote(&self.store, name, url))?;
+        Ok(u.to_string())
+    }
+
+    /// Every remote with its URL and tracking refs, as JSON (`cairn remote list --json`).
+    fn remotes(&self) -> PyResult<String> {
+        let all = lib(cairn::remote::local::remotes(&self.store))?;
+        let mut v = serde_json::Map::new();
+        for (n, e) in &all {
+            let t = lib(cairn::remote::local::tracking(&self.store, n))?;
+            v.insert(n.clone(), serde_json::json!({"url": e.url, "refs": t.refs}));
+        }
+        json(&v)
+    }
+
+    /// Push `refs` (default: the current branch) to `remote`; the outcome as JSON.
+    #[pyo3(signature = (remote, refs, all=false, force=false))]
+    fn push(
+        &self,
+        py: Python<'_>,
+        remote: &str,
+        refs: Vec<String>,
+        all: bool,
+        force: bool,
+    ) -> PyResult<String> {
+        let store = &*self.store;
+        let out = py.detach(move || -> cairn::Result<_> {
+            let b = bucket(store, remote)?;
+            let opts = cairn::ops::sync::PushOptions {
+                refs,
+                all,
+                force,
+                pack_size: None,
+            };
+            Ok(cairn::ops::sync::push(store, remote, &b, &opts, &NoProgress)?)
+        });
+        json(&lib(out)?)
+    }
+
+    /// Fetch `remote`'s refs, commits and trees; the outcome as JSON.
+    fn fetch(&self, py: Python<'_>, remote: &str) -> PyResult<String> {
+        let store = &*self.store;
+        let out = py.detach(move || -> cairn::Result<_> {
+            let b = bucket(store, remote)?;
+            Ok(cairn::ops::sync::fetch(store, remote, &b, &NoProgress)?)
+        });
+        json(&lib(out)?)
+    }
+
+    /// Fetch, then fast-forward `branch` (default: the current one); the outcome as JSON.
+    #[pyo3(signature = (remote, branch=None))]
+    fn pull(&self, py: Python<'_>, remote: &str, branch: Option<String>) -> PyResult<String> {
+        let store = &*self.store;
+        let out = py.detach(move || -> cairn::Result<_> {
+            let b = bucket(store, remote)?;
+            Ok(cairn::ops::sync::pull(store, remote, &b, branch.as_deref(), &NoProgress)?)
+        });
+        json(&lib(out)?)
+    }
+
     /// What changed from `a` to `b`, as JSON (`cairn diff --json`).
     fn diff(&self, py: Python<'_>, a: &str, b: &str) -> PyResult<String> {
         let (a, b) = (self.resolve_rev(a)?, self.resolve_rev(b)?);
@@ -823,11 +886,37 @@ impl RawHandle {
     }
 }
 
+/// S3 options as the CLI finds them: `~/.aws` files and the `AWS_*` variables.
+fn remote_options() -> cairn::remote::RemoteOptions {
+    cairn::remote::RemoteOptions::discover(
+        |k| std::env::var(k).ok(),
+        |p| std::fs::read_to_string(p).ok(),
+    )
+}
+
+/// The bucket of `store`'s remote `name`.
+fn bucket(store: &Store, name: &str) -> cairn::Result<cairn::remote::Bucket> {
+    let url = cairn::remote::local::remote_url(store, name)?;
+    Ok(cairn::remote::Bucket::open(&url, &remote_options())?)
+}
+
+/// Clone the remote at `url` into a new store at `path`; the outcome as JSON.
+#[pyfunction]
+fn clone(py: Python<'_>, url: &str, path: PathBuf) -> PyResult<String> {
+    let out = py.detach(move || -> cairn::Result<_> {
+        let u = cairn::remote::RemoteUrl::parse(url)?;
+        let b = cairn::remote::Bucket::open(&u, &remote_options())?;
+        Ok(cairn::ops::sync::clone(&u.to_string(), &b, &path, &NoProgress)?)
+    });
+    json(&lib(out)?)
+}
+
 #[pymodule]
 fn _cairn(m: &Bound<'_, PyModule>) -> PyResult<()> {
     let py = m.py();
     m.add_class::<RawStore>()?;
     m.add_class::<RawHandle>()?;
+    m.add_function(wrap_pyfunction!(clone, m)?)?;
     m.add("Error", py.get_type::<Error>())?;
     m.add("NotFoundError", py.get_type::<NotFoundError>())?;
     m.add("PrunedError", py.get_type::<PrunedError>())?;

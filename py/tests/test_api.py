@@ -108,3 +108,28 @@ def test_cli_commit_reads_back_identically_through_python(store, cli, tmp_path):
     out = tmp_path / "out"
     store.checkout("HEAD", out)
     assert (out / "model.safetensors").read_bytes() == (ck / "model.safetensors").read_bytes()
+
+
+def test_push_clone_pull_through_a_remote(store, tmp_path):
+    """The remote operations from Python: push to a file:// remote, clone elsewhere, a second
+    commit pulled across, tensors equal; a non-fast-forward raises."""
+    w = np.arange(1000, dtype=np.float32)
+    store.commit({"model.safetensors": {"w": w}}, "one")
+    url = f"file://{tmp_path / 'bucket'}"
+    assert store.add_remote("origin", url) == url
+    out = store.push()
+    assert out["refs"][0]["status"] == "updated" and out["chunks"] >= 1
+    copy = cairn.Store.clone(url, tmp_path / "copy")
+    assert copy.resolve("HEAD") == store.resolve("HEAD")
+    store.commit({"model.safetensors": {"w": w * 2}}, "two")
+    store.push()
+    assert copy.pull()["status"] == "fast-forward"
+    got = copy.tensor("HEAD", "model.safetensors:w", framework="numpy")
+    assert (got == w * 2).all()
+    assert copy.fetch()["refs"]["refs/heads/main"] == [store.resolve("HEAD")]
+    assert copy.remotes()["origin"]["url"] == url
+    store.commit({"model.safetensors": {"w": w * 3}}, "three")
+    copy.commit({"model.safetensors": {"w": w * 4}}, "four")
+    store.push()
+    with pytest.raises(cairn.Error, match="non-fast-forward"):
+        copy.push()

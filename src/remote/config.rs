@@ -183,6 +183,32 @@ impl RemoteOptions {
         }
     }
 
+    /// Options the way the AWS CLI finds them, through the caller's accessors (the library reads
+    /// no environment itself): `var` gives a variable's value, `read` a file's text. Reads
+    /// `$AWS_SHARED_CREDENTIALS_FILE` (else `$HOME/.aws/credentials`) and `$AWS_CONFIG_FILE`
+    /// (else `$HOME/.aws/config`) for `$AWS_PROFILE`, then lays the variables over them
+    /// ([`RemoteOptions::with_env`]).
+    pub fn discover(
+        var: impl Fn(&str) -> Option<String>,
+        read: impl Fn(&std::path::Path) -> Option<String>,
+    ) -> RemoteOptions {
+        let home = var("HOME").map(PathBuf::from);
+        let file = |name: &str, default: &str| -> String {
+            var(name)
+                .map(PathBuf::from)
+                .or_else(|| home.as_ref().map(|h| h.join(".aws").join(default)))
+                .and_then(|p| read(&p))
+                .unwrap_or_default()
+        };
+        let profile = var("AWS_PROFILE");
+        RemoteOptions::from_aws(
+            &file("AWS_SHARED_CREDENTIALS_FILE", "credentials"),
+            &file("AWS_CONFIG_FILE", "config"),
+            profile.as_deref(),
+        )
+        .with_env(var)
+    }
+
     /// Lay the standard variables over these options: `vars` gives each variable's value
     /// (`AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`, `AWS_SESSION_TOKEN`, `AWS_REGION` or
     /// `AWS_DEFAULT_REGION`, `AWS_ENDPOINT_URL` or `AWS_ENDPOINT_URL_S3`, `AWS_ALLOW_HTTP`).

@@ -8,7 +8,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from . import _state, _tensors
+from . import _cairn, _state, _tensors
 from ._cairn import BadInputError, NotFoundError, RawHandle, RawStore
 
 PathLike = str | os.PathLike
@@ -329,6 +329,45 @@ class Store:
     def checkout(self, rev: str, dir: PathLike, *, force: bool = False) -> dict:
         """Write every file of ``rev`` into ``dir``, byte for byte, as ``cairn checkout``."""
         return json.loads(self._raw.checkout(rev, os.fspath(dir), force))
+
+    def add_remote(self, name: str, url: str) -> str:
+        """Add remote ``name`` at ``url`` (``s3://BUCKET/PREFIX`` or ``file:///PATH``), as
+        ``cairn remote add``; returns the URL as stored. S3 settings come from the ``AWS_*``
+        variables and ``~/.aws`` files when a transfer runs, never from the store."""
+        return self._raw.add_remote(name, url)
+
+    def remotes(self) -> dict:
+        """Every remote: ``{name: {"url", "refs": {full ref: [heads]}}}``."""
+        return json.loads(self._raw.remotes())
+
+    def push(
+        self,
+        remote: str = "origin",
+        refs: Iterable[str] = (),
+        *,
+        all: bool = False,
+        force: bool = False,
+    ) -> dict:
+        """Send ``refs`` (branches or tags; default the current branch) to ``remote``, only what
+        it lacks, as ``cairn push --json``. Raises on a non-fast-forward unless ``force``."""
+        return json.loads(self._raw.push(remote, list(refs), all, force))
+
+    def fetch(self, remote: str = "origin") -> dict:
+        """Read ``remote``'s refs, commits and trees (no tensor data), as ``cairn fetch --json``;
+        ``REMOTE/BRANCH`` revisions then resolve."""
+        return json.loads(self._raw.fetch(remote))
+
+    def pull(self, remote: str = "origin", branch: str | None = None) -> dict:
+        """Fetch, then fast-forward ``branch`` (default the current one) with its data, as
+        ``cairn pull --json``."""
+        return json.loads(self._raw.pull(remote, branch))
+
+    @classmethod
+    def clone(cls, url: str, path: PathLike) -> Store:
+        """A new store at ``path`` holding everything the remote at ``url`` holds, as
+        ``cairn clone``; ``origin`` is configured."""
+        _cairn.clone(url, os.fspath(path))
+        return cls(path)
 
     def tensor(self, rev: str, spec: str, *, framework: str | None = None):
         """Tensor ``spec`` (``FILE:NAME``, or ``NAME`` when unique) of ``rev``; only its chunks

@@ -8,26 +8,15 @@ use crate::render::{human, out, print_json, progress};
 use anyhow::{Result, bail};
 use cairn::Store;
 use cairn::remote::{Bucket, RemoteOptions, RemoteUrl, local};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 /// S3 options: `~/.aws/credentials` and `~/.aws/config` (or `$AWS_SHARED_CREDENTIALS_FILE`,
 /// `$AWS_CONFIG_FILE`) for `$AWS_PROFILE`, then the `AWS_*` variables over them.
 fn options() -> RemoteOptions {
-    let home = std::env::var_os("HOME").map(PathBuf::from);
-    let file = |var: &str, default: &str| -> String {
-        let path = std::env::var_os(var)
-            .map(PathBuf::from)
-            .or_else(|| home.as_ref().map(|h| h.join(".aws").join(default)));
-        path.and_then(|p| std::fs::read_to_string(p).ok())
-            .unwrap_or_default()
-    };
-    let profile = std::env::var("AWS_PROFILE").ok();
-    RemoteOptions::from_aws(
-        &file("AWS_SHARED_CREDENTIALS_FILE", "credentials"),
-        &file("AWS_CONFIG_FILE", "config"),
-        profile.as_deref(),
+    RemoteOptions::discover(
+        |k| std::env::var(k).ok(),
+        |p| std::fs::read_to_string(p).ok(),
     )
-    .with_env(|k| std::env::var(k).ok())
 }
 
 fn bucket_for(url: &RemoteUrl) -> Result<Bucket> {
