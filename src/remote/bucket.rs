@@ -57,6 +57,9 @@ pub struct TrafficCount {
 pub struct Bucket {
     rt: tokio::runtime::Runtime,
     store: Arc<dyn ObjectStore>,
+    /// For `file://` remotes, the directory: objects written there are fsynced with their
+    /// directories before a put returns (`object_store`'s local store renames but never syncs).
+    local_root: Option<std::path::PathBuf>,
     prefix: String,
     url: String,
     traffic: Traffic,
@@ -88,6 +91,10 @@ impl Bucket {
             op: "connect",
             object: String::new(),
             message,
+        };
+        let local_root = match url {
+            RemoteUrl::File { path } => Some(path.clone()),
+            RemoteUrl::S3 { .. } => None,
         };
         let (store, prefix): (Arc<dyn ObjectStore>, String) = match url {
             RemoteUrl::File { path } => {
@@ -137,6 +144,7 @@ impl Bucket {
         Ok(Bucket {
             rt,
             store,
+            local_root,
             prefix,
             url: shown,
             traffic: Traffic::default(),
@@ -156,6 +164,7 @@ impl Bucket {
         Ok(Bucket {
             rt,
             store,
+            local_root: None,
             prefix: String::new(),
             url: url.to_string(),
             traffic: Traffic::default(),
@@ -193,6 +202,27 @@ impl Bucket {
         }
     }
 
+    /// For a `file://` remote, fsync object `name` and the directories down to it, so a put
+    /// that returned survives a crash.
+    fn sync_local(&self, name: &str) -> Result<(), RemoteError> {
+        let Some(root) = &self.local_root else {
+            return Ok(());
+        };
+        let path = root.join(name);
+        std::fs::File::open(&path)
+            .and_then(|f| f.sync_all())
+            .map_err(io_at(&path))?;
+        let mut dir = path.parent();
+        while let Some(d) = dir {
+            crate::storage::fsutil::sync_dir(d).map_err(io_at(d))?;
+            if d == root.as_path() {
+                break;
+            }
+            dir = d.parent();
+        }
+        Ok(())
+    }
+
     fn count(&self, requests: u64, up: u64, down: u64) {
         self.traffic.requests.fetch_add(requests, Ordering::Relaxed);
         self.traffic.bytes_up.fetch_add(up, Ordering::Relaxed);
@@ -207,7 +237,7 @@ impl Bucket {
         self.rt
             .block_on(self.store.put(&self.path(name), PutPayload::from(bytes)))
             .map_err(|e| self.err("put", name, e))?;
-        Ok(())
+        self.sync_local(name)
     }
 
     /// Create object `name` with `bytes` unless it exists (`If-None-Match: *` where the server
@@ -226,7 +256,10 @@ impl Bucket {
             opts,
         ));
         match res {
-            Ok(_) => Ok(true),
+            Ok(_) => {
+                self.sync_local(name)?;
+                Ok(true)
+            }
             Err(object_store::Error::AlreadyExists { .. }) => Ok(false),
             Err(object_store::Error::NotImplemented { .. }) => {
                 // A store without conditional writes: check, then write.
@@ -285,8 +318,9 @@ impl Bucket {
             }
             self.count(1, 0, 0);
             w.finish().await.map_err(|e| self.err("put", name, e))?;
-            Ok(())
-        })
+            Ok::<(), RemoteError>(())
+        })?;
+        self.sync_local(name)
     }
 
     /// The bytes of object `name`, or `None` when there is none.
