@@ -696,7 +696,13 @@ impl RawStore {
                 force,
                 pack_size: None,
             };
-            Ok(cairn::ops::sync::push(store, remote, &b, &opts, &NoProgress)?)
+            Ok(cairn::ops::sync::push(
+                store,
+                remote,
+                &b,
+                &opts,
+                &NoProgress,
+            )?)
         });
         json(&lib(out)?)
     }
@@ -717,7 +723,13 @@ impl RawStore {
         let store = &*self.store;
         let out = py.detach(move || -> cairn::Result<_> {
             let b = bucket(store, remote)?;
-            Ok(cairn::ops::sync::pull(store, remote, &b, branch.as_deref(), &NoProgress)?)
+            Ok(cairn::ops::sync::pull(
+                store,
+                remote,
+                &b,
+                branch.as_deref(),
+                &NoProgress,
+            )?)
         });
         json(&lib(out)?)
     }
@@ -906,7 +918,12 @@ fn clone(py: Python<'_>, url: &str, path: PathBuf) -> PyResult<String> {
     let out = py.detach(move || -> cairn::Result<_> {
         let u = cairn::remote::RemoteUrl::parse(url)?;
         let b = cairn::remote::Bucket::open(&u, &remote_options())?;
-        Ok(cairn::ops::sync::clone(&u.to_string(), &b, &path, &NoProgress)?)
+        Ok(cairn::ops::sync::clone(
+            &u.to_string(),
+            &b,
+            &path,
+            &NoProgress,
+        )?)
     });
     json(&lib(out)?)
 }
