@@ -332,6 +332,8 @@ impl RawStore {
         let s = py
             .detach(|| Store::open(&path))
             .map_err(|e| py_err(e.into()))?;
+        // A lazy clone reads chunks it lacks from its remote.
+        lib(cairn::ops::sync::attach_lazy(&s, &remote_options()))?;
         Ok(RawStore::wrap(s))
     }
 
@@ -517,14 +519,18 @@ impl RawStore {
                     None => Vec::new(),
                 }
             } else {
-                let query = catalog::Query {
+                let mut query = catalog::Query {
                     conds: conds
                         .iter()
                         .map(|c| catalog::parse_cond(c))
                         .collect::<Result<_, _>>()?,
                     sort: sort.as_deref().map(catalog::SortKey::parse),
                     limit,
+                    branches: Default::default(),
                 };
+                if query.uses("branch") {
+                    query.branches = catalog::branch_membership(store)?;
+                }
                 let rows = if all {
                     store.view().commit_rows()?
                 } else {
@@ -912,12 +918,22 @@ fn bucket(store: &Store, name: &str) -> cairn::Result<cairn::remote::Bucket> {
     Ok(cairn::remote::Bucket::open(&url, &remote_options())?)
 }
 
-/// Clone the remote at `url` into a new store at `path`; the outcome as JSON.
+/// Clone the remote at `url` into a new store at `path` (history only, data on first read,
+/// when `lazy`); the outcome as JSON.
 #[pyfunction]
-fn clone(py: Python<'_>, url: &str, path: PathBuf) -> PyResult<String> {
+#[pyo3(signature = (url, path, lazy=false))]
+fn clone(py: Python<'_>, url: &str, path: PathBuf, lazy: bool) -> PyResult<String> {
     let out = py.detach(move || -> cairn::Result<_> {
         let u = cairn::remote::RemoteUrl::parse(url)?;
         let b = cairn::remote::Bucket::open(&u, &remote_options())?;
+        if lazy {
+            return Ok(cairn::ops::sync::clone_lazy(
+                &u.to_string(),
+                &b,
+                &path,
+                &NoProgress,
+            )?);
+        }
         Ok(cairn::ops::sync::clone(
             &u.to_string(),
             &b,

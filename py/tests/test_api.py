@@ -133,3 +133,16 @@ def test_push_clone_pull_through_a_remote(store, tmp_path):
     store.push()
     with pytest.raises(cairn.Error, match="non-fast-forward"):
         copy.push()
+
+
+def test_lazy_clone_reads_tensors_on_demand(store, tmp_path):
+    """A lazy clone from Python: history at once, a tensor fetched on first read, equal."""
+    w = np.arange(300_000, dtype=np.float32)
+    store.commit({"model.safetensors": {"w": w, "b": np.ones(10, dtype=np.float32)}}, "one")
+    url = f"file://{tmp_path / 'bucket'}"
+    store.add_remote("origin", url)
+    store.push()
+    lazy = cairn.Store.clone(url, tmp_path / "lazy", lazy=True)
+    assert [c.id for c in lazy.log()] == [c.id for c in store.log()]
+    got = lazy.tensor("HEAD", "model.safetensors:w", framework="numpy")
+    assert (got == w).all()

@@ -16,6 +16,7 @@ use crate::model::id::CommitId;
 use crate::storage::error::StoreError;
 use crate::storage::index::{CommitRow, IndexError};
 use std::cmp::Ordering;
+use std::collections::HashMap;
 
 /// A query the catalog cannot run.
 #[derive(Debug, thiserror::Error)]
@@ -248,6 +249,43 @@ pub struct Query {
     pub sort: Option<SortKey>,
     /// At most this many rows.
     pub limit: Option<usize>,
+    /// For the `branch` key: the branches (short names) whose history holds each commit, from
+    /// [`branch_membership`]. Left empty, `branch` conditions match nothing.
+    pub branches: HashMap<CommitId, Vec<String>>,
+}
+
+impl Query {
+    /// Whether a condition or the sort uses `key`.
+    pub fn uses(&self, key: &str) -> bool {
+        self.conds.iter().any(|c| c.key == key) || self.sort.as_ref().is_some_and(|s| s.key == key)
+    }
+}
+
+/// Which branches' histories (through every parent) hold each commit, by short branch name.
+pub fn branch_membership(
+    store: &crate::storage::store::Store,
+) -> Result<HashMap<CommitId, Vec<String>>> {
+    let parents: HashMap<CommitId, Vec<CommitId>> = store
+        .view()
+        .commit_rows()?
+        .into_iter()
+        .map(|(id, r)| (id, r.parents))
+        .collect();
+    let mut out: HashMap<CommitId, Vec<String>> = HashMap::new();
+    for (name, head) in store.branches()? {
+        let mut todo = vec![head];
+        let mut seen = std::collections::HashSet::new();
+        while let Some(c) = todo.pop() {
+            if !seen.insert(c) {
+                continue;
+            }
+            out.entry(c).or_default().push(name.clone());
+            if let Some(ps) = parents.get(&c) {
+                todo.extend(ps.iter().copied());
+            }
+        }
+    }
+    Ok(out)
 }
 
 /// Filter and order rows. A bare key is a metric when any row records a metric of that name.
@@ -262,11 +300,18 @@ pub fn run(query: &Query, rows: Vec<(CommitId, CommitRow)>) -> Vec<(CommitId, Co
     let mut out: Vec<(CommitId, CommitRow)> = rows
         .into_iter()
         .filter(|(id, row)| {
-            query
-                .conds
-                .iter()
-                .zip(&cond_modes)
-                .all(|(c, &m)| lookup(id, row, &c.key, m).is_some_and(|v| matches(c, &v)))
+            query.conds.iter().zip(&cond_modes).all(|(c, &m)| {
+                if c.key == "branch" {
+                    let names = query.branches.get(id).cloned().unwrap_or_default();
+                    // Exact names: `branch = ma` is not `main`.
+                    return match c.op {
+                        Op::Eq => names.contains(&c.value),
+                        Op::Ne => !names.contains(&c.value),
+                        _ => matches(c, &Value::Many(names)),
+                    };
+                }
+                lookup(id, row, &c.key, m).is_some_and(|v| matches(c, &v))
+            })
         })
         .collect();
     match &query.sort {
@@ -471,6 +516,7 @@ mod tests {
             conds: vec![parse_cond("run = b").unwrap()],
             sort: Some(SortKey::parse("val_loss")),
             limit: Some(2),
+            ..Default::default()
         };
         let out = run(&q, rows.clone());
         assert_eq!(

@@ -68,6 +68,9 @@ pub struct FsckReport {
     pub chunks_referenced: u64,
     /// Chunks the index holds.
     pub chunks_indexed: u64,
+    /// Referenced chunks only a lazy clone's remote holds (not problems; `fsck --remote`
+    /// checks them there).
+    pub chunks_remote: u64,
     /// Chunks whose data was read back and verified (`read_data`).
     pub chunks_read: u64,
     /// Raw bytes those chunks decoded to.
@@ -260,6 +263,12 @@ fn walk_refs(
                     for ch in f.chunks() {
                         let first = referenced.insert(ch.id);
                         match locs.get(&ch.id) {
+                            // A lazy clone's chunk that only its remote holds.
+                            None if first
+                                && store.chunk_source().is_some_and(|s| s.has(&ch.id)) =>
+                            {
+                                rep.chunks_remote += 1;
+                            }
                             None if first => rep.problems.push(problem(
                                 "missing-chunk",
                                 ch.id.to_hex(),

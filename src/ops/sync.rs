@@ -28,9 +28,9 @@ use crate::remote::layout::{
 use crate::remote::local::{self, Cache, JournalPack, Tracking};
 use crate::storage::error::StoreError;
 use crate::storage::index::CommitRow;
-use crate::storage::pack::{PackReader, PackWriter, SealedPack};
+use crate::storage::pack::{Entry, PackReader, PackWriter, SealedPack};
 use crate::storage::refs::{HEADS, TAGS};
-use crate::storage::store::Store;
+use crate::storage::store::{ChunkSource, Store};
 use serde::Serialize;
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::path::Path;
@@ -607,6 +607,18 @@ fn ship(
             .map_err(io_at(&sealed.path))?;
         *h.finalize().as_bytes()
     };
+    let reader = PackReader::open(&sealed.path, sealed.id)?;
+    let mut payload_hashes = Vec::with_capacity(sealed.entries.len());
+    for e in &sealed.entries {
+        let payload = reader.payload(e.offset, e.header.stored_len).map_err(|w| {
+            crate::storage::pack::PackError::Corrupt {
+                pack: sealed.id.to_hex(),
+                what: w.to_string(),
+            }
+        })?;
+        payload_hashes.push(*blake3::hash(&payload).as_bytes());
+    }
+    drop(reader);
     bucket.put_file(&layout::pack_name(sealed.id), &sealed.path, &|n| {
         progress.advance(n)
     })?;
@@ -616,6 +628,7 @@ fn ship(
         size: sealed.size,
         blake3: bytes_hash,
         entries: sealed.entries.clone(),
+        payload_hashes,
     }));
     local::set_journal(store, remote, journal)?;
     std::fs::remove_file(&sealed.path).map_err(io_at(&sealed.path))?;
@@ -692,6 +705,9 @@ pub fn push(
         record: None,
     };
     if updates.is_empty() {
+        // A journal left by a push killed after its record (or overtaken by another's) names
+        // packs nothing needs any more.
+        local::clear_outgoing(store, remote)?;
         return Ok(outcome);
     }
     // (5) Packs an interrupted push uploaded count as sent, once checked to be there.
@@ -1285,6 +1301,276 @@ pub fn fsck_remote(
     rep.problems
         .sort_by(|a, b| (&a.kind, &a.subject).cmp(&(&b.kind, &b.subject)));
     Ok(rep)
+}
+
+/// Where a lazy clone's chunks are on its remote, and the bucket to fetch them from: the
+/// [`ChunkSource`] a lazy store reads through.
+pub struct RemoteChunks {
+    remote: String,
+    bucket: Bucket,
+    /// Each chunk's pack, entry and payload hash, from the cached trusted indexes.
+    entries: HashMap<ChunkId, (PackId, Entry, [u8; 32])>,
+}
+
+/// Neighbouring ranges closer than this are read in one request.
+const COALESCE_GAP: u64 = 1 << 20;
+
+impl RemoteChunks {
+    /// The chunk map of remote `remote` from its cached index objects, fetching through
+    /// `bucket`.
+    pub fn new(store: &Store, remote: &str, bucket: Bucket) -> Result<RemoteChunks> {
+        let mut entries = HashMap::new();
+        for (_, idx) in local::cached_indexes(store, remote)? {
+            for p in idx.packs.iter().filter(|p| p.kind == PackKind::Data) {
+                for (e, h) in p.entries.iter().zip(&p.payload_hashes) {
+                    entries
+                        .entry(ChunkId(e.header.id))
+                        .or_insert((p.id, *e, *h));
+                }
+            }
+        }
+        Ok(RemoteChunks {
+            remote: remote.to_string(),
+            bucket,
+            entries,
+        })
+    }
+
+    /// Chunks the remote holds.
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    /// Whether the remote holds no chunk.
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    fn fail(&self, what: impl std::fmt::Display) -> StoreError {
+        StoreError::Fetch {
+            source_name: self.describe(),
+            what: what.to_string(),
+        }
+    }
+}
+
+impl ChunkSource for RemoteChunks {
+    fn has(&self, id: &ChunkId) -> bool {
+        self.entries.contains_key(id)
+    }
+
+    fn describe(&self) -> String {
+        format!("remote {} ({})", self.remote, self.bucket.url())
+    }
+
+    /// (a) Close `ids` over the delta bases the store lacks; (b) per remote pack, sort the
+    /// entries and coalesce neighbours into ranges; (c) read each range (one request, four in
+    /// flight) and check every payload against its hash in the trusted index; (d) append them,
+    /// bases first, to a new local pack, seal it (fsync, rename) and index it in one batch.
+    fn fetch(&self, store: &Store, ids: &[ChunkId]) -> Result<(), StoreError> {
+        let view = store.view();
+        let mut want: BTreeMap<ChunkId, (PackId, Entry, [u8; 32])> = BTreeMap::new();
+        let mut todo: Vec<ChunkId> = ids.to_vec();
+        while let Some(id) = todo.pop() {
+            if want.contains_key(&id) || view.chunk(&id)?.is_some() {
+                continue;
+            }
+            let Some(&(pack, e, h)) = self.entries.get(&id) else {
+                continue;
+            };
+            if let Some(b) = e.header.base.filter(|_| e.header.encoding.needs_base()) {
+                todo.push(b);
+            }
+            want.insert(id, (pack, e, h));
+        }
+        if want.is_empty() {
+            return Ok(());
+        }
+        let mut by_pack: BTreeMap<PackId, Vec<(ChunkId, Entry, [u8; 32])>> = BTreeMap::new();
+        for (id, (p, e, h)) in &want {
+            by_pack.entry(*p).or_default().push((*id, *e, *h));
+        }
+        let mut got: Vec<(ChunkId, Entry, Vec<u8>)> = Vec::with_capacity(want.len());
+        for (pack, mut list) in by_pack {
+            list.sort_by_key(|(_, e, _)| e.offset);
+            // Coalesced ranges, each with the entries it covers.
+            let mut ranges: Vec<(std::ops::Range<u64>, Vec<usize>)> = Vec::new();
+            for (i, (_, e, _)) in list.iter().enumerate() {
+                let r = e.offset..e.offset + e.header.stored_len;
+                match ranges.last_mut() {
+                    Some((last, members)) if r.start <= last.end + COALESCE_GAP => {
+                        last.end = last.end.max(r.end);
+                        members.push(i);
+                    }
+                    _ => ranges.push((r, vec![i])),
+                }
+            }
+            let name = layout::pack_name(pack);
+            let spans: Vec<std::ops::Range<u64>> = ranges.iter().map(|(r, _)| r.clone()).collect();
+            let bodies = self
+                .bucket
+                .get_ranges(&name, &spans)
+                .map_err(|e| self.fail(e))?;
+            for ((range, members), body) in ranges.iter().zip(bodies) {
+                for &i in members {
+                    let (id, e, h) = &list[i];
+                    let from = (e.offset - range.start) as usize;
+                    let payload = &body[from..from + e.header.stored_len as usize];
+                    if blake3::hash(payload).as_bytes() != h {
+                        return Err(self.fail(format!(
+                            "chunk {id} read from {name} does not match its index (damaged object)"
+                        )));
+                    }
+                    got.push((*id, *e, payload.to_vec()));
+                }
+            }
+        }
+        // Bases before the deltas over them: shallower delta depth first.
+        got.sort_by_key(|(_, e, _)| e.header.depth);
+        let mut w = PackWriter::create(&store.packs_dir())?;
+        for (id, e, payload) in &got {
+            let h = &e.header;
+            w.append_chunk(*id, h.encoding, h.raw_len, payload, h.base, h.depth)?;
+        }
+        let sealed = w.seal()?;
+        let dir = store.packs_dir();
+        crate::storage::fsutil::sync_dir(&dir).map_err(crate::storage::error::io_at(&dir))?;
+        store.with_writer(|index| -> Result<(), StoreError> {
+            let mut b = index.batch()?;
+            crate::storage::index::index_pack(index, &mut b, &sealed)?;
+            index.write(b)?;
+            Ok(())
+        })
+    }
+}
+
+/// Make the data of `commits` (and nothing of their history) local in a lazy clone: every chunk
+/// of every file not released, fetched in one batch. Returns the chunks that were missing.
+pub fn fetch_data(store: &Store, commits: &[CommitId]) -> Result<u64> {
+    let mut ids = Vec::new();
+    for c in commits {
+        let tree = store.tree(store.commit(*c)?.tree)?;
+        let released = crate::storage::state::released_files(store, *c)?;
+        for (p, f) in &tree.files {
+            if !released.contains(p) {
+                ids.extend(f.chunks().map(|r| r.id));
+            }
+        }
+    }
+    let view = store.view();
+    let mut missing = 0u64;
+    let mut seen = HashSet::new();
+    for id in &ids {
+        if seen.insert(*id) && view.chunk(id)?.is_none() {
+            missing += 1;
+        }
+    }
+    store.prefetch(&ids)?;
+    Ok(missing)
+}
+
+/// When `store` is a lazy clone, attach its remote as the store's chunk source (reached with
+/// `opts`); otherwise do nothing. No request is made until a chunk is needed.
+pub fn attach_lazy(store: &Store, opts: &crate::remote::RemoteOptions) -> Result<()> {
+    for (name, e) in local::remotes(store)? {
+        if e.lazy {
+            let url = crate::remote::RemoteUrl::parse(&e.url)?;
+            let src = RemoteChunks::new(store, &name, Bucket::open(&url, opts)?)?;
+            let _ = store.set_chunk_source(std::sync::Arc::new(src));
+            break;
+        }
+    }
+    Ok(())
+}
+
+/// Clone the remote at `url` lazily into a new store at `dir`: refs, commits, trees and index
+/// objects, no chunk data. Chunks come from the remote on first read once the store is opened
+/// with [`attach_lazy`]; `origin` is configured and marked lazy.
+pub fn clone_lazy(
+    url: &str,
+    bucket: &Bucket,
+    dir: &Path,
+    progress: &dyn Progress,
+) -> Result<CloneOutcome> {
+    if dir.exists() && std::fs::read_dir(dir).map_err(io_at(dir))?.next().is_some() {
+        return Err(RemoteError::NotEmpty {
+            path: dir.to_path_buf(),
+        });
+    }
+    if !check_format(bucket, false)? {
+        return Err(RemoteError::NoSuchRef {
+            name: format!("commit at {url}: it is empty"),
+        });
+    }
+    let store = Store::init(dir)?;
+    local::add_remote(&store, "origin", url)?;
+    local::set_lazy(&store, "origin")?;
+    let (view, packs, bytes) = fetch_view(&store, "origin", bucket, progress)?;
+    let mut refs = BTreeMap::new();
+    let mut diverged = Vec::new();
+    for (name, heads) in &view.heads {
+        match heads.as_slice() {
+            [one] => {
+                refs.insert(name.clone(), *one);
+            }
+            _ => diverged.push(name.clone()),
+        }
+    }
+    // Catalog rows and released-file records, as a full clone has; no data.
+    let mut commits = Vec::new();
+    let mut todo: Vec<CommitId> = refs.values().copied().collect();
+    let mut seen = HashSet::new();
+    while let Some(c) = todo.pop() {
+        if !seen.insert(c) {
+            continue;
+        }
+        let commit = store.commit(c)?;
+        todo.extend(commit.parents.iter().copied());
+        let released = view.released.get(&c).cloned().unwrap_or_default();
+        commits.push((c, commit, released));
+    }
+    store.with_writer(|index| -> Result<(), StoreError> {
+        let mut b = index.batch()?;
+        for (c, commit, released) in &commits {
+            b.put_commit_row(c, &CommitRow::of(commit))?;
+            if !released.is_empty() {
+                let st = crate::storage::state::CommitState {
+                    pruned: Some(crate::storage::state::PruneRecord {
+                        time_ns: crate::model::time::now_ns(),
+                        reason: "released before it was pushed".into(),
+                        released: released.clone(),
+                    }),
+                    ..Default::default()
+                };
+                crate::storage::state::put_state(&store, &mut b, *c, &st)?;
+            }
+        }
+        index.write(b)?;
+        Ok(())
+    })?;
+    for (name, c) in &refs {
+        store.update_ref(
+            name,
+            None,
+            *c,
+            "clone",
+            "clone",
+            &format!("clone --lazy {url}"),
+        )?;
+    }
+    if !refs.contains_key(&format!("{HEADS}{}", crate::storage::refs::DEFAULT_BRANCH))
+        && let Some(b) = refs.keys().find_map(|n| n.strip_prefix(HEADS))
+    {
+        store.switch(b, "clone")?;
+    }
+    Ok(CloneOutcome {
+        store: dir.to_path_buf(),
+        refs,
+        diverged,
+        packs,
+        bytes,
+        requests: bucket.traffic().requests,
+    })
 }
 
 #[cfg(test)]

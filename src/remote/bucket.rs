@@ -413,6 +413,37 @@ impl Bucket {
         Ok(b.to_vec())
     }
 
+    /// Several ranges of object `name`, one request each, [`CONCURRENCY`] in flight; the
+    /// bytes of each, in the order given.
+    pub fn get_ranges(
+        &self,
+        name: &str,
+        ranges: &[Range<u64>],
+    ) -> Result<Vec<Vec<u8>>, RemoteError> {
+        self.rt.block_on(async {
+            futures::stream::iter(ranges.iter().map(|r| async move {
+                self.count(1, 0, 0);
+                let b = self
+                    .store
+                    .get_range(&self.path(name), r.clone())
+                    .await
+                    .map_err(|e| self.err("get", name, e))?;
+                self.count(0, 0, b.len() as u64);
+                if b.len() as u64 != r.end - r.start {
+                    return Err(self.err(
+                        "get",
+                        name,
+                        format!("asked for {} bytes, got {}", r.end - r.start, b.len()),
+                    ));
+                }
+                Ok(b.to_vec())
+            }))
+            .buffered(CONCURRENCY)
+            .try_collect()
+            .await
+        })
+    }
+
     /// The size of object `name`, or `None` when there is none.
     pub fn head(&self, name: &str) -> Result<Option<u64>, RemoteError> {
         self.count(1, 0, 0);

@@ -116,6 +116,9 @@ pub struct PackListing {
     pub blake3: [u8; 32],
     /// Its entries, as its footer lists them.
     pub entries: Vec<Entry>,
+    /// The BLAKE3 of each entry's stored payload, in the same order: a range read of one entry
+    /// is checked against it before it is kept.
+    pub payload_hashes: Vec<[u8; 32]>,
 }
 
 /// Files of a commit that gc released before it was pushed (all of them for a pruned commit):
@@ -175,6 +178,9 @@ impl Index {
             let table = crate::storage::pack::table_bytes(&p.entries);
             out.extend_from_slice(&(p.entries.len() as u64).to_le_bytes());
             out.extend_from_slice(&table);
+            for h in &p.payload_hashes {
+                out.extend_from_slice(h);
+            }
         }
         out.extend_from_slice(&(self.released.len() as u32).to_le_bytes());
         for r in &self.released {
@@ -226,6 +232,10 @@ impl Index {
             let entries_end = size.saturating_sub(56 + len);
             let entries = crate::storage::pack::parse_table(table, entries_end)
                 .map_err(|e| format!("pack {id}: {e}"))?;
+            let mut payload_hashes = Vec::with_capacity(entries.len());
+            for _ in 0..count {
+                payload_hashes.push(r.take(32)?.try_into().expect("32"));
+            }
             let want = match kind {
                 PackKind::Meta => crate::storage::pack::ENTRY_OBJECT,
                 PackKind::Data => crate::storage::pack::ENTRY_CHUNK,
@@ -239,6 +249,7 @@ impl Index {
                 size,
                 blake3,
                 entries,
+                payload_hashes,
             });
         }
         let n = r.u32()?;

@@ -28,6 +28,9 @@ use std::path::{Path, PathBuf};
 pub struct RemoteEntry {
     /// Its URL.
     pub url: String,
+    /// This store is a lazy clone of it: chunks it lacks are fetched from it on first read.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub lazy: bool,
 }
 
 fn remotes_file(store: &Store) -> PathBuf {
@@ -93,10 +96,51 @@ pub fn add_remote(store: &Store, name: &str, url: &str) -> Result<RemoteUrl, Rem
         name.to_string(),
         RemoteEntry {
             url: parsed.to_string(),
+            lazy: false,
         },
     );
     write_remotes(store, &all)?;
     Ok(parsed)
+}
+
+/// Mark remote `name` as the one this store lazily clones.
+pub fn set_lazy(store: &Store, name: &str) -> Result<(), RemoteError> {
+    let mut all = remotes(store)?;
+    let e = all.get_mut(name).ok_or_else(|| RemoteError::NoSuchRemote {
+        name: name.to_string(),
+    })?;
+    e.lazy = true;
+    write_remotes(store, &all)
+}
+
+/// Every index object cached for remote `name` (each checked against its name); a lazy
+/// clone's map of where its chunks are.
+pub fn cached_indexes(
+    store: &Store,
+    name: &str,
+) -> Result<Vec<(Hash, crate::remote::layout::Index)>, RemoteError> {
+    let dir = remote_dir(store, name).join("indexes");
+    let mut out = Vec::new();
+    let rd = match std::fs::read_dir(&dir) {
+        Ok(rd) => rd,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(out),
+        Err(e) => return Err(io_at(&dir)(e)),
+    };
+    for e in rd {
+        let e = e.map_err(io_at(&dir))?;
+        let Some(h) = e.file_name().to_str().and_then(Hash::parse) else {
+            continue;
+        };
+        let bytes = std::fs::read(e.path()).map_err(io_at(&e.path()))?;
+        let idx = crate::remote::layout::Index::decode(&h, &bytes).map_err(|what| {
+            RemoteError::BadLocal {
+                path: e.path(),
+                what,
+            }
+        })?;
+        out.push((h, idx));
+    }
+    Ok(out)
 }
 
 /// Remove remote `name` and everything kept about it. Fails when there is none.
@@ -207,6 +251,8 @@ pub struct JournalPack {
     pub blake3: String,
     /// Its footer table rows, hex ([`crate::storage::pack::table_bytes`]).
     pub table: String,
+    /// The BLAKE3 of each entry's payload, hex, concatenated.
+    pub payloads: String,
 }
 
 impl JournalPack {
@@ -217,6 +263,14 @@ impl JournalPack {
         let entries: Vec<Entry> = crate::storage::pack::parse_table(&table, entries_end).ok()?;
         let mut blake3 = [0u8; 32];
         hex::decode_to_slice(&self.blake3, &mut blake3).ok()?;
+        let payloads = hex::decode(&self.payloads).ok()?;
+        if payloads.len() != entries.len() * 32 {
+            return None;
+        }
+        let payload_hashes = payloads
+            .chunks_exact(32)
+            .map(|c| c.try_into().expect("32"))
+            .collect();
         Some(PackListing {
             id: self.id,
             kind: if self.meta {
@@ -227,6 +281,7 @@ impl JournalPack {
             size: self.size,
             blake3,
             entries,
+            payload_hashes,
         })
     }
 
@@ -238,6 +293,7 @@ impl JournalPack {
             size: p.size,
             blake3: hex::encode(p.blake3),
             table: hex::encode(crate::storage::pack::table_bytes(&p.entries)),
+            payloads: hex::encode(p.payload_hashes.concat()),
         }
     }
 }

@@ -102,6 +102,15 @@ pub enum StoreError {
     /// A ref name or the reflog was refused.
     #[error(transparent)]
     Ref(#[from] RefError),
+    /// A lazy clone's chunk source could not supply chunks: the remote is unreachable, or what
+    /// it sent did not check.
+    #[error("fetching chunks from {source_name}: {what}")]
+    Fetch {
+        /// The source (a remote's name and URL).
+        source_name: String,
+        /// What went wrong.
+        what: String,
+    },
     /// The index has no entry for a chunk a tree needs.
     #[error("chunk {id} is missing from the store")]
     MissingChunk {

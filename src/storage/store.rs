@@ -64,6 +64,24 @@ pub struct Store {
     /// more to see ([`Store::refresh_if_changed`]).
     view_stamp: Mutex<Option<std::time::SystemTime>>,
     packs: Mutex<HashMap<PackId, Arc<PackReader>>>,
+    /// Where chunks this store lacks can be fetched from (a lazy clone's remote).
+    source: std::sync::OnceLock<Arc<dyn ChunkSource>>,
+}
+
+/// Where chunks missing from a store can come from: a lazy clone's remote. Storage never
+/// imports the remote, so the caller that opens a lazy store attaches one
+/// ([`Store::set_chunk_source`]).
+///
+/// Invariant: [`ChunkSource::fetch`] adds chunks only as verified entries of sealed local packs,
+/// indexed like any other, so every later read of them is local and checked as usual.
+pub trait ChunkSource: Send + Sync {
+    /// Make the chunks `ids` local, with every delta base they need, in as few requests as it
+    /// can. Chunks it does not know are left missing (the read then reports them).
+    fn fetch(&self, store: &Store, ids: &[ChunkId]) -> Result<()>;
+    /// Whether it can supply chunk `id`.
+    fn has(&self, id: &ChunkId) -> bool;
+    /// Where it fetches from, for messages (a remote's URL).
+    fn describe(&self) -> String;
 }
 
 /// The index directory's modification time, if it can be read.
@@ -285,7 +303,58 @@ impl Store {
             view: RwLock::new(Arc::new(view)),
             view_stamp: Mutex::new(stamp),
             packs: Mutex::new(HashMap::new()),
+            source: std::sync::OnceLock::new(),
         })
+    }
+
+    /// Attach the source missing chunks are fetched from. Fails (returning it) when one is
+    /// attached already.
+    pub fn set_chunk_source(
+        &self,
+        source: Arc<dyn ChunkSource>,
+    ) -> std::result::Result<(), Arc<dyn ChunkSource>> {
+        self.source.set(source)
+    }
+
+    /// The attached chunk source, if any.
+    pub fn chunk_source(&self) -> Option<&Arc<dyn ChunkSource>> {
+        self.source.get()
+    }
+
+    /// Make the chunks `ids` local through the chunk source, in one batch, when some are
+    /// missing and a source is attached; otherwise do nothing. Readers call it before reading
+    /// many chunks (a checkout, a tensor), so a lazy clone fetches them in few requests.
+    pub fn prefetch(&self, ids: &[ChunkId]) -> Result<()> {
+        let Some(src) = self.source.get() else {
+            return Ok(());
+        };
+        let view = self.view();
+        let mut missing = Vec::new();
+        let mut seen = std::collections::HashSet::new();
+        for id in ids {
+            if seen.insert(*id) && view.chunk(id)?.is_none() && src.has(id) {
+                missing.push(*id);
+            }
+        }
+        if missing.is_empty() {
+            return Ok(());
+        }
+        src.fetch(self, &missing)
+    }
+
+    /// Run `f`; when it fails for a chunk this store lacks and the chunk source has it, fetch
+    /// the chunk (with its bases) and run `f` once more.
+    fn with_fetch<T>(&self, id: ChunkId, mut f: impl FnMut() -> Result<T>) -> Result<T> {
+        match f() {
+            Err(StoreError::MissingChunk { id: missing }) => match self.source.get() {
+                Some(src) if src.has(&missing) || src.has(&id) => {
+                    src.fetch(self, &[id, missing])?;
+                    f()
+                }
+                _ => Err(StoreError::MissingChunk { id: missing }),
+            },
+            other => other,
+        }
     }
 
     /// The store's root directory, as it was opened.
@@ -531,6 +600,10 @@ impl Store {
     /// [`StoreError::DeltaChain`] for a chain too deep, and a pack error naming the damaged
     /// chunk.
     pub fn read_chunk(&self, id: ChunkId) -> Result<Vec<u8>> {
+        self.with_fetch(id, || self.read_chunk_local(id))
+    }
+
+    fn read_chunk_local(&self, id: ChunkId) -> Result<Vec<u8>> {
         let loc = self.chunk_loc(id)?.ok_or(StoreError::MissingChunk { id })?;
         let len = usize::try_from(loc.raw_len).map_err(|_| StoreError::DeltaChain { id })?;
         if len > crate::codec::MAX_RAW_LEN {
@@ -550,6 +623,10 @@ impl Store {
     /// verified against its own id, so the error names the damaged chunk. Fails also with
     /// [`StoreError::ChunkLength`] when the chunk is not `out.len()` bytes long.
     pub fn read_chunk_into(&self, id: ChunkId, out: &mut [u8]) -> Result<()> {
+        self.with_fetch(id, || self.read_chunk_into_local(id, out))
+    }
+
+    fn read_chunk_into_local(&self, id: ChunkId, out: &mut [u8]) -> Result<()> {
         self.retry_moved(|| {
             if self.decode_chain_into(id, out)? && ChunkId::of(out) == id {
                 return Ok(());

@@ -734,3 +734,32 @@ fn a_closed_stdout_is_not_an_error() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// `--where 'branch = NAME'` selects the commits in that branch's history (every parent),
+/// by exact name.
+#[test]
+fn log_where_branch_selects_a_branchs_history() {
+    let t = tempfile::tempdir().unwrap();
+    let store = t.path().join("s");
+    cairn(&store).arg("init").assert().success();
+    for (i, branch) in [(0u64, None), (1, Some("exp")), (2, Some("exp"))] {
+        if let Some(b) = branch
+            && i == 1
+        {
+            cairn(&store).args(["branch", b]).assert().success();
+            cairn(&store).args(["switch", b]).assert().success();
+        }
+        let ck = t.path().join(format!("ck{i}"));
+        std::fs::create_dir_all(&ck).unwrap();
+        std::fs::write(ck.join("f.bin"), noise(i, 1000)).unwrap();
+        cairn(&store).arg("commit").arg(&ck).assert().success();
+    }
+    let count = |cond: &str| {
+        let v = json(&store, &["log", "--all", "--where", cond, "--json"]);
+        v.as_array().unwrap().len()
+    };
+    assert_eq!(count("branch = exp"), 3);
+    assert_eq!(count("branch = main"), 1);
+    assert_eq!(count("branch = ma"), 0);
+    assert_eq!(count("branch != main"), 2);
+}

@@ -363,10 +363,11 @@ class Store:
         return json.loads(self._raw.pull(remote, branch))
 
     @classmethod
-    def clone(cls, url: str, path: PathLike) -> Store:
+    def clone(cls, url: str, path: PathLike, *, lazy: bool = False) -> Store:
         """A new store at ``path`` holding everything the remote at ``url`` holds, as
-        ``cairn clone``; ``origin`` is configured."""
-        _cairn.clone(url, os.fspath(path))
+        ``cairn clone``; ``origin`` is configured. ``lazy=True`` fetches history only: tensors
+        come from the remote on first read (``cairn clone --lazy``)."""
+        _cairn.clone(url, os.fspath(path), lazy)
         return cls(path)
 
     def tensor(self, rev: str, spec: str, *, framework: str | None = None):

@@ -119,6 +119,9 @@ pub struct PushArgs {
 pub struct FetchArgs {
     /// The remote (default origin).
     pub remote: Option<String>,
+    /// In a lazy clone, make these commits' data local (default: HEAD).
+    #[arg(long, num_args = 0.., value_name = "REV")]
+    pub data: Option<Vec<String>>,
     #[arg(long)]
     pub json: bool,
 }
@@ -139,6 +142,9 @@ pub struct CloneArgs {
     pub url: String,
     /// The new store's directory.
     pub dir: PathBuf,
+    /// History now, tensor data on first read: refs, commits, trees and indexes only.
+    #[arg(long)]
+    pub lazy: bool,
     #[arg(long)]
     pub json: bool,
 }

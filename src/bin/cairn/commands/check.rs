@@ -92,6 +92,12 @@ fn print_fsck(rep: &FsckReport) -> Result<()> {
         rep.chunks_read,
         human(rep.bytes_read)
     );
+    if rep.chunks_remote > 0 {
+        out!(
+            "{} referenced chunks are only on the remote (lazy clone; `cairn fsck --remote` checks them)",
+            rep.chunks_remote
+        );
+    }
     for pr in &rep.problems {
         out!(
             "{}: {}{}: {}",

@@ -29,7 +29,12 @@ fn query(cli_store: Option<&Path>, a: LogArgs) -> Result<()> {
             .collect::<Result<_, _>>()?,
         sort: a.sort.as_deref().map(cairn::ops::catalog::SortKey::parse),
         limit: a.limit,
+        branches: Default::default(),
     };
+    let mut query = query;
+    if query.uses("branch") {
+        query.branches = cairn::ops::catalog::branch_membership(&store)?;
+    }
     let rows = if a.all {
         store.view().commit_rows()?
     } else {

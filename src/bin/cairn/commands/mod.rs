@@ -62,7 +62,11 @@ pub fn store_path(cli_store: Option<&Path>) -> Result<PathBuf> {
     )?)
 }
 
+/// Open the store; a lazy clone gets its remote attached, so chunks it lacks are fetched on
+/// first read (with the `AWS_*` settings, read here).
 pub fn open(cli_store: Option<&Path>) -> Result<Store> {
     let p = store_path(cli_store)?;
-    Ok(Store::open(&p)?)
+    let store = Store::open(&p)?;
+    cairn::ops::sync::attach_lazy(&store, &remote::options())?;
+    Ok(store)
 }

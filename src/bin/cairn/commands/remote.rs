@@ -12,7 +12,7 @@ use std::path::Path;
 
 /// S3 options: `~/.aws/credentials` and `~/.aws/config` (or `$AWS_SHARED_CREDENTIALS_FILE`,
 /// `$AWS_CONFIG_FILE`) for `$AWS_PROFILE`, then the `AWS_*` variables over them.
-fn options() -> RemoteOptions {
+pub fn options() -> RemoteOptions {
     RemoteOptions::discover(
         |k| std::env::var(k).ok(),
         |p| std::fs::read_to_string(p).ok(),
@@ -130,6 +130,24 @@ fn remote_name(store: &Store, given: Option<String>) -> Result<String> {
 
 pub fn fetch(cli_store: Option<&Path>, a: FetchArgs) -> Result<()> {
     let store = open(cli_store)?;
+    if let Some(revs) = a.data {
+        let revs = if revs.is_empty() {
+            vec!["HEAD".to_string()]
+        } else {
+            revs
+        };
+        let mut ids = Vec::new();
+        for r in &revs {
+            ids.push(cairn::ops::rev::resolve(&store, r)?);
+        }
+        let n = cairn::ops::sync::fetch_data(&store, &ids)?;
+        if a.json {
+            print_json(&serde_json::json!({"commits": revs, "chunks": n}))?;
+        } else {
+            out!("{n} chunks made local for {}", revs.join(", "));
+        }
+        return Ok(());
+    }
     let name = remote_name(&store, a.remote)?;
     let bucket = connect(&store, &name)?;
     let p = progress();
@@ -185,7 +203,11 @@ pub fn clone(a: CloneArgs) -> Result<()> {
     let url = RemoteUrl::parse(&a.url)?;
     let bucket = bucket_for(&url)?;
     let p = progress();
-    let out = cairn::ops::sync::clone(&url.to_string(), &bucket, &a.dir, p.as_ref())?;
+    let out = if a.lazy {
+        cairn::ops::sync::clone_lazy(&url.to_string(), &bucket, &a.dir, p.as_ref())?
+    } else {
+        cairn::ops::sync::clone(&url.to_string(), &bucket, &a.dir, p.as_ref())?
+    };
     if a.json {
         print_json(&out)?;
     } else {
