@@ -108,10 +108,13 @@ def main():
     sbs.RUN_TMP = work
     series, _ = sbs.generate(args.scale, os.path.join(work, "series"))
     results = {}
+    results_tensor_bytes = {}
     for name in args.series.split(","):
         dirs = series[name]["dirs"]
         logical = sum(sbs.logical_bytes(d) for d in dirs)
         rows = {"cairn push": [], "cairn clone": [], "cairn clone+checkout": [],
+                "cairn clone --lazy": [], "lazy: the lm_head tensor": [],
+                "lazy: checkout of the last": [],
                 "restic backup (push)": [], "restic restore latest": []}
         for rnd in range(args.rounds):
             root = os.path.join(work, f"r{rnd}")
@@ -144,6 +147,18 @@ def main():
                         m2["seconds"] = m["seconds"] + t
                         rows["cairn clone+checkout"].append(m2)
                         check_same(dirs[-1], dst)
+                        lazy = os.path.join(root, "lazy")
+                        m, _ = measured(weed, [CAIRN, "clone", "--lazy", "s3://cairn/cairn", lazy], env)
+                        rows["cairn clone --lazy"].append(m)
+                        m, _ = measured(weed, [CAIRN, "--store", lazy, "tensor", "HEAD",
+                                               "model.safetensors:lm_head.weight", "-o",
+                                               os.path.join(root, "head.safetensors")], env)
+                        rows["lazy: the lm_head tensor"].append(m)
+                        results_tensor_bytes[name] = os.path.getsize(os.path.join(root, "head.safetensors"))
+                        dst = os.path.join(root, "lazy-out")
+                        m, _ = measured(weed, [CAIRN, "--store", lazy, "checkout", "HEAD", dst], env)
+                        rows["lazy: checkout of the last"].append(m)
+                        check_same(dirs[-1], dst)
                     else:
                         repo = f"s3:http://127.0.0.1:{weed.s3}/cairn/restic"
                         timed(["restic", "-r", repo, "init", "-q"], env)
@@ -175,7 +190,9 @@ def main():
         for k, s in summary.items():
             moved = max(s["bytes_up"], s["bytes_down"])
             last = sbs.logical_bytes(dirs[-1])
-            basis = logical if "push" in k or k == "cairn clone" else last
+            basis = logical if "push" in k or k in ("cairn clone", "cairn clone --lazy") else last
+            if "tensor" in k:
+                basis = results_tensor_bytes.get(name, 0) or last
             print(f"| {k} | {s['seconds']:.2f} | {basis/1e6/s['seconds']:.0f} | "
                   f"{s['bytes_up']/1e6:.1f} | {s['bytes_down']/1e6:.1f} | {s['requests']:.0f} | "
                   f"{s['requests']/(moved/2**30) if moved else 0:.0f} |")

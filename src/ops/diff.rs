@@ -152,6 +152,26 @@ fn compare(store: &Store, name: &str, a: &Segment, b: &Segment) -> Result<Tensor
         return Ok(d);
     }
     d.status = Status::Changed;
+    // In a lazy clone, tensors whose data is still on the remote are compared by chunk ids
+    // only: which chunks changed, without the value statistics (which would fetch them).
+    if store.chunk_source().is_some() {
+        let mut remote_only = false;
+        for c in a.chunks.iter().chain(&b.chunks) {
+            if store.chunk_loc(c.id)?.is_none() {
+                remote_only = true;
+                break;
+            }
+        }
+        if remote_only {
+            d.chunks_changed = a
+                .chunks
+                .iter()
+                .zip(&b.chunks)
+                .filter(|(x, y)| x.id != y.id)
+                .count() as u64;
+            return Ok(d);
+        }
+    }
     let width = da.byte_width();
     let mut max_abs = 0f64;
     let mut sum_d2 = 0f64;

@@ -828,7 +828,8 @@ pub fn push(
 
 /// Make the data of `tips` and their history local: download the data packs holding chunks
 /// `store` lacks (with their bases), then add catalog rows and released-file records for the
-/// commits that had none. Returns the packs and bytes downloaded.
+/// commits that had none. In a lazy clone (a chunk source attached) no data is downloaded: it
+/// comes on first read. Returns the packs and bytes downloaded.
 fn make_local(
     store: &Store,
     bucket: &Bucket,
@@ -865,6 +866,10 @@ fn make_local(
             }
         }
         commits.push((c, commit, released));
+    }
+    // A lazy clone fetches data on first read: only the catalog rows are added here.
+    if store.chunk_source().is_some() {
+        packs.clear();
     }
     // Bases of the chunks in those packs, when neither local nor in the set.
     loop {

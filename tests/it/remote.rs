@@ -990,10 +990,35 @@ fn a_lazy_clone_reads_history_at_once_and_tensors_on_demand() {
     let before = server.gets_and_bytes_sent();
     r.cairn(&lazy).args(["show", "HEAD"]).assert().success();
     r.cairn(&lazy).args(["log", "--all"]).assert().success();
+    let out = r
+        .cairn(&lazy)
+        .args(["diff", "HEAD~1", "HEAD", "--json"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let head = v["files"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["path"] == "model.safetensors")
+        .unwrap()["tensors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["name"] == "lm_head.weight")
+        .unwrap()
+        .clone();
+    assert_eq!(head["status"], "changed");
+    assert!(head["chunks_changed"].as_u64().unwrap() > 0, "{head}");
     assert_eq!(
         server.gets_and_bytes_sent(),
         before,
-        "log and show fetched data"
+        "log, show or diff fetched data"
     );
 
     let spec = "model.safetensors:lm_head.weight";
@@ -1040,6 +1065,18 @@ fn a_lazy_clone_reads_history_at_once_and_tensors_on_demand() {
     );
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert!(v["chunks_remote"].as_u64().unwrap() > 0, "{v}");
+    // Local gc and an index rebuild leave remote-only chunks alone, and reads still fetch.
+    r.cairn(&lazy).arg("gc").assert().success();
+    r.cairn(&lazy)
+        .args(["repair", "--rebuild-index"])
+        .assert()
+        .success();
+    let out = r.cairn(&lazy).args(["fsck", "--json"]).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
     // Checkout of an older commit, byte for byte.
     let dst = t.path().join("old");
     r.cairn(&lazy)
@@ -1052,6 +1089,30 @@ fn a_lazy_clone_reads_history_at_once_and_tensors_on_demand() {
         .args(["fsck", "--read-data"])
         .assert()
         .success();
+    // A pull into a lazy clone moves the branch and downloads no data.
+    let ck = t.path().join("ck-next");
+    copy_dir(&cks[2], &ck);
+    std::fs::write(ck.join("config.json"), b"{\"step\": 3}").unwrap();
+    cairn(&store).arg("commit").arg(&ck).assert().success();
+    r.cairn(&store).arg("push").assert().success();
+    let out = r.cairn(&lazy).args(["pull", "--json"]).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        (v["status"].as_str(), v["packs"].as_u64()),
+        (Some("fast-forward"), Some(0))
+    );
+    let dst = t.path().join("next");
+    r.cairn(&lazy)
+        .args(["checkout", "HEAD"])
+        .arg(&dst)
+        .assert()
+        .success();
+    assert_eq!(snapshot(&dst), snapshot(&ck));
 }
 
 /// kill -9 of a lazy checkout mid-fetch, then again to the end: byte for byte, fsck clean. Then
