@@ -893,26 +893,87 @@ fn make_local(
     }
     let listings: Vec<&PackListing> = packs.iter().map(|p| &view.packs[p]).collect();
     let bytes = adopt_packs(store, bucket, &listings, progress)?;
+    add_rows(store, &commits)?;
+    Ok((packs.len() as u64, bytes))
+}
+
+/// The state record of a commit pushed without the data of `released` files: a clone knows
+/// them as released by gc, as the pushing store did.
+fn released_state(released: &[String]) -> crate::storage::state::CommitState {
+    crate::storage::state::CommitState {
+        pruned: Some(crate::storage::state::PruneRecord {
+            time_ns: crate::model::time::now_ns(),
+            reason: "released before it was pushed".into(),
+            released: released.to_vec(),
+        }),
+        ..Default::default()
+    }
+}
+
+/// Add catalog rows, and released-file records where files were released, for `commits` in one
+/// batch.
+fn add_rows(
+    store: &Store,
+    commits: &[(CommitId, crate::model::object::Commit, Vec<String>)],
+) -> Result<()> {
     store.with_writer(|index| -> Result<(), StoreError> {
         let mut b = index.batch()?;
-        for (c, commit, released) in &commits {
+        for (c, commit, released) in commits {
             b.put_commit_row(c, &CommitRow::of(commit))?;
             if !released.is_empty() {
-                let st = crate::storage::state::CommitState {
-                    pruned: Some(crate::storage::state::PruneRecord {
-                        time_ns: crate::model::time::now_ns(),
-                        reason: "released before it was pushed".into(),
-                        released: released.clone(),
-                    }),
-                    ..Default::default()
-                };
-                crate::storage::state::put_state(store, &mut b, *c, &st)?;
+                crate::storage::state::put_state(store, &mut b, *c, &released_state(released))?;
             }
         }
         index.write(b)?;
         Ok(())
     })?;
-    Ok((packs.len() as u64, bytes))
+    Ok(())
+}
+
+/// A new store at `dir` for a clone of `url`, `origin` configured. Fails when `dir` is not
+/// empty, the remote is empty, or it is not a cairn remote of this layout.
+fn new_clone_store(url: &str, bucket: &Bucket, dir: &Path) -> Result<Store> {
+    if dir.exists() && std::fs::read_dir(dir).map_err(io_at(dir))?.next().is_some() {
+        return Err(RemoteError::NotEmpty {
+            path: dir.to_path_buf(),
+        });
+    }
+    if !check_format(bucket, false)? {
+        return Err(RemoteError::NoSuchRef {
+            name: format!("commit at {url}: it is empty"),
+        });
+    }
+    let store = Store::init(dir)?;
+    local::add_remote(&store, "origin", url)?;
+    Ok(store)
+}
+
+/// The remote's refs with one head, and the names of those that diverged.
+fn single_heads(view: &RemoteView) -> (BTreeMap<String, CommitId>, Vec<String>) {
+    let mut refs = BTreeMap::new();
+    let mut diverged = Vec::new();
+    for (name, heads) in &view.heads {
+        match heads.as_slice() {
+            [one] => {
+                refs.insert(name.clone(), *one);
+            }
+            _ => diverged.push(name.clone()),
+        }
+    }
+    (refs, diverged)
+}
+
+/// Set a new clone's refs, and HEAD on `main` or else the first branch.
+fn set_clone_refs(store: &Store, refs: &BTreeMap<String, CommitId>, what: &str) -> Result<()> {
+    for (name, c) in refs {
+        store.update_ref(name, None, *c, "clone", "clone", what)?;
+    }
+    if !refs.contains_key(&format!("{HEADS}{}", crate::storage::refs::DEFAULT_BRANCH))
+        && let Some(b) = refs.keys().find_map(|n| n.strip_prefix(HEADS))
+    {
+        store.switch(b, "clone")?;
+    }
+    Ok(())
 }
 
 /// What a pull did.
@@ -1024,39 +1085,12 @@ pub fn clone(
     dir: &Path,
     progress: &dyn Progress,
 ) -> Result<CloneOutcome> {
-    if dir.exists() && std::fs::read_dir(dir).map_err(io_at(dir))?.next().is_some() {
-        return Err(RemoteError::NotEmpty {
-            path: dir.to_path_buf(),
-        });
-    }
-    if !check_format(bucket, false)? {
-        return Err(RemoteError::NoSuchRef {
-            name: format!("commit at {url}: it is empty"),
-        });
-    }
-    let store = Store::init(dir)?;
-    local::add_remote(&store, "origin", url)?;
+    let store = new_clone_store(url, bucket, dir)?;
     let (view, _, meta_bytes) = fetch_view(&store, "origin", bucket, progress)?;
-    let mut refs = BTreeMap::new();
-    let mut diverged = Vec::new();
-    for (name, heads) in &view.heads {
-        match heads.as_slice() {
-            [one] => {
-                refs.insert(name.clone(), *one);
-            }
-            _ => diverged.push(name.clone()),
-        }
-    }
+    let (refs, diverged) = single_heads(&view);
     let tips: Vec<CommitId> = refs.values().copied().collect();
     let (packs, bytes) = make_local(&store, bucket, &view, &tips, progress)?;
-    for (name, c) in &refs {
-        store.update_ref(name, None, *c, "clone", "clone", &format!("clone {url}"))?;
-    }
-    if !refs.contains_key(&format!("{HEADS}{}", crate::storage::refs::DEFAULT_BRANCH))
-        && let Some(b) = refs.keys().find_map(|n| n.strip_prefix(HEADS))
-    {
-        store.switch(b, "clone")?;
-    }
+    set_clone_refs(&store, &refs, &format!("clone {url}"))?;
     Ok(CloneOutcome {
         store: dir.to_path_buf(),
         refs,
@@ -1267,23 +1301,20 @@ pub fn fsck_remote(
             }
         }
         if read_data {
-            let _ = store.with_writer(|index| -> Result<(), StoreError> {
+            store.with_writer(|index| -> Result<(), StoreError> {
                 let mut b = index.batch()?;
                 b.put_ref(&format!("refs/heads/fsck-{}", c.to_hex()), &c)?;
                 if !released.is_empty() {
-                    let st = crate::storage::state::CommitState {
-                        pruned: Some(crate::storage::state::PruneRecord {
-                            time_ns: 0,
-                            reason: "released before it was pushed".into(),
-                            released: released.clone(),
-                        }),
-                        ..Default::default()
-                    };
-                    crate::storage::state::put_state(&store, &mut b, c, &st)?;
+                    crate::storage::state::put_state(
+                        &store,
+                        &mut b,
+                        c,
+                        &released_state(&released),
+                    )?;
                 }
                 index.write(b)?;
                 Ok(())
-            });
+            })?;
         }
     }
     if read_data {
@@ -1497,30 +1528,10 @@ pub fn clone_lazy(
     dir: &Path,
     progress: &dyn Progress,
 ) -> Result<CloneOutcome> {
-    if dir.exists() && std::fs::read_dir(dir).map_err(io_at(dir))?.next().is_some() {
-        return Err(RemoteError::NotEmpty {
-            path: dir.to_path_buf(),
-        });
-    }
-    if !check_format(bucket, false)? {
-        return Err(RemoteError::NoSuchRef {
-            name: format!("commit at {url}: it is empty"),
-        });
-    }
-    let store = Store::init(dir)?;
-    local::add_remote(&store, "origin", url)?;
+    let store = new_clone_store(url, bucket, dir)?;
     local::set_lazy(&store, "origin")?;
     let (view, packs, bytes) = fetch_view(&store, "origin", bucket, progress)?;
-    let mut refs = BTreeMap::new();
-    let mut diverged = Vec::new();
-    for (name, heads) in &view.heads {
-        match heads.as_slice() {
-            [one] => {
-                refs.insert(name.clone(), *one);
-            }
-            _ => diverged.push(name.clone()),
-        }
-    }
+    let (refs, diverged) = single_heads(&view);
     // Catalog rows and released-file records, as a full clone has; no data.
     let mut commits = Vec::new();
     let mut todo: Vec<CommitId> = refs.values().copied().collect();
@@ -1534,40 +1545,8 @@ pub fn clone_lazy(
         let released = view.released.get(&c).cloned().unwrap_or_default();
         commits.push((c, commit, released));
     }
-    store.with_writer(|index| -> Result<(), StoreError> {
-        let mut b = index.batch()?;
-        for (c, commit, released) in &commits {
-            b.put_commit_row(c, &CommitRow::of(commit))?;
-            if !released.is_empty() {
-                let st = crate::storage::state::CommitState {
-                    pruned: Some(crate::storage::state::PruneRecord {
-                        time_ns: crate::model::time::now_ns(),
-                        reason: "released before it was pushed".into(),
-                        released: released.clone(),
-                    }),
-                    ..Default::default()
-                };
-                crate::storage::state::put_state(&store, &mut b, *c, &st)?;
-            }
-        }
-        index.write(b)?;
-        Ok(())
-    })?;
-    for (name, c) in &refs {
-        store.update_ref(
-            name,
-            None,
-            *c,
-            "clone",
-            "clone",
-            &format!("clone --lazy {url}"),
-        )?;
-    }
-    if !refs.contains_key(&format!("{HEADS}{}", crate::storage::refs::DEFAULT_BRANCH))
-        && let Some(b) = refs.keys().find_map(|n| n.strip_prefix(HEADS))
-    {
-        store.switch(b, "clone")?;
-    }
+    add_rows(&store, &commits)?;
+    set_clone_refs(&store, &refs, &format!("clone --lazy {url}"))?;
     Ok(CloneOutcome {
         store: dir.to_path_buf(),
         refs,

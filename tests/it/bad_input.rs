@@ -566,7 +566,11 @@ fn a_pack_truncated_under_running_readers_is_an_error_not_a_signal() {
             .arg("--store")
             .arg(&store)
             .args(cmd)
-            .stdout(std::process::Stdio::null())
+            .stdout(if cmd[0] == "fsck" {
+                std::process::Stdio::piped()
+            } else {
+                std::process::Stdio::null()
+            })
             .stderr(std::process::Stdio::piped());
         if cmd[0] == "checkout" {
             c.arg(&dst);
@@ -584,7 +588,12 @@ fn a_pack_truncated_under_running_readers_is_an_error_not_a_signal() {
             .set_len(original.len() as u64 / 20)
             .unwrap();
         let out = child.wait_with_output().unwrap();
-        let err = String::from_utf8_lossy(&out.stderr);
+        // fsck lists its problems on stdout, the summary on stderr.
+        let err = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
         assert_eq!(
             out.status.signal(),
             None,
