@@ -1123,7 +1123,7 @@ fn a_lazy_clone_reads_history_at_once_and_tensors_on_demand() {
 fn a_lazy_clone_survives_kill_and_offline_reads_fail_cleanly() {
     let t = tempfile::tempdir().unwrap();
     let mut r = Remote::s3(Server::seaweed(t.path()), "runs/lazy2");
-    let (_, cks) = lazy_series(t.path(), &r);
+    let (store, cks) = lazy_series(t.path(), &r);
     let lazy = t.path().join("lazy");
     let mut c = assert_cmd::Command::new(bin());
     r.server.as_ref().unwrap().env(&mut c);
@@ -1160,9 +1160,56 @@ fn a_lazy_clone_survives_kill_and_offline_reads_fail_cleanly() {
         .args(["fetch", "--data", "HEAD"])
         .assert()
         .success();
-    // The server goes away.
+    // A new commit of 96 MiB of fresh data, pulled (no data moves).
+    let big = t.path().join("ck-big");
+    std::fs::create_dir_all(&big).unwrap();
+    std::fs::write(big.join("fresh.bin"), noise(77, 96 << 20)).unwrap();
+    cairn(&store).arg("commit").arg(&big).assert().success();
+    r.cairn(&store).arg("push").assert().success();
+    r.cairn(&lazy).arg("pull").assert().success();
+    // The server dies 40 ms into the checkout of that commit: it completes byte for byte or
+    // fails naming the remote, in bounded time, leaving no temp file.
     let endpoint = r.server.as_ref().unwrap().endpoint.clone();
+    let mid = t.path().join("mid");
+    let child = r
+        .std_cairn(&lazy)
+        .args(["checkout", "HEAD"])
+        .arg(&mid)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(40));
+    let start = Instant::now();
     drop(r.server.take());
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        start.elapsed() < Duration::from_secs(60),
+        "{:?}",
+        start.elapsed()
+    );
+    eprintln!(
+        "checkout with its server killed under it: {}",
+        if out.status.success() {
+            "completed"
+        } else {
+            "failed cleanly"
+        }
+    );
+    if out.status.success() {
+        assert_eq!(snapshot(&mid), snapshot(&big));
+    } else {
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{err}");
+        assert!(err.contains("fetching chunks from remote origin"), "{err}");
+        if mid.exists() {
+            for f in std::fs::read_dir(&mid).unwrap() {
+                let name = f.unwrap().file_name().to_string_lossy().to_string();
+                assert!(!name.contains("cairn-checkout"), "temp file left: {name}");
+            }
+        }
+    }
+    // Offline: what fetch --data made local checks out; remote-only data fails cleanly.
     let offline = |c: &mut assert_cmd::Command| {
         c.env("AWS_ENDPOINT_URL", &endpoint)
             .env("AWS_ALLOW_HTTP", "true")
@@ -1172,7 +1219,7 @@ fn a_lazy_clone_survives_kill_and_offline_reads_fail_cleanly() {
     };
     let mut c = cairn(&lazy);
     offline(&mut c);
-    c.args(["checkout", "HEAD"])
+    c.args(["checkout", "HEAD~1"])
         .arg(t.path().join("offline-head"))
         .assert()
         .success();
@@ -1182,7 +1229,7 @@ fn a_lazy_clone_survives_kill_and_offline_reads_fail_cleanly() {
     let mut c = cairn(&lazy);
     offline(&mut c);
     let out = c
-        .args(["tensor", "HEAD~1", "model.safetensors:lm_head.weight", "-o"])
+        .args(["tensor", "HEAD~2", "model.safetensors:lm_head.weight", "-o"])
         .arg(&out_file)
         .output()
         .unwrap();
