@@ -1348,8 +1348,16 @@ pub struct RemoteChunks {
     entries: HashMap<ChunkId, (PackId, Entry, [u8; 32])>,
 }
 
+/// A chunk a fetch wants: its id, its entry in the remote pack, its payload's BLAKE3.
+type Wanted = (ChunkId, Entry, [u8; 32]);
+/// One range request of a fetch: the pack object, the range, the chunks it covers.
+type RangeJob = (String, std::ops::Range<u64>, Vec<Wanted>);
+
 /// Neighbouring ranges closer than this are read in one request.
 const COALESCE_GAP: u64 = 1 << 20;
+/// A merged range is not grown past this, so a fetch holds at most
+/// [`crate::remote::bucket::CONCURRENCY`] of them in memory.
+const MAX_RANGE: u64 = 32 << 20;
 
 impl RemoteChunks {
     /// The chunk map of remote `remote` from its cached index objects, fetching through
@@ -1400,9 +1408,10 @@ impl ChunkSource for RemoteChunks {
     }
 
     /// (a) Close `ids` over the delta bases the store lacks; (b) per remote pack, sort the
-    /// entries and coalesce neighbours into ranges; (c) read each range (one request, four in
-    /// flight) and check every payload against its hash in the trusted index; (d) append them,
-    /// bases first, to a new local pack, seal it (fsync, rename) and index it in one batch.
+    /// entries and coalesce neighbours into ranges of at most 32 MiB; (c) read the ranges of
+    /// all packs four at a time (one request each, in parallel) and check every payload against
+    /// its hash in the trusted index; (d) append them to new local packs as they come, seal
+    /// them (fsync, rename) and index them in one batch. Memory stays at four ranges.
     fn fetch(&self, store: &Store, ids: &[ChunkId]) -> Result<(), StoreError> {
         let view = store.view();
         let mut want: BTreeMap<ChunkId, (PackId, Entry, [u8; 32])> = BTreeMap::new();
@@ -1426,30 +1435,46 @@ impl ChunkSource for RemoteChunks {
         for (id, (p, e, h)) in &want {
             by_pack.entry(*p).or_default().push((*id, *e, *h));
         }
-        let mut got: Vec<(ChunkId, Entry, Vec<u8>)> = Vec::with_capacity(want.len());
+        // Every range of every pack, each with the entries it covers.
+        let mut jobs: Vec<RangeJob> = Vec::new();
         for (pack, mut list) in by_pack {
             list.sort_by_key(|(_, e, _)| e.offset);
-            // Coalesced ranges, each with the entries it covers.
-            let mut ranges: Vec<(std::ops::Range<u64>, Vec<usize>)> = Vec::new();
-            for (i, (_, e, _)) in list.iter().enumerate() {
-                let r = e.offset..e.offset + e.header.stored_len;
-                match ranges.last_mut() {
-                    Some((last, members)) if r.start <= last.end + COALESCE_GAP => {
+            let name = layout::pack_name(pack);
+            let mut cur: Option<(std::ops::Range<u64>, Vec<Wanted>)> = None;
+            for item in list {
+                let r = item.1.offset..item.1.offset + item.1.header.stored_len;
+                match &mut cur {
+                    Some((last, members))
+                        if r.start <= last.end + COALESCE_GAP
+                            && r.end.max(last.end) - last.start <= MAX_RANGE =>
+                    {
                         last.end = last.end.max(r.end);
-                        members.push(i);
+                        members.push(item);
                     }
-                    _ => ranges.push((r, vec![i])),
+                    _ => {
+                        if let Some((range, members)) = cur.take() {
+                            jobs.push((name.clone(), range, members));
+                        }
+                        cur = Some((r, vec![item]));
+                    }
                 }
             }
-            let name = layout::pack_name(pack);
-            let spans: Vec<std::ops::Range<u64>> = ranges.iter().map(|(r, _)| r.clone()).collect();
-            let bodies = self
-                .bucket
-                .get_ranges(&name, &spans)
-                .map_err(|e| self.fail(e))?;
-            for ((range, members), body) in ranges.iter().zip(bodies) {
-                for &i in members {
-                    let (id, e, h) = &list[i];
+            if let Some((range, members)) = cur {
+                jobs.push((name, range, members));
+            }
+        }
+        // Read them CONCURRENCY at a time (bounded memory), check each payload, and append it to
+        // local packs as it comes.
+        let mut sealed_packs = Vec::new();
+        let mut w = PackWriter::create(&store.packs_dir())?;
+        for window in jobs.chunks(crate::remote::bucket::CONCURRENCY) {
+            let asks: Vec<(String, std::ops::Range<u64>)> = window
+                .iter()
+                .map(|(n, r, _)| (n.clone(), r.clone()))
+                .collect();
+            let bodies = self.bucket.get_ranges(&asks).map_err(|e| self.fail(e))?;
+            for ((name, range, members), body) in window.iter().zip(bodies) {
+                for (id, e, h) in members {
                     let from = (e.offset - range.start) as usize;
                     let payload = &body[from..from + e.header.stored_len as usize];
                     if blake3::hash(payload).as_bytes() != h {
@@ -1457,23 +1482,23 @@ impl ChunkSource for RemoteChunks {
                             "chunk {id} read from {name} does not match its index (damaged object)"
                         )));
                     }
-                    got.push((*id, *e, payload.to_vec()));
+                    let hd = &e.header;
+                    w.append_chunk(*id, hd.encoding, hd.raw_len, payload, hd.base, hd.depth)?;
                 }
             }
+            if w.len() >= crate::storage::pack::TARGET_PACK_SIZE {
+                let full = std::mem::replace(&mut w, PackWriter::create(&store.packs_dir())?);
+                sealed_packs.push(full.seal()?);
+            }
         }
-        // Bases before the deltas over them: shallower delta depth first.
-        got.sort_by_key(|(_, e, _)| e.header.depth);
-        let mut w = PackWriter::create(&store.packs_dir())?;
-        for (id, e, payload) in &got {
-            let h = &e.header;
-            w.append_chunk(*id, h.encoding, h.raw_len, payload, h.base, h.depth)?;
-        }
-        let sealed = w.seal()?;
+        sealed_packs.push(w.seal()?);
         let dir = store.packs_dir();
         crate::storage::fsutil::sync_dir(&dir).map_err(crate::storage::error::io_at(&dir))?;
         store.with_writer(|index| -> Result<(), StoreError> {
             let mut b = index.batch()?;
-            crate::storage::index::index_pack(index, &mut b, &sealed)?;
+            for sealed in &sealed_packs {
+                crate::storage::index::index_pack(index, &mut b, sealed)?;
+            }
             index.write(b)?;
             Ok(())
         })

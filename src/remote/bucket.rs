@@ -413,15 +413,11 @@ impl Bucket {
         Ok(b.to_vec())
     }
 
-    /// Several ranges of object `name`, one request each, [`CONCURRENCY`] in flight; the
-    /// bytes of each, in the order given.
-    pub fn get_ranges(
-        &self,
-        name: &str,
-        ranges: &[Range<u64>],
-    ) -> Result<Vec<Vec<u8>>, RemoteError> {
+    /// Ranges of objects, one request each, [`CONCURRENCY`] in flight: the bytes of each
+    /// `(name, range)`, in the order given.
+    pub fn get_ranges(&self, items: &[(String, Range<u64>)]) -> Result<Vec<Vec<u8>>, RemoteError> {
         self.rt.block_on(async {
-            futures::stream::iter(ranges.iter().map(|r| async move {
+            futures::stream::iter(items.iter().map(|(name, r)| async move {
                 self.count(1, 0, 0);
                 let b = self
                     .store
