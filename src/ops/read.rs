@@ -350,13 +350,12 @@ pub fn checkout(
     let mut out = OutDir::open(dir)?;
     let released = crate::storage::state::released_files(store, commit)?;
     // A lazy clone fetches every chunk the checkout needs at once, in few requests.
-    let ids: Vec<ChunkId> = tree
-        .files
-        .iter()
-        .filter(|(p, _)| !released.contains(p))
-        .flat_map(|(_, f)| f.chunks().map(|c| c.id))
-        .collect();
-    store.prefetch(&ids)?;
+    store.prefetch(
+        tree.files
+            .iter()
+            .filter(|(p, _)| !released.contains(p))
+            .flat_map(|(_, f)| f.chunks().map(|c| c.id)),
+    )?;
     progress.begin("checkout", tree.logical_size());
     let mut skipped = Vec::new();
     for (rel, entry) in &tree.files {
@@ -434,8 +433,7 @@ pub fn cat(
         commit,
     })?;
     crate::storage::state::check_file_not_released(store, commit, path)?;
-    let ids: Vec<ChunkId> = entry.chunks().map(|c| c.id).collect();
-    store.prefetch(&ids)?;
+    store.prefetch(entry.chunks().map(|c| c.id))?;
     write_file_to(store, path, entry, out, &NoProgress)
 }
 
@@ -517,7 +515,6 @@ pub fn read_tensor_into(store: &Store, t: &TensorRef, out: &mut [u8]) -> Result<
         });
     }
     let _reading = store.read_guard();
-    let ids: Vec<ChunkId> = t.segment.chunks.iter().map(|c| c.id).collect();
-    store.prefetch(&ids)?;
+    store.prefetch(t.segment.chunks.iter().map(|c| c.id))?;
     read_chunks_into(store, &t.segment.chunks, out)
 }

@@ -590,36 +590,41 @@ fn outgoing(
     Ok(out)
 }
 
-/// Seal `w`, hash the file, upload it and journal it; the local file is then removed.
+/// Seal `w`, upload it and journal it; the local file is then removed. `payload_hashes` are
+/// the BLAKE3 of each entry's stored bytes in order, when the caller hashed them as it
+/// appended; otherwise (the meta pack, whose objects the writer encodes) they are read back.
+/// The whole file's BLAKE3 is taken while it uploads.
+#[allow(clippy::too_many_arguments)]
 fn ship(
     store: &Store,
     remote: &str,
     bucket: &Bucket,
     w: PackWriter,
     kind: PackKind,
+    payload_hashes: Option<Vec<[u8; 32]>>,
     journal: &mut Vec<JournalPack>,
     progress: &dyn Progress,
 ) -> Result<()> {
     let sealed = w.seal()?;
-    let bytes_hash = {
-        let mut h = blake3::Hasher::new();
-        h.update_reader(std::fs::File::open(&sealed.path).map_err(io_at(&sealed.path))?)
-            .map_err(io_at(&sealed.path))?;
-        *h.finalize().as_bytes()
-    };
-    let reader = PackReader::open(&sealed.path, sealed.id)?;
-    let mut payload_hashes = Vec::with_capacity(sealed.entries.len());
-    for e in &sealed.entries {
-        let payload = reader.payload(e.offset, e.header.stored_len).map_err(|w| {
-            crate::storage::pack::PackError::Corrupt {
-                pack: sealed.id.to_hex(),
-                what: w.to_string(),
+    let payload_hashes = match payload_hashes {
+        Some(h) => h,
+        None => {
+            let reader = PackReader::open(&sealed.path, sealed.id)?;
+            let mut out = Vec::with_capacity(sealed.entries.len());
+            for e in &sealed.entries {
+                let payload = reader.payload(e.offset, e.header.stored_len).map_err(|w| {
+                    crate::storage::pack::PackError::Corrupt {
+                        pack: sealed.id.to_hex(),
+                        what: w.to_string(),
+                    }
+                })?;
+                out.push(*blake3::hash(&payload).as_bytes());
             }
-        })?;
-        payload_hashes.push(*blake3::hash(&payload).as_bytes());
-    }
-    drop(reader);
-    bucket.put_file(&layout::pack_name(sealed.id), &sealed.path, &|n| {
+            out
+        }
+    };
+    debug_assert_eq!(payload_hashes.len(), sealed.entries.len());
+    let bytes_hash = bucket.put_file(&layout::pack_name(sealed.id), &sealed.path, &|n| {
         progress.advance(n)
     })?;
     journal.push(JournalPack::of(&PackListing {
@@ -745,6 +750,7 @@ pub fn push(
             bucket,
             w,
             PackKind::Meta,
+            None,
             &mut journal,
             progress,
         )?;
@@ -752,6 +758,7 @@ pub fn push(
     }
     // (7) Data packs: stored bytes copied as they are, bases before deltas.
     let mut w: Option<PackWriter> = None;
+    let mut hashes: Vec<[u8; 32]> = Vec::new();
     for id in &out.chunks {
         let (loc, stored) = store.stored_chunk(*id)?;
         let writer = match &mut w {
@@ -759,6 +766,7 @@ pub fn push(
             None => w.insert(PackWriter::create(&dir)?),
         };
         writer.append_chunk(*id, loc.encoding, loc.raw_len, &stored, loc.base, loc.depth)?;
+        hashes.push(*blake3::hash(&stored).as_bytes());
         outcome.chunks += 1;
         outcome.logical_bytes += loc.raw_len;
         if writer.len() >= opts.pack_size.unwrap_or(REMOTE_PACK_SIZE) {
@@ -769,6 +777,7 @@ pub fn push(
                 bucket,
                 full,
                 PackKind::Data,
+                Some(std::mem::take(&mut hashes)),
                 &mut journal,
                 progress,
             )?;
@@ -782,6 +791,7 @@ pub fn push(
             bucket,
             last,
             PackKind::Data,
+            Some(hashes),
             &mut journal,
             progress,
         )?;
@@ -1234,6 +1244,7 @@ pub fn fsck_remote(
     }
     let mut seen = HashSet::new();
     let mut chunks_seen = HashSet::new();
+    let mut walked: Vec<(CommitId, Vec<String>)> = Vec::new();
     while let Some((via, c)) = todo.pop() {
         if !seen.insert(c) {
             continue;
@@ -1301,23 +1312,29 @@ pub fn fsck_remote(
             }
         }
         if read_data {
-            store.with_writer(|index| -> Result<(), StoreError> {
-                let mut b = index.batch()?;
-                b.put_ref(&format!("refs/heads/fsck-{}", c.to_hex()), &c)?;
+            walked.push((c, released));
+        }
+    }
+    if read_data {
+        // The local fsck walks the scratch store's refs: one per commit reached (a ref per head
+        // would do, but a diverged or damaged history could hide some), and the released
+        // files' records, in one batch.
+        store.with_writer(|index| -> Result<(), StoreError> {
+            let mut b = index.batch()?;
+            for (c, released) in &walked {
+                b.put_ref(&format!("refs/heads/fsck-{}", c.to_hex()), c)?;
                 if !released.is_empty() {
                     crate::storage::state::put_state(
                         &store,
                         &mut b,
-                        c,
-                        &released_state(&released),
+                        *c,
+                        &released_state(released),
                     )?;
                 }
-                index.write(b)?;
-                Ok(())
-            })?;
-        }
-    }
-    if read_data {
+            }
+            index.write(b)?;
+            Ok(())
+        })?;
         let local = crate::ops::fsck::fsck(
             &store,
             &crate::ops::fsck::FsckOptions {
@@ -1526,7 +1543,7 @@ pub fn fetch_data(store: &Store, commits: &[CommitId]) -> Result<u64> {
             missing += 1;
         }
     }
-    store.prefetch(&ids)?;
+    store.prefetch(ids)?;
     Ok(missing)
 }
 

@@ -278,21 +278,24 @@ impl Bucket {
     }
 
     /// Upload the file at `path` as object `name`, in parts above [`MULTIPART_THRESHOLD`],
-    /// reporting bytes to `on_bytes`.
+    /// reporting bytes to `on_bytes`. Returns the BLAKE3 of the bytes uploaded, hashed as they
+    /// are read (the file is read once).
     pub fn put_file(
         &self,
         name: &str,
         path: &Path,
         on_bytes: &(dyn Fn(u64) + Sync),
-    ) -> Result<(), RemoteError> {
+    ) -> Result<[u8; 32], RemoteError> {
         let mut f = std::fs::File::open(path).map_err(io_at(path))?;
         let len = f.metadata().map_err(io_at(path))?.len();
+        let mut hasher = blake3::Hasher::new();
         if len <= MULTIPART_THRESHOLD {
             let mut buf = Vec::with_capacity(len as usize);
             f.read_to_end(&mut buf).map_err(io_at(path))?;
+            hasher.update(&buf);
             self.put(name, buf)?;
             on_bytes(len);
-            return Ok(());
+            return Ok(*hasher.finalize().as_bytes());
         }
         let location = self.path(name);
         self.rt.block_on(async {
@@ -312,6 +315,7 @@ impl Bucket {
                 if let Err(e) = w.wait_for_capacity(CONCURRENCY).await {
                     return Err(self.err("put", name, e));
                 }
+                hasher.update(&buf[..n]);
                 w.write(&buf[..n]);
                 self.count(1, n as u64, 0);
                 on_bytes(n as u64);
@@ -320,7 +324,8 @@ impl Bucket {
             w.finish().await.map_err(|e| self.err("put", name, e))?;
             Ok::<(), RemoteError>(())
         })?;
-        self.sync_local(name)
+        self.sync_local(name)?;
+        Ok(*hasher.finalize().as_bytes())
     }
 
     /// The bytes of object `name`, or `None` when there is none.

@@ -324,7 +324,8 @@ impl Store {
     /// Make the chunks `ids` local through the chunk source, in one batch, when some are
     /// missing and a source is attached; otherwise do nothing. Readers call it before reading
     /// many chunks (a checkout, a tensor), so a lazy clone fetches them in few requests.
-    pub fn prefetch(&self, ids: &[ChunkId]) -> Result<()> {
+    /// Takes an iterator, so a store with no source (the usual case) collects nothing.
+    pub fn prefetch(&self, ids: impl IntoIterator<Item = ChunkId>) -> Result<()> {
         let Some(src) = self.source.get() else {
             return Ok(());
         };
@@ -332,8 +333,8 @@ impl Store {
         let mut missing = Vec::new();
         let mut seen = std::collections::HashSet::new();
         for id in ids {
-            if seen.insert(*id) && view.chunk(id)?.is_none() && src.has(id) {
-                missing.push(*id);
+            if seen.insert(id) && view.chunk(&id)?.is_none() && src.has(&id) {
+                missing.push(id);
             }
         }
         if missing.is_empty() {
