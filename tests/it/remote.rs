@@ -183,17 +183,8 @@ impl Server {
         )
     }
 
-    /// Point `c` at this server.
-    pub fn env<'c>(&self, c: &'c mut assert_cmd::Command) -> &'c mut assert_cmd::Command {
-        c.env("AWS_ENDPOINT_URL", &self.endpoint)
-            .env("AWS_ALLOW_HTTP", "true")
-            .env("AWS_ACCESS_KEY_ID", self.key)
-            .env("AWS_SECRET_ACCESS_KEY", self.key)
-            .env("AWS_REGION", "us-east-1")
-            .env("HOME", "/nonexistent")
-    }
-
-    fn std_env<'c>(&self, c: &'c mut Command) -> &'c mut Command {
+    /// Point `c` at this server (credentials, endpoint; no `~/.aws` files).
+    fn env<'c>(&self, c: &'c mut Command) -> &'c mut Command {
         c.env("AWS_ENDPOINT_URL", &self.endpoint)
             .env("AWS_ALLOW_HTTP", "true")
             .env("AWS_ACCESS_KEY_ID", self.key)
@@ -231,31 +222,31 @@ impl Remote {
     }
     /// The CLI against `store`, reaching this remote.
     fn cairn(&self, store: &Path) -> assert_cmd::Command {
-        let mut c = cairn(store);
-        if let Some(s) = &self.server {
-            s.env(&mut c);
-        }
-        c
+        assert_cmd::Command::from_std(self.std_cairn(store))
     }
     fn std_cairn(&self, store: &Path) -> Command {
-        let mut c = Command::new(bin());
-        c.env_remove("CAIRN_STORE")
-            .env("CAIRN_AUTHOR", "test@cairn")
-            .arg("--store")
-            .arg(store);
-        if let Some(s) = &self.server {
-            s.std_env(&mut c);
-        }
+        let mut c = self.cli();
+        c.arg("--store").arg(store);
         c
     }
-    fn clone_to(&self, dir: &Path) {
-        let mut c = assert_cmd::Command::new(bin());
+    /// The CLI with no store, reaching this remote.
+    fn cli(&self) -> Command {
+        let mut c = Command::new(bin());
         c.env_remove("CAIRN_STORE")
             .env("CAIRN_AUTHOR", "test@cairn");
         if let Some(s) = &self.server {
             s.env(&mut c);
         }
-        c.arg("clone").arg(&self.url).arg(dir).assert().success();
+        c
+    }
+    /// `cairn clone [FLAGS] URL DIR`, which must succeed.
+    fn clone_to_with(&self, dir: &Path, flags: &[&str]) {
+        let mut c = self.cli();
+        c.arg("clone").args(flags).arg(&self.url).arg(dir);
+        assert_cmd::Command::from_std(c).assert().success();
+    }
+    fn clone_to(&self, dir: &Path) {
+        self.clone_to_with(dir, &[]);
     }
 }
 
@@ -428,6 +419,25 @@ fn seaweedfs_roundtrip_fast_forward_and_refused_divergence() {
     roundtrip(t.path(), &r);
 }
 
+/// `cairn push` from every store in `stores`, all started before any is waited for.
+fn push_at_once(r: &Remote, stores: &[PathBuf]) -> Vec<std::process::Output> {
+    let children: Vec<_> = stores
+        .iter()
+        .map(|c| {
+            r.std_cairn(c)
+                .arg("push")
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    children
+        .into_iter()
+        .map(|c| c.wait_with_output().unwrap())
+        .collect()
+}
+
 /// `n` stores cloned from the remote each commit on one branch and push at once, three rounds
 /// (a branch per round): every push that exits 0 is a head of the remote's branch afterwards
 /// (none silently lost; more than one head is divergence, which fetch and fsck report), every
@@ -455,21 +465,7 @@ fn concurrent_pushes(t: &Path, r: &Remote, n: usize) {
             commits.push(head(&c));
             clones.push(c);
         }
-        let children: Vec<_> = clones
-            .iter()
-            .map(|c| {
-                r.std_cairn(c)
-                    .arg("push")
-                    .stdout(Stdio::piped())
-                    .stderr(Stdio::piped())
-                    .spawn()
-                    .unwrap()
-            })
-            .collect();
-        let outs: Vec<_> = children
-            .into_iter()
-            .map(|c| c.wait_with_output().unwrap())
-            .collect();
+        let outs = push_at_once(r, &clones);
         let heads = remote_heads(r, &store, &format!("refs/heads/{branch}"));
         let mut acked = 0;
         for (i, o) in outs.iter().enumerate() {
@@ -514,19 +510,7 @@ fn concurrent_pushes(t: &Path, r: &Remote, n: usize) {
         cairn(&c).arg("commit").arg(&ck).assert().success();
         clones.push(c);
     }
-    let children: Vec<_> = clones
-        .iter()
-        .map(|c| {
-            r.std_cairn(c)
-                .arg("push")
-                .stdout(Stdio::piped())
-                .stderr(Stdio::piped())
-                .spawn()
-                .unwrap()
-        })
-        .collect();
-    for (i, ch) in children.into_iter().enumerate() {
-        let o = ch.wait_with_output().unwrap();
+    for (i, o) in push_at_once(r, &clones).into_iter().enumerate() {
         assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
         assert_eq!(
             remote_heads(r, &store, &format!("refs/heads/b{i}")),
@@ -974,12 +958,7 @@ fn a_lazy_clone_reads_history_at_once_and_tensors_on_demand() {
     let r = Remote::s3(server, "runs/lazy");
     let (store, cks) = lazy_series(t.path(), &r);
     let lazy = t.path().join("lazy");
-    let mut c = assert_cmd::Command::new(bin());
-    r.server.as_ref().unwrap().env(&mut c);
-    c.args(["clone", "--lazy", &r.url])
-        .arg(&lazy)
-        .assert()
-        .success();
+    r.clone_to_with(&lazy, &["--lazy"]);
     let local_bytes: u64 = dir_size(&lazy.join("packs"));
     assert!(
         local_bytes < 1 << 20,
@@ -1125,12 +1104,7 @@ fn a_lazy_clone_survives_kill_and_offline_reads_fail_cleanly() {
     let mut r = Remote::s3(Server::seaweed(t.path()), "runs/lazy2");
     let (store, cks) = lazy_series(t.path(), &r);
     let lazy = t.path().join("lazy");
-    let mut c = assert_cmd::Command::new(bin());
-    r.server.as_ref().unwrap().env(&mut c);
-    c.args(["clone", "--lazy", &r.url])
-        .arg(&lazy)
-        .assert()
-        .success();
+    r.clone_to_with(&lazy, &["--lazy"]);
     for (i, ms) in [60u64, 150, 300].iter().enumerate() {
         let dst = t.path().join(format!("killed{i}"));
         let mut child = r
@@ -1242,4 +1216,132 @@ fn a_lazy_clone_survives_kill_and_offline_reads_fail_cleanly() {
         start.elapsed()
     );
     assert!(!out_file.exists());
+}
+
+/// On a terminal, push and clone draw a progress bar (bytes, rate, ETA); piped, they draw
+/// nothing on stderr.
+#[test]
+fn transfers_show_progress_on_a_terminal_only() {
+    let t = tempfile::tempdir().unwrap();
+    let r = Remote::file(t.path());
+    let store = t.path().join("s");
+    cairn(&store).arg("init").assert().success();
+    let ck = t.path().join("ck");
+    std::fs::create_dir_all(&ck).unwrap();
+    std::fs::write(ck.join("w.bin"), noise(5, 24 << 20)).unwrap();
+    cairn(&store).arg("commit").arg(&ck).assert().success();
+    cairn(&store)
+        .args(["remote", "add", "origin", &r.url])
+        .assert()
+        .success();
+    let on_terminal = |cmd: String| {
+        let out = Command::new("script")
+            .args(["-qec", &cmd, "/dev/null"])
+            .env("CAIRN_AUTHOR", "t@t")
+            .output()
+            .expect("script (util-linux) runs the command on a terminal");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).to_string()
+    };
+    let screen = on_terminal(format!(
+        "{} --store {} push",
+        bin().display(),
+        store.display()
+    ));
+    assert!(
+        screen.contains("push [") && screen.contains("MiB"),
+        "{screen}"
+    );
+    let copy = t.path().join("copy");
+    let screen = on_terminal(format!(
+        "{} clone {} {}",
+        bin().display(),
+        r.url,
+        copy.display()
+    ));
+    assert!(
+        screen.contains("download [") && screen.contains("MiB"),
+        "{screen}"
+    );
+    // Piped: nothing on stderr.
+    std::fs::write(ck.join("more.bin"), noise(6, 1 << 20)).unwrap();
+    cairn(&store).arg("commit").arg(&ck).assert().success();
+    let out = cairn(&store).arg("push").output().unwrap();
+    assert!(out.status.success());
+    assert!(
+        out.stderr.is_empty(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// With no `AWS_*` variables, the endpoint, region and keys come from the `~/.aws` files (here
+/// named by `AWS_CONFIG_FILE` and `AWS_SHARED_CREDENTIALS_FILE`, for profile `$AWS_PROFILE`):
+/// without them the push would go to AWS itself and fail.
+#[test]
+fn s3_settings_come_from_the_aws_files() {
+    let t = tempfile::tempdir().unwrap();
+    let server = Server::seaweed(t.path());
+    let aws = t.path().join("aws");
+    std::fs::create_dir_all(&aws).unwrap();
+    std::fs::write(
+        aws.join("credentials"),
+        "[default]\naws_access_key_id = wrong\naws_secret_access_key = wrong\n\
+         [lab]\naws_access_key_id = cairn-test\naws_secret_access_key = cairn-test\n",
+    )
+    .unwrap();
+    std::fs::write(
+        aws.join("config"),
+        format!(
+            "[profile lab]\nregion = us-east-1\nendpoint_url = {}\n",
+            server.endpoint
+        ),
+    )
+    .unwrap();
+    let store = t.path().join("s");
+    cairn(&store).arg("init").assert().success();
+    let ck = t.path().join("ck");
+    checkpoint(&ck, 3);
+    cairn(&store).arg("commit").arg(&ck).assert().success();
+    let with_files = |c: &mut assert_cmd::Command| {
+        for v in [
+            "AWS_ACCESS_KEY_ID",
+            "AWS_SECRET_ACCESS_KEY",
+            "AWS_SESSION_TOKEN",
+            "AWS_ENDPOINT_URL",
+            "AWS_ENDPOINT_URL_S3",
+            "AWS_REGION",
+            "AWS_DEFAULT_REGION",
+        ] {
+            c.env_remove(v);
+        }
+        c.env("AWS_CONFIG_FILE", aws.join("config"))
+            .env("AWS_SHARED_CREDENTIALS_FILE", aws.join("credentials"))
+            .env("AWS_PROFILE", "lab")
+            .env("AWS_ALLOW_HTTP", "true");
+    };
+    cairn(&store)
+        .args(["remote", "add", "origin", "s3://cairn/from-files"])
+        .assert()
+        .success();
+    let mut c = cairn(&store);
+    with_files(&mut c);
+    c.arg("push").assert().success();
+    let mut c = cairn(&store);
+    with_files(&mut c);
+    let out = c.args(["fetch", "--json"]).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        v["refs"]["refs/heads/main"][0].as_str().unwrap(),
+        head(&store)
+    );
 }
