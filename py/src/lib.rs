@@ -569,7 +569,7 @@ impl RawStore {
         let store = &*self.store;
         let bytes = py.detach(move || -> cairn::Result<Vec<u8>> {
             let mut out = Vec::new();
-            read::cat(store, id, path, &mut out)?;
+            read::cat(store, id, path, &mut out, false)?;
             Ok(out)
         });
         Ok(PyBytes::new(py, &lib(bytes)?))
@@ -651,13 +651,22 @@ impl RawStore {
         ))
     }
 
-    /// Write every file of `rev` into `dir`, byte for byte; the outcome as JSON.
-    #[pyo3(signature = (rev, dir, force=false))]
-    fn checkout(&self, py: Python<'_>, rev: &str, dir: PathBuf, force: bool) -> PyResult<String> {
+    /// Write every file of `rev` into `dir`, byte for byte; the outcome as JSON. `paranoid`
+    /// reads every file back and checks its SHA-256.
+    #[pyo3(signature = (rev, dir, force=false, paranoid=false))]
+    fn checkout(
+        &self,
+        py: Python<'_>,
+        rev: &str,
+        dir: PathBuf,
+        force: bool,
+        paranoid: bool,
+    ) -> PyResult<String> {
         let id = self.resolve_rev(rev)?;
         let store = &*self.store;
         let opts = CheckoutOptions {
             force,
+            paranoid,
             ..Default::default()
         };
         let out = py.detach(move || {

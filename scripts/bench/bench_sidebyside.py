@@ -302,8 +302,9 @@ def generate(scale, root):
 
 def run(cmd, cwd=None, env=None, capture=False):
     """Runs cmd under GNU time; returns (wall seconds, peak RSS in KiB, stdout)."""
+    global LAST_CPU
     rss_file = os.path.join(RUN_TMP, "rss")
-    full = ["/usr/bin/time", "-f", "%M", "-o", rss_file] + cmd
+    full = ["/usr/bin/time", "-f", "%M %U %S", "-o", rss_file] + cmd
     t0 = time.perf_counter()
     r = subprocess.run(full, cwd=cwd, env=env, stdout=subprocess.PIPE if capture else subprocess.DEVNULL,
                        stderr=subprocess.PIPE)
@@ -311,8 +312,12 @@ def run(cmd, cwd=None, env=None, capture=False):
     if r.returncode != 0:
         sys.exit(f"FAILED ({r.returncode}): {' '.join(cmd)}\n{r.stderr.decode(errors='replace')}")
     with open(rss_file) as f:
-        rss = int(f.read().strip().splitlines()[-1])
-    return wall, rss, (r.stdout.decode() if capture else "")
+        rss, user, system = f.read().strip().splitlines()[-1].split()
+    LAST_CPU = float(user) + float(system)
+    return wall, int(rss), (r.stdout.decode() if capture else "")
+
+
+LAST_CPU = 0.0  # user + system seconds of the last command `run` ran
 
 
 def fsync_tree(path):
@@ -550,6 +555,84 @@ def bench_tool(tool, dirs, digests, work, unchanged_dir=None):
 RESTORES = 3
 
 
+def paired(tool, dirs, digests, work, rounds, paranoid, base_bin=None):
+    """cairn against cp + sync on the same work, alternated (cp, cairn, cp, cairn, ...) with a
+    `sync` before each run, as the shared disk's speed swings within minutes: commit of the
+    first checkpoint into a fresh store (all new data) and checkout of the last one. Per run
+    the wall time up to durable and the CPU seconds (user + sys, which the disk does not move)
+    per GiB; per cairn run the ratio to the cp + sync run just before it. With `paranoid`, also
+    `checkout --paranoid`; with `base_bin`, the same commands of that binary (the starting
+    commit) in the same rounds."""
+    first, last = dirs[0], dirs[-1]
+    gib = {"commit": logical_bytes(first) / 2**30, "checkout": logical_bytes(last) / 2**30}
+    ops = [("commit", "commit", tool.bin, [])]
+    if base_bin:
+        ops.append(("commit_base", "commit", base_bin, []))
+    ops.append(("checkout", "checkout", tool.bin, []))
+    if paranoid:
+        ops.append(("checkout_paranoid", "checkout", tool.bin, ["--paranoid"]))
+    if base_bin:
+        ops.append(("checkout_base", "checkout", base_bin, []))
+    rows = {key: [] for key, _, _, _ in ops}
+    scratch = os.path.join(work, "paired")
+    store = os.path.join(work, "paired-store")
+    for r in range(rounds):
+        warm([first, last])
+        for key, kind, binary, flags in ops:
+            src = first if kind == "commit" else last
+            subprocess.run(["sync"], check=True)
+            wall, _, _ = run(["cp", "-r", src, scratch])
+            cp = (wall + fsync_tree(scratch), LAST_CPU / gib[kind])
+            shutil.rmtree(scratch)
+            if kind == "commit":
+                env = dict(tool.env, CAIRN_STORE=store)
+                run([binary, "init"], env=env)
+                subprocess.run(["sync"], check=True)
+                wall, _, _ = run([binary, "commit", src, "-m", "ck1", *tool.depth_args], env=env)
+                rows[key].append((wall + fsync_tree(store), LAST_CPU / gib[kind]) + cp)
+                shutil.rmtree(store)
+            else:
+                subprocess.run(["sync"], check=True)
+                wall, _, _ = run([binary, "checkout", tool.commits[len(dirs)]["commit"], scratch, *flags],
+                                 env=tool.env)
+                rows[key].append((wall + fsync_tree(scratch), LAST_CPU / gib[kind]) + cp)
+                if sha256_tree(scratch) != digests[-1]:
+                    sys.exit(f"RESTORE MISMATCH for {binary} checkout {' '.join(flags)}: {scratch}")
+                shutil.rmtree(scratch)
+        print(f"   round {r + 1}: " + "; ".join(
+            f"{k} {v[-1][0]:.2f} s {v[-1][1]:.2f} CPU s/GiB (cp {v[-1][2]:.2f} s {v[-1][3]:.2f})"
+            for k, v in rows.items()), flush=True)
+    med = statistics.median
+    out = dict(rounds=rounds, gib_first=gib["commit"], gib_last=gib["checkout"], raw=rows)
+    for key, v in rows.items():
+        out[key] = dict(seconds=med(x[0] for x in v), cp_seconds=med(x[2] for x in v),
+                        vs_cp=med(x[2] / x[0] for x in v),
+                        cpu_s_per_gib=med(x[1] for x in v), cp_cpu_s_per_gib=med(x[3] for x in v))
+    for key in ("commit", "checkout"):
+        if key + "_base" in rows:
+            out[key]["cpu_vs_base"] = med(n[1] / b[1] for n, b in zip(rows[key], rows[key + "_base"]))
+    return out
+
+
+def paired_markdown(series_name, p):
+    lines = [f"Paired with cp + sync ({p['rounds']} rounds, alternated, `sync` before each; medians):", "",
+             "| operation | cairn s | cp + sync s | cairn speed / cp + sync (median of rounds) "
+             "| cairn CPU s per GiB (user + sys) | cp CPU s per GiB | CPU / starting commit's |",
+             "|---|---|---|---|---|---|---|"]
+    names = {"commit": f"commit of the 1st checkpoint ({p['gib_first']:.2f} GiB, all new)",
+             "commit_base": "the same, starting commit's binary",
+             "checkout": f"checkout of the last ({p['gib_last']:.2f} GiB, depth K)",
+             "checkout_paranoid": "checkout --paranoid of the last",
+             "checkout_base": "checkout, starting commit's binary (SHA-256 on the path)"}
+    for k, name in names.items():
+        if k in p:
+            v = p[k]
+            lines.append(f"| {name} | {v['seconds']:.2f} | {v['cp_seconds']:.2f} | {v['vs_cp']:.2f}x "
+                         f"| {v['cpu_s_per_gib']:.2f} | {v['cp_cpu_s_per_gib']:.2f} | "
+                         + (f"{v['cpu_vs_base']:.2f}x" if "cpu_vs_base" in v else "") + " |")
+    return "\n".join(lines)
+
+
 def cairn_extras(tool, sinfo, dirs, work):
     """cairn-only figures: tensor reads at the last checkpoint, frozen dedup, stats."""
     ex = {"stats": tool.json("stats"), "commits": [tool.commits[i] for i in sorted(tool.commits)]}
@@ -676,6 +759,15 @@ def targets(results, k=4):
         c, cp = summed("cairn", "restore_s", -1), summed("cp+sync", "restore_s", -1)
         add(f"checkout of the last checkpoint (depth K={k}, verified) >= 0.8x cp+sync",
             f"{c / cp:.2f}x ({c:.3f} vs {cp:.3f} GB/s)", c / cp >= 0.8)
+    for s in results:
+        p = results[s]["cairn"].get("paired")
+        if p:
+            v = p["commit"]
+            add(f"{s}: commit of new data >= 0.8x cp+sync (paired rounds)",
+                f"{v['vs_cp']:.2f}x; {v['cpu_s_per_gib']:.2f} CPU s/GiB", v["vs_cp"] >= 0.8)
+            v = p["checkout"]
+            add(f"{s}: checkout, default verification, >= 0.8x cp+sync (paired rounds)",
+                f"{v['vs_cp']:.2f}x; {v['cpu_s_per_gib']:.2f} CPU s/GiB", v["vs_cp"] >= 0.8)
     for s, v in rows.items():
         if v["cairn"]["unchanged_gbps"] is not None:
             u = v["cairn"]["unchanged_gbps"]
@@ -715,7 +807,13 @@ def main():
                     help="pass `--delta-base` to every cairn commit (default: cairn's own, root)")
     ap.add_argument("--series", default=None,
                     help="comma-separated subset of series to store (all are generated)")
+    ap.add_argument("--paired-rounds", type=int, default=5, metavar="N",
+                    help="rounds of cairn alternated with cp + sync (commit of new data, checkout); 0: none")
+    ap.add_argument("--cairn-base", default=os.environ.get("CAIRN_BASE_BIN"), metavar="BIN",
+                    help="another cairn binary (say, the starting commit's) run in the same paired rounds")
     args = ap.parse_args()
+    paranoid = "--paranoid" in subprocess.run([args.cairn, "checkout", "--help"], capture_output=True,
+                                              text=True).stdout
 
     global RUN_TMP
     os.makedirs(args.out)
@@ -763,6 +861,10 @@ def main():
             res[tool.name] = bench_tool(tool, dirs, digests, work, unchanged)
             if tool.name == "cairn":
                 extras = cairn_extras(tool, sinfo, dirs, work)
+                if args.paired_rounds:
+                    print(f"-- {sname}: cairn and cp + sync paired", flush=True)
+                    extras["paired"] = paired(tool, dirs, digests, work, args.paired_rounds, paranoid,
+                                              args.cairn_base)
             if not args.keep:
                 shutil.rmtree(tool.repo)
         rows = summarize(sname, sum(per_ckpt), per_ckpt, res)
@@ -779,6 +881,8 @@ def main():
         st = extras["stats"]
         cairn_md += (f"; cairn stats: dedup {st['dedup_ratio']:.2f}x, compression "
                      f"{st['compression_ratio']:.2f}x, total (logical/pack bytes) {st['total_ratio']:.2f}x")
+        if extras.get("paired"):
+            cairn_md += "\n\n" + paired_markdown(sname, extras["paired"])
         print(cairn_md, flush=True)
         report.append(md + "\n\n" + cairn_md)
         results[sname] = dict(logical_bytes=sum(per_ckpt), per_checkpoint_logical=per_ckpt,

@@ -2,7 +2,10 @@
 //!
 //! Invariants:
 //! - Every chunk is verified against its id as it is read (in `pack`), and every file written by
-//!   checkout is verified against its recorded size and SHA-256 before it gets its final name.
+//!   checkout against its recorded size (bytes sent and length on disk) before it gets its final
+//!   name; with `paranoid`, also against its recorded SHA-256, read back from the file. Why the
+//!   default is enough: docs/architecture.md, "Why checkout verifies by BLAKE3 alone".
+//! - Windows reach the file in tree order: one decoder, one FIFO channel, one appending writer.
 //! - Checkout writes each file under a temporary name, fsyncs it, then renames it; it refuses a
 //!   non-empty target directory unless forced, and never truncates an existing file in place.
 //! - A tensor read touches only that tensor's chunks (and their delta bases).
@@ -152,15 +155,50 @@ fn io_at(path: &Path) -> impl FnOnce(std::io::Error) -> ReadError + '_ {
 /// Raw bytes decoded per parallel window.
 pub const WINDOW_BYTES: u64 = 16 << 20;
 
-/// Decode `chunks` in order, in parallel windows of about [`WINDOW_BYTES`]. Each window's
-/// chunks are decoded, back to back, into one buffer taken from `next_buf` (its bytes on entry do
-/// not matter; reusing buffers saves faulting fresh memory in), which is then handed to `sink`.
-pub fn stream_windows(
-    store: &Store,
-    chunks: &[ChunkRef],
-    mut next_buf: impl FnMut() -> Vec<u8>,
-    mut sink: impl FnMut(Vec<u8>) -> Result<()>,
-) -> Result<()> {
+/// Windows alive at once per file being restored: one being decoded into, one queued, one
+/// being written (and, with the SHA-256 stage, one being hashed).
+const WINDOWS: usize = 4;
+
+/// One decoded window: the first `len` bytes of `buf` are the file's next bytes.
+pub struct Window {
+    buf: Vec<u8>,
+    len: usize,
+}
+
+impl Window {
+    /// The decoded bytes.
+    pub fn bytes(&self) -> &[u8] {
+        &self.buf[..self.len]
+    }
+}
+
+/// Reusable window buffers. Each is allocated once, zeroed by the allocator (`calloc`: fresh
+/// pages, no `memset`), and never zeroed again: every byte of a window is decoded into before
+/// it is read, so a recycled window's old bytes do not matter.
+#[derive(Default)]
+pub struct Windows {
+    spare: Vec<Vec<u8>>,
+}
+
+impl Windows {
+    fn take(&mut self, len: usize) -> Vec<u8> {
+        match self.spare.pop() {
+            Some(mut b) => {
+                if b.len() < len {
+                    // Only a single chunk larger than a window gets here.
+                    b = vec![0; len];
+                }
+                b
+            }
+            None => vec![0; len.max(WINDOW_BYTES as usize)],
+        }
+    }
+}
+
+/// The chunk ranges of `chunks` that make up each window: whole chunks, about
+/// [`WINDOW_BYTES`] each (a single larger chunk is a window of its own).
+fn window_ranges(chunks: &[ChunkRef]) -> Vec<(std::ops::Range<usize>, u64)> {
+    let mut out = Vec::new();
     let mut i = 0;
     while i < chunks.len() {
         let mut j = i;
@@ -169,24 +207,14 @@ pub fn stream_windows(
             bytes += chunks[j].len;
             j += 1;
         }
-        let mut buf = next_buf();
-        let len = usize::try_from(bytes).map_err(|_| ReadError::TooLarge {
-            what: format!("chunk {}", chunks[i].id),
-            bytes,
-        })?;
-        if buf.len() < len {
-            buf.resize(len, 0);
-        } else {
-            buf.truncate(len);
-        }
-        read_chunks_into(store, &chunks[i..j], &mut buf)?;
-        sink(buf)?;
+        out.push((i..j, bytes));
         i = j;
     }
-    Ok(())
+    out
 }
 
-/// Decode `chunks`, in parallel, into `out`, which is exactly their total length.
+/// Decode `chunks`, in parallel, into `out`, which is exactly their total length: each chunk
+/// into the slice at the offset the sum of the lengths before it gives, verified against its id.
 fn read_chunks_into(store: &Store, chunks: &[ChunkRef], out: &mut [u8]) -> Result<()> {
     let mut slices = Vec::with_capacity(chunks.len());
     let mut rest = out;
@@ -208,91 +236,137 @@ fn read_chunks_into(store: &Store, chunks: &[ChunkRef], out: &mut [u8]) -> Resul
     Ok(())
 }
 
-/// Decode `chunks` in order, handing each window of decoded bytes to `sink`.
-pub fn stream_chunks(
+/// Decode one file's chunks, window by window in tree order, and hand each window to `write`
+/// (on a thread of its own) with its index; with `sha256`, a third thread hashes the windows
+/// between the two. Returns the bytes produced and, with `sha256`, their digest. Written
+/// windows come back to `windows`.
+fn restore_stream(
     store: &Store,
-    chunks: &[ChunkRef],
-    mut sink: impl FnMut(&[u8]) -> Result<()>,
-) -> Result<()> {
-    let spare = std::cell::Cell::new(Vec::new());
-    stream_windows(
-        store,
-        chunks,
-        || spare.take(),
-        |window| {
-            sink(&window)?;
-            spare.set(window);
+    path: &str,
+    entry: &FileEntry,
+    windows: &mut Windows,
+    sha256: bool,
+    write: &mut (dyn FnMut(usize, &[u8]) -> std::io::Result<()> + Send),
+) -> Result<(u64, Option<[u8; 32]>)> {
+    let chunks: Vec<ChunkRef> = entry.chunks().copied().collect();
+    let ranges = window_ranges(&chunks);
+    let (tx, rx) = std::sync::mpsc::sync_channel::<Window>(1);
+    let (back_tx, back_rx) = std::sync::mpsc::channel::<Vec<u8>>();
+    let mut alive = 0;
+    let (produced, hashed, written) = std::thread::scope(|s| {
+        // The windows as the writer sees them: straight from the decoder, or through the hasher.
+        let (to_writer, hasher) = if sha256 {
+            let (htx, hrx) = std::sync::mpsc::sync_channel::<Window>(1);
+            let h = s.spawn(move || -> [u8; 32] {
+                let mut sha = Sha256::new();
+                for w in rx {
+                    sha.update(w.bytes());
+                    if htx.send(w).is_err() {
+                        break; // the writer failed; its error is the one to report
+                    }
+                }
+                sha.finalize().into()
+            });
+            (hrx, Some(h))
+        } else {
+            (rx, None)
+        };
+        let writer = s.spawn(move || -> Result<u64> {
+            let mut n = 0u64;
+            for (i, w) in to_writer.into_iter().enumerate() {
+                write(i, w.bytes()).map_err(|e| ReadError::Io {
+                    path: PathBuf::from(path),
+                    source: e,
+                })?;
+                n += w.len as u64;
+                let _ = back_tx.send(w.buf);
+            }
+            Ok(n)
+        });
+        let produced = (|| -> Result<()> {
+            for (range, bytes) in &ranges {
+                let len = usize::try_from(*bytes).map_err(|_| ReadError::TooLarge {
+                    what: format!("chunk {}", chunks[range.start].id),
+                    bytes: *bytes,
+                })?;
+                // At most `WINDOWS` buffers per file: past that, wait for the writer's.
+                let mut buf = match back_rx.try_recv() {
+                    Ok(b) => b,
+                    Err(_) if alive < WINDOWS => {
+                        alive += 1;
+                        windows.take(len)
+                    }
+                    Err(_) => back_rx.recv().map_err(|_| ReadError::WriterStopped {
+                        path: path.to_string(),
+                    })?,
+                };
+                if buf.len() < len {
+                    buf = vec![0; len];
+                }
+                read_chunks_into(store, &chunks[range.clone()], &mut buf[..len])?;
+                tx.send(Window { buf, len })
+                    .map_err(|_| ReadError::WriterStopped {
+                        path: path.to_string(),
+                    })?;
+            }
             Ok(())
-        },
-    )
+        })();
+        drop(tx);
+        let written = writer.join().expect("the writer thread does not panic");
+        let hashed = hasher.map(|h| h.join().expect("the hashing thread does not panic"));
+        (produced, hashed, written)
+    });
+    windows.spare.extend(back_rx.try_iter());
+    // A write error (full disk, closed pipe) explains a stopped writer better than the send.
+    let n = written?;
+    produced?;
+    Ok((n, hashed))
 }
 
-/// Write one file's bytes to `out`, verifying its size and SHA-256 at the end. Three stages
-/// overlap, one window apart: decoding (all cores), the SHA-256 (a thread of its own: it is
-/// sequential over the file and costs about as much as the write) and writing (another thread).
-/// Written windows go back to the decoder, so at most four are alive.
+/// Write one file's bytes to `out`. Every chunk is verified against its id as it is decoded,
+/// and the byte count against the recorded size; with `sha256` also the recorded SHA-256 of
+/// the whole stream (`cairn verify`, `cat --paranoid`), on a thread of its own that overlaps
+/// the decoding and the writing.
 pub fn write_file_to(
     store: &Store,
     path: &str,
     entry: &FileEntry,
     out: &mut (dyn Write + Send),
+    sha256: bool,
     progress: &dyn Progress,
 ) -> Result<()> {
-    let chunks: Vec<ChunkRef> = entry.chunks().copied().collect();
-    let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<u8>>(1);
-    let (hashed_tx, hashed_rx) = std::sync::mpsc::sync_channel::<Vec<u8>>(1);
-    // Written windows come back to be decoded into again.
-    let (back_tx, back_rx) = std::sync::mpsc::channel::<Vec<u8>>();
-    let (produced, hashed, written) = std::thread::scope(|s| {
-        let hasher = s.spawn(move || -> (u64, [u8; 32]) {
-            let mut sha = Sha256::new();
-            let mut n = 0u64;
-            for window in rx {
-                sha.update(&window);
-                n += window.len() as u64;
-                if hashed_tx.send(window).is_err() {
-                    break; // the writer failed; its error is the one to report
-                }
-            }
-            (n, sha.finalize().into())
-        });
-        let writer = s.spawn(move || -> Result<()> {
-            for window in hashed_rx {
-                out.write_all(&window).map_err(|e| ReadError::Io {
-                    path: PathBuf::from(path),
-                    source: e,
-                })?;
-                progress.advance(window.len() as u64);
-                let _ = back_tx.send(window);
-            }
-            Ok(())
-        });
-        let produced = stream_windows(
-            store,
-            &chunks,
-            || back_rx.try_recv().unwrap_or_default(),
-            |w| {
-                tx.send(w).map_err(|_| ReadError::WriterStopped {
-                    path: path.to_string(),
-                })
-            },
-        );
-        drop(tx);
-        let written = writer.join().expect("the writer thread does not panic");
-        let hashed = hasher.join().expect("the hashing thread does not panic");
-        (produced, hashed, written)
-    });
-    // A write error (full disk, closed pipe) explains a stopped writer better than the send.
-    written?;
-    produced?;
-    let (n, got) = hashed;
-    if n != entry.size {
+    let mut write = |_: usize, bytes: &[u8]| {
+        out.write_all(bytes)?;
+        progress.advance(bytes.len() as u64);
+        Ok(())
+    };
+    let (n, digest) = restore_stream(
+        store,
+        path,
+        entry,
+        &mut Windows::default(),
+        sha256,
+        &mut write,
+    )?;
+    check_size(path, entry, n)?;
+    match digest {
+        Some(got) => check_sha256(path, entry, got),
+        None => Ok(()),
+    }
+}
+
+fn check_size(path: &str, entry: &FileEntry, got: u64) -> Result<()> {
+    if got != entry.size {
         return Err(ReadError::SizeMismatch {
             path: path.to_string(),
-            got: n,
+            got,
             want: entry.size,
         });
     }
+    Ok(())
+}
+
+fn check_sha256(path: &str, entry: &FileEntry, got: [u8; 32]) -> Result<()> {
     if got != entry.sha256 {
         return Err(ReadError::Sha256Mismatch {
             path: path.to_string(),
@@ -303,6 +377,19 @@ pub fn write_file_to(
     Ok(())
 }
 
+/// A fault injected into checkout's writer, to test what the verification catches (tests
+/// only; see docs/architecture.md, "Why checkout verifies by BLAKE3 alone").
+#[doc(hidden)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WriteFault {
+    /// Write window `i` after window `i + 1`.
+    SwapWindows(usize),
+    /// Skip window `i`'s write.
+    DropWrite(usize),
+    /// Move the file position by this many bytes before window `i`'s write.
+    ShiftOffset(usize, i64),
+}
+
 /// Options of [`checkout`].
 #[derive(Clone, Debug, Default)]
 pub struct CheckoutOptions {
@@ -310,6 +397,13 @@ pub struct CheckoutOptions {
     pub force: bool,
     /// For a slimmed commit, restore the files that remain and skip the released ones.
     pub partial: bool,
+    /// Read every file back once it is written and synced, and check its SHA-256 against the
+    /// recorded one before it gets its name (the default relies on each chunk's BLAKE3 and the
+    /// file's size; see docs/architecture.md).
+    pub paranoid: bool,
+    /// Tests only: a fault for the writer to commit.
+    #[doc(hidden)]
+    pub inject: Option<WriteFault>,
 }
 
 /// What a checkout wrote.
@@ -357,6 +451,7 @@ pub fn checkout(
             .flat_map(|(_, f)| f.chunks().map(|c| c.id)),
     )?;
     progress.begin("checkout", tree.logical_size());
+    let mut windows = Windows::default();
     let mut skipped = Vec::new();
     for (rel, entry) in &tree.files {
         if released.iter().any(|r| r == rel) {
@@ -369,29 +464,14 @@ pub fn checkout(
             "{}/{tmp}",
             rel.rsplit_once('/').map_or("", |p| p.0)
         ));
-        let result = (|| -> Result<crate::storage::fsutil::WritebackFile> {
-            // Written back early as it grows, so the fsync below does not wait for all of it.
-            let mut buf = std::io::BufWriter::with_capacity(
-                8 << 20,
-                crate::storage::fsutil::WritebackFile::new(f),
-            );
-            write_file_to(store, rel, entry, &mut buf, progress)?;
-            let wf = buf
-                .into_inner()
-                .map_err(|e| io_at(&tmp_path)(e.into_error()))?;
-            let f = wf.file();
-            if entry.executable {
-                use std::os::unix::fs::PermissionsExt;
-                let mut perm = f.metadata().map_err(io_at(&tmp_path))?.permissions();
-                perm.set_mode(perm.mode() | 0o111);
-                f.set_permissions(perm).map_err(io_at(&tmp_path))?;
-            }
-            // The bytes must be on disk before the file appears under its name.
-            f.sync_all().map_err(io_at(&tmp_path))?;
-            Ok(wf)
-        })();
+        let mut wf = crate::storage::fsutil::WritebackFile::new(f);
+        let result = restore_file(store, rel, entry, &mut wf, &mut windows, opts, progress)
+            .map_err(|e| match e {
+                ReadError::Io { source, .. } => io_at(&tmp_path)(source),
+                e => e,
+            });
         match result {
-            Ok(wf) => out.publish(rel, &tmp, wf.file())?,
+            Ok(()) => out.publish(rel, &tmp, wf.file())?,
             Err(e) => {
                 out.discard(rel, &tmp);
                 return Err(e);
@@ -418,12 +498,88 @@ pub fn checkout(
     })
 }
 
-/// Stream file `path` of `commit` to `out`.
+/// Restore one file into `wf` (a new, empty file): the write path whose correctness the
+/// default checkout argues rather than re-checks (docs/architecture.md, "Why checkout verifies
+/// by BLAKE3 alone"). Windows arrive in tree order through one FIFO channel and are appended
+/// with `write_all` by one thread; then the bytes sent and the file's length (`fstat`) must
+/// both equal the recorded size. The file is synced; with `paranoid` it is then read back
+/// whole and its SHA-256 compared with the recorded one.
+fn restore_file(
+    store: &Store,
+    rel: &str,
+    entry: &FileEntry,
+    wf: &mut crate::storage::fsutil::WritebackFile,
+    windows: &mut Windows,
+    opts: &CheckoutOptions,
+    progress: &dyn Progress,
+) -> Result<()> {
+    let fault = opts.inject;
+    let mut held: Option<Vec<u8>> = None;
+    let mut write = |i: usize, bytes: &[u8]| -> std::io::Result<()> {
+        match fault {
+            Some(WriteFault::DropWrite(k)) if k == i => {}
+            Some(WriteFault::SwapWindows(k)) if k == i => held = Some(bytes.to_vec()),
+            Some(WriteFault::ShiftOffset(k, by)) if k == i => {
+                use std::io::Seek;
+                let mut f = wf.file();
+                f.seek(std::io::SeekFrom::Current(by))?;
+                wf.write_all(bytes)?;
+            }
+            _ => {
+                wf.write_all(bytes)?;
+                if let Some(h) = held.take() {
+                    wf.write_all(&h)?;
+                }
+            }
+        }
+        progress.advance(bytes.len() as u64);
+        Ok(())
+    };
+    let (sent, _) = restore_stream(store, rel, entry, windows, false, &mut write)?;
+    check_size(rel, entry, sent)?;
+    let f = wf.file();
+    let on_disk = f.metadata().map_err(io_at(Path::new(rel)))?.len();
+    check_size(rel, entry, on_disk)?;
+    if entry.executable {
+        use std::os::unix::fs::PermissionsExt;
+        let mut perm = f.metadata().map_err(io_at(Path::new(rel)))?.permissions();
+        perm.set_mode(perm.mode() | 0o111);
+        f.set_permissions(perm).map_err(io_at(Path::new(rel)))?;
+    }
+    // The bytes must be on disk before the file appears under its name.
+    f.sync_all().map_err(io_at(Path::new(rel)))?;
+    if opts.paranoid {
+        let (n, got) = sha256_of_file(f).map_err(io_at(Path::new(rel)))?;
+        check_size(rel, entry, n)?;
+        check_sha256(rel, entry, got)?;
+    }
+    Ok(())
+}
+
+/// The length and SHA-256 of everything in `f`, read from its start.
+fn sha256_of_file(f: &std::fs::File) -> std::io::Result<(u64, [u8; 32])> {
+    use std::os::unix::fs::FileExt;
+    let mut sha = Sha256::new();
+    let mut buf = vec![0u8; 4 << 20];
+    let mut at = 0u64;
+    loop {
+        let n = f.read_at(&mut buf, at)?;
+        if n == 0 {
+            return Ok((at, sha.finalize().into()));
+        }
+        sha.update(&buf[..n]);
+        at += n as u64;
+    }
+}
+
+/// Stream file `path` of `commit` to `out`. Every chunk is verified by its BLAKE3 id and the
+/// byte count by the recorded size; with `paranoid` also the stream's SHA-256.
 pub fn cat(
     store: &Store,
     commit: CommitId,
     path: &str,
     out: &mut (dyn Write + Send),
+    paranoid: bool,
 ) -> Result<()> {
     let _reading = store.read_guard();
     let c = store.commit(commit)?;
@@ -434,7 +590,7 @@ pub fn cat(
     })?;
     crate::storage::state::check_file_not_released(store, commit, path)?;
     store.prefetch(entry.chunks().map(|c| c.id))?;
-    write_file_to(store, path, entry, out, &NoProgress)
+    write_file_to(store, path, entry, out, paranoid, &NoProgress)
 }
 
 /// A tensor found in a tree.

@@ -52,7 +52,14 @@ pub fn verify_commit(store: &Store, id: CommitId, progress: &dyn Progress) -> Re
     progress.begin("verify", tree.logical_size());
     for (path, entry) in &tree.files {
         rec.files += 1;
-        match crate::ops::read::write_file_to(store, path, entry, &mut std::io::sink(), progress) {
+        match crate::ops::read::write_file_to(
+            store,
+            path,
+            entry,
+            &mut std::io::sink(),
+            true,
+            progress,
+        ) {
             Ok(()) => rec.bytes += entry.size,
             Err(e) => rec.problems.push(format!("{path}: {e}")),
         }

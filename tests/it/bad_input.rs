@@ -315,6 +315,102 @@ fn checkout_into_an_unwritable_or_nonempty_directory() {
     });
 }
 
+/// Write `tree` and a commit of it (child of `head`, otherwise `good`) into a new pack by hand,
+/// index them with `repair --rebuild-index`, and return the commit's id.
+fn forge_tree(
+    store: &Path,
+    s: &cairn::Store,
+    head: cairn::CommitId,
+    good: &cairn::model::object::Commit,
+    tree: &cairn::model::object::Tree,
+) -> String {
+    use cairn::model::object::{Commit, KIND_COMMIT, KIND_TREE};
+    let (tid, tbytes) = tree.encode();
+    let c = Commit {
+        parents: vec![head],
+        tree: tid,
+        ..good.clone()
+    };
+    let (cid, cbytes) = c.encode();
+    let mut w = cairn::storage::pack::PackWriter::create(&s.packs_dir()).unwrap();
+    w.append_object(tid.into(), KIND_TREE, &tbytes).unwrap();
+    w.append_object(cid.into(), KIND_COMMIT, &cbytes).unwrap();
+    w.seal().unwrap();
+    cairn(store)
+        .args(["repair", "--rebuild-index"])
+        .assert()
+        .success();
+    cid.to_string()
+}
+
+/// A tree whose recorded SHA-256 is not its bytes' (a stranger's store): the chunks are what the
+/// tree lists, so the default checkout restores them (it checks each chunk's BLAKE3 and the
+/// size); `checkout --paranoid`, `cat --paranoid`, `verify` and `fsck --read-data` read the
+/// bytes whole and name the mismatch, and the paranoid checkout leaves no file under the name.
+#[test]
+fn a_recorded_sha256_that_lies_is_caught_by_the_paranoid_checks() {
+    let t = tempfile::tempdir().unwrap();
+    let store = t.path().join("store");
+    init(&store);
+    let ck = t.path().join("ck");
+    std::fs::create_dir_all(&ck).unwrap();
+    std::fs::write(ck.join("a.bin"), noise(3, 3 << 20)).unwrap();
+    cairn(&store).arg("commit").arg(&ck).assert().success();
+    let s = cairn::Store::open(&store).unwrap();
+    let head = s.head().unwrap().unwrap();
+    let good = s.commit(head).unwrap();
+    let mut tree = s.tree(good.tree).unwrap();
+    tree.files.get_mut("a.bin").unwrap().sha256[0] ^= 1;
+    let id = forge_tree(&store, &s, head, &good, &tree);
+    drop(s);
+    cairn(&store)
+        .args(["checkout", &id])
+        .arg(t.path().join("fast"))
+        .assert()
+        .success();
+    assert!(std::fs::read(t.path().join("fast/a.bin")).unwrap() == noise(3, 3 << 20));
+    let dst = t.path().join("paranoid");
+    let out = cairn(&store)
+        .args(["checkout", "--paranoid", &id])
+        .arg(&dst)
+        .output()
+        .unwrap();
+    no_panic(&out);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("a.bin: SHA-256") && err.contains("does not match"),
+        "{err}"
+    );
+    assert_eq!(std::fs::read_dir(&dst).unwrap().count(), 0);
+    let out = cairn(&store)
+        .args(["cat", "--paranoid", &format!("{id}:a.bin")])
+        .output()
+        .unwrap();
+    no_panic(&out);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("does not match"));
+    let out = cairn(&store).args(["verify", &id]).output().unwrap();
+    no_panic_any(&out);
+    assert!(!out.status.success());
+    cairn(&store)
+        .args(["tag", "forged", &id])
+        .assert()
+        .success();
+    let out = cairn(&store)
+        .args(["fsck", "--read-data", "--json"])
+        .output()
+        .unwrap();
+    no_panic_any(&out);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let kinds: Vec<&str> = v["problems"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["kind"].as_str().unwrap())
+        .collect();
+    assert_eq!(kinds, ["file-digest-mismatch"], "{v}");
+    assert_eq!(v["files_verified"], 1, "{v}");
+}
+
 /// A stranger's store can hold any object: here a tree forged with the crate's own writers (an
 /// empty directory `../escaped`, and a file whose one chunk claims 2^44 bytes), in a pack
 /// written by hand and indexed by `repair --rebuild-index`. Checkout, show and cat refuse the
@@ -322,8 +418,7 @@ fn checkout_into_an_unwritable_or_nonempty_directory() {
 /// checkout made `../escaped`; the 2^44-byte chunk asked for a 16 TiB buffer).
 #[test]
 fn a_forged_tree_is_refused_and_checkout_writes_nothing_outside() {
-    use cairn::model::object::{ChunkRef, Commit, KIND_COMMIT, KIND_TREE, Tree};
-    use cairn::storage::pack::PackWriter;
+    use cairn::model::object::{ChunkRef, Tree};
     let t = tempfile::tempdir().unwrap();
     let store = t.path().join("store");
     init(&store);
@@ -336,24 +431,7 @@ fn a_forged_tree_is_refused_and_checkout_writes_nothing_outside() {
     let good = s.commit(head).unwrap();
     let tree = s.tree(good.tree).unwrap();
 
-    let forge = |tree: &Tree| -> String {
-        let (tid, tbytes) = tree.encode();
-        let c = Commit {
-            parents: vec![head],
-            tree: tid,
-            ..good.clone()
-        };
-        let (cid, cbytes) = c.encode();
-        let mut w = PackWriter::create(&s.packs_dir()).unwrap();
-        w.append_object(tid.into(), KIND_TREE, &tbytes).unwrap();
-        w.append_object(cid.into(), KIND_COMMIT, &cbytes).unwrap();
-        w.seal().unwrap();
-        cairn(&store)
-            .args(["repair", "--rebuild-index"])
-            .assert()
-            .success();
-        cid.to_string()
-    };
+    let forge = |tree: &Tree| forge_tree(&store, &s, head, &good, tree);
     let mut escape = tree.clone();
     escape.empty_dirs.insert("../escaped".into());
     let id = forge(&escape);

@@ -147,7 +147,7 @@ fn gc_beside_committers_loses_nothing() {
     for (id, d) in acked.iter().rev().take(3) {
         let dst = t.path().join(format!("chk-{}", &id[..8]));
         cairn(&store)
-            .args(["checkout", id])
+            .args(["checkout", "--paranoid", id])
             .arg(&dst)
             .assert()
             .success();

@@ -92,7 +92,7 @@ fn kill_9_during_commit_and_gc_never_loses_an_acknowledged_commit() {
     let restored = restore_unpruned(&store, &acked, &t.path().join("last"));
     eprintln!("{restored} of them not pruned, each restored exactly");
     cairn(&store)
-        .args(["checkout", "HEAD"])
+        .args(["checkout", "--paranoid", "HEAD"])
         .arg(t.path().join("head"))
         .assert()
         .success();
@@ -242,7 +242,7 @@ fn restore_unpruned(
         if show["state"]["pruned"].is_null() {
             let _ = std::fs::remove_dir_all(dst);
             cairn(store)
-                .args(["checkout", id])
+                .args(["checkout", "--paranoid", id])
                 .arg(dst)
                 .assert()
                 .success();

@@ -116,7 +116,7 @@ fn a_full_disk_is_a_clean_error_and_the_store_recovers() {
     cairn(&store).arg("commit").arg(&ck).assert().success();
     let dst = t.path().join("r-after");
     cairn(&store)
-        .args(["checkout", "HEAD"])
+        .args(["checkout", "--paranoid", "HEAD"])
         .arg(&dst)
         .assert()
         .success();
@@ -238,7 +238,7 @@ fn a_disk_that_fills_during_repack_is_a_clean_error_and_gc_finishes_later() {
     if show["state"]["pruned"].is_null() {
         let dst = t.path().join("r1");
         cairn(&store)
-            .args(["checkout", &c1])
+            .args(["checkout", "--paranoid", &c1])
             .arg(&dst)
             .assert()
             .success();
@@ -246,7 +246,7 @@ fn a_disk_that_fills_during_repack_is_a_clean_error_and_gc_finishes_later() {
     }
     let dst = t.path().join("r2");
     cairn(&store)
-        .args(["checkout", "HEAD"])
+        .args(["checkout", "--paranoid", "HEAD"])
         .arg(&dst)
         .assert()
         .success();
@@ -263,7 +263,7 @@ fn a_disk_that_fills_during_repack_is_a_clean_error_and_gc_finishes_later() {
     fsck_read_data_clean(&store);
     let dst = t.path().join("r3");
     cairn(&store)
-        .args(["checkout", "HEAD"])
+        .args(["checkout", "--paranoid", "HEAD"])
         .arg(&dst)
         .assert()
         .success();

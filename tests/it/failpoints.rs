@@ -173,7 +173,7 @@ fn head(store: &Path) -> Option<String> {
 fn checkout(store: &Path, rev: &str, dir: &Path) -> std::collections::BTreeMap<String, Vec<u8>> {
     let _ = std::fs::remove_dir_all(dir);
     let out = cairn(store)
-        .args(["checkout", rev])
+        .args(["checkout", "--paranoid", rev])
         .arg(dir)
         .output()
         .unwrap();

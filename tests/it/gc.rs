@@ -353,7 +353,7 @@ fn repack_moves_live_data_and_readers_stay_correct() {
     // The old handle still reads the kept file correctly (it retries through a fresh view).
     let mut buf = Vec::new();
     let head = cairn::ops::rev::resolve(&store, "HEAD").unwrap();
-    cairn::ops::read::cat(&store, head, "keep.bin", &mut buf).unwrap();
+    cairn::ops::read::cat(&store, head, "keep.bin", &mut buf, false).unwrap();
     assert_eq!(buf, noise(1, 3 << 20));
     fsck_read_data_clean(&root);
     let _ = first;

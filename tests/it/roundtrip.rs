@@ -5,6 +5,30 @@ use crate::common::*;
 use cairn::ops::read::{self, CheckoutOptions};
 use cairn::{CommitBuilder, CommitOptions, DType, DeltaBase, Store, TensorInput};
 
+/// Check `id` out into `dst` by default (BLAKE3 of every chunk, each file's size), and again
+/// with `paranoid` (every file read back, SHA-256) into a sibling directory: the two must agree,
+/// byte for byte or in failing. Returns the default's outcome.
+fn checkout(
+    store: &Store,
+    id: cairn::CommitId,
+    dst: &std::path::Path,
+) -> Result<read::CheckoutOutcome, read::ReadError> {
+    let progress = &cairn::ops::progress::NoProgress;
+    let got = read::checkout(store, id, dst, &CheckoutOptions::default(), progress);
+    let pdst = dst.with_extension("paranoid");
+    let paranoid = CheckoutOptions {
+        paranoid: true,
+        ..Default::default()
+    };
+    let again = read::checkout(store, id, &pdst, &paranoid, progress);
+    match (&got, &again) {
+        (Ok(_), Ok(_)) => assert_eq!(snapshot(dst), snapshot(&pdst)),
+        (Err(_), Err(_)) => {}
+        _ => panic!("default and paranoid checkouts disagree: {got:?} / {again:?}"),
+    }
+    got
+}
+
 #[test]
 fn directory_round_trips_byte_identically() {
     let t = tempfile::tempdir().unwrap();
@@ -16,14 +40,7 @@ fn directory_round_trips_byte_identically() {
     let out = b.commit().unwrap();
     assert_eq!(out.parent, None);
     let dst = t.path().join("out");
-    read::checkout(
-        &store,
-        out.commit,
-        &dst,
-        &CheckoutOptions::default(),
-        &cairn::ops::progress::NoProgress,
-    )
-    .unwrap();
+    checkout(&store, out.commit, &dst).unwrap();
     assert_eq!(snapshot(&src), snapshot(&dst));
     assert!(dst.join("logs/empty_dir").is_dir());
     // The safetensors file was understood, tensor by tensor.
@@ -126,15 +143,7 @@ fn corrupt_pack_byte_is_an_error_never_wrong_bytes() {
     std::fs::write(&pack, bytes).unwrap();
     let store = Store::open(&root).unwrap();
     let dst = t.path().join("out");
-    let e = read::checkout(
-        &store,
-        out.commit,
-        &dst,
-        &CheckoutOptions::default(),
-        &cairn::ops::progress::NoProgress,
-    )
-    .unwrap_err()
-    .to_string();
+    let e = checkout(&store, out.commit, &dst).unwrap_err().to_string();
     assert!(e.contains("chunk") && e.contains("corrupt"), "{e}");
     assert!(
         !dst.join("blob.bin").exists(),
@@ -460,14 +469,7 @@ fn borrowed_memory_inputs_round_trip() {
         cairn::model::object::FileFormat::TorchZip
     );
     let dst = t.path().join("out");
-    read::checkout(
-        &store,
-        out.commit,
-        &dst,
-        &CheckoutOptions::default(),
-        &cairn::ops::progress::NoProgress,
-    )
-    .unwrap();
+    checkout(&store, out.commit, &dst).unwrap();
     assert!(std::fs::read(dst.join("blob.bin")).unwrap() == opaque);
     assert!(std::fs::read(dst.join("opt.pt")).unwrap() == torch);
     let file = std::fs::read(dst.join("m.safetensors")).unwrap();
@@ -501,4 +503,65 @@ fn refresh_if_changed_sees_other_writers() {
     let before = reader.view();
     reader.refresh_if_changed().unwrap();
     assert!(std::sync::Arc::ptr_eq(&before, &reader.view()));
+}
+
+/// What BLAKE3 of the decoded chunks cannot see is checkout's writer. Faults injected into it
+/// (docs/architecture.md, "Why checkout verifies by BLAKE3 alone"): the default checkout
+/// catches every fault that changes the file's length (a dropped write, a shifted offset) by
+/// the byte count and `fstat`; a swap of two windows keeps the length and passes it, which is
+/// what the argument (one producer, one FIFO channel, one appending writer) rules out rather
+/// than detects; `--paranoid` reads the file back and catches all of them. A caught fault
+/// leaves no file under the name and no temporary file.
+#[test]
+fn checkout_writer_faults_are_caught_by_size_or_by_paranoid() {
+    use read::WriteFault;
+    let t = tempfile::tempdir().unwrap();
+    let store = Store::init(&t.path().join("store")).unwrap();
+    // Three windows: 16 + 16 + 8 MiB.
+    let data = noise(31, 40 << 20);
+    let mut b = CommitBuilder::new(&store, CommitOptions::default());
+    b.add_bytes("big.bin", data.clone()).unwrap();
+    let id = b.commit().unwrap().commit;
+    let faults = [
+        (WriteFault::SwapWindows(0), false),
+        (WriteFault::SwapWindows(1), false),
+        (WriteFault::DropWrite(0), true),
+        (WriteFault::DropWrite(2), true),
+        (WriteFault::ShiftOffset(1, 4096), true),
+        (WriteFault::ShiftOffset(2, -1), true),
+    ];
+    for (i, (fault, default_catches)) in faults.into_iter().enumerate() {
+        for paranoid in [false, true] {
+            let dst = t.path().join(format!("out-{i}-{paranoid}"));
+            let opts = CheckoutOptions {
+                paranoid,
+                inject: Some(fault),
+                ..Default::default()
+            };
+            let got = read::checkout(&store, id, &dst, &opts, &cairn::ops::progress::NoProgress);
+            let what = format!("{fault:?}, paranoid {paranoid}");
+            if paranoid || default_catches {
+                let e = got.expect_err(&what).to_string();
+                assert!(
+                    e.starts_with("big.bin: ") && (e.contains("SHA-256") || e.contains("restored")),
+                    "{what}: {e}"
+                );
+                let left: Vec<_> = std::fs::read_dir(&dst)
+                    .unwrap()
+                    .map(|e| e.unwrap().file_name())
+                    .collect();
+                assert!(left.is_empty(), "{what}: left {left:?}");
+            } else {
+                // Not caught by default, and a real fault: the bytes differ, the length not.
+                got.expect(&what);
+                let back = std::fs::read(dst.join("big.bin")).unwrap();
+                assert_eq!(back.len(), data.len(), "{what}");
+                assert!(back != data, "{what}: the fault changed nothing");
+            }
+        }
+    }
+    // Without a fault both ways restore the bytes.
+    let dst = t.path().join("clean");
+    checkout(&store, id, &dst).unwrap();
+    assert!(std::fs::read(dst.join("big.bin")).unwrap() == data);
 }

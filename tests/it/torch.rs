@@ -464,7 +464,7 @@ mod fallback_property {
                 other => prop_assert!(false, "format {:?}", other),
             }
             let mut back = Vec::new();
-            read::cat(&store, out.commit, "model.pt", &mut back).unwrap();
+            read::cat(&store, out.commit, "model.pt", &mut back, false).unwrap();
             prop_assert!(back == bytes);
         }
     }

@@ -326,9 +326,13 @@ class Store:
         """The bytes of file ``path`` in ``rev``."""
         return self._raw.read_file(rev, path)
 
-    def checkout(self, rev: str, dir: PathLike, *, force: bool = False) -> dict:
-        """Write every file of ``rev`` into ``dir``, byte for byte, as ``cairn checkout``."""
-        return json.loads(self._raw.checkout(rev, os.fspath(dir), force))
+    def checkout(
+        self, rev: str, dir: PathLike, *, force: bool = False, paranoid: bool = False
+    ) -> dict:
+        """Write every file of ``rev`` into ``dir``, byte for byte, as ``cairn checkout``: every
+        chunk is checked by its BLAKE3 id and every file by its size; ``paranoid`` also reads
+        each file back and checks its recorded SHA-256 (``cairn checkout --paranoid``)."""
+        return json.loads(self._raw.checkout(rev, os.fspath(dir), force, paranoid))
 
     def add_remote(self, name: str, url: str) -> str:
         """Add remote ``name`` at ``url`` (``s3://BUCKET/PREFIX`` or ``file:///PATH``), as

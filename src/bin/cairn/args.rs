@@ -309,6 +309,10 @@ pub struct CheckoutArgs {
     /// For a slimmed commit, restore the remaining files (exit 0) instead of refusing.
     #[arg(long)]
     pub partial: bool,
+    /// Also read every file back once written and check its recorded SHA-256 (by default each
+    /// chunk is checked by its BLAKE3 id and each file by its size).
+    #[arg(long)]
+    pub paranoid: bool,
     #[arg(long)]
     pub json: bool,
 }
@@ -316,6 +320,10 @@ pub struct CheckoutArgs {
 #[derive(clap::Args)]
 pub struct CatArgs {
     pub spec: String,
+    /// Also check the SHA-256 of the bytes written against the recorded one (exit 1 at the end
+    /// on a mismatch).
+    #[arg(long)]
+    pub paranoid: bool,
 }
 
 #[derive(clap::Args)]

@@ -83,7 +83,7 @@ fn rewrite_damaged(
     let none = ParentTensors::new();
     std::thread::scope(|s| -> Result<()> {
         let none = &none;
-        s.spawn(move || read_all(planned, none, &[], None, None, &tx));
+        s.spawn(move || read_all(planned, none, None, None, &tx));
         for batch in rx {
             for item in batch? {
                 if let Item::Piece { data, dtype, .. } = item {

@@ -54,7 +54,8 @@ pub(super) enum Item {
     FileDone {
         /// Index of the file in the plan.
         file: usize,
-        /// None for a file read without a digest (see [`probably_unchanged`]).
+        /// The file's SHA-256, filled in by the SHA-256 stage; None from the reader, and for a
+        /// file read without a digest (see [`probably_unchanged`]).
         sha256: Option<[u8; 32]>,
     },
 }
@@ -152,9 +153,10 @@ struct Stages<'a> {
 }
 
 impl Stages<'_> {
-    /// Run the reader, the encoders and the pack writer: hashing and encoding (rayon) overlap
-    /// the pack writes (a thread of their own) and the reading (another); each stage hands
-    /// the next one batch at a time.
+    /// Run the reader, the SHA-256 stage, the encoders and the pack writer: chunk hashing and
+    /// encoding (rayon) overlap the pack writes (a thread of their own), the files' SHA-256 (a
+    /// thread of its own, from each file's first byte) and the reading (another); each stage
+    /// hands the next one batch at a time.
     fn run(
         &self,
         planned: &[PlannedFile],
@@ -165,12 +167,14 @@ impl Stages<'_> {
         shas: &mut [Option<[u8; 32]>],
     ) -> Result<()> {
         let (tx, rx) = sync_channel::<Result<Vec<Item>>>(1);
+        let (htx, hrx) = sync_channel::<Result<Vec<Item>>>(1);
         let (wtx, wrx) = sync_channel::<Vec<Processed>>(1);
         std::thread::scope(|s| -> Result<()> {
             let (pool, gate) = (&self.pool, self.gate);
-            s.spawn(move || read_all(planned, parent, speculative, Some(pool), gate, &tx));
+            s.spawn(move || read_all(planned, parent, Some(pool), gate, &tx));
+            s.spawn(move || hash_files(rx, &htx, speculative));
             let writer = s.spawn(move || self.write_batches(wrx, w, files, shas));
-            let result = self.encode_batches(rx, wtx);
+            let result = self.encode_batches(hrx, wtx);
             let written = writer
                 .join()
                 .unwrap_or_else(|p| std::panic::resume_unwind(p));
@@ -401,13 +405,48 @@ impl Batcher<'_> {
     }
 }
 
-/// The reader thread: every file in order, in batches of about [`BATCH_BYTES`]. A file marked
-/// `speculative` is read without a SHA-256 (see [`probably_unchanged`]). An error is sent down
+/// The SHA-256 stage: a thread between the reader and the encoders that hashes every piece of
+/// every file in order (the reader sends each file's pieces, then its `FileDone`, in file
+/// order) and fills in each `FileDone`'s digest, except for files marked `speculative` (see
+/// [`probably_unchanged`]). It only reads the pieces, so it costs no copy; it ends when the
+/// reader does, or when the encoders stop listening.
+fn hash_files(
+    rx: Receiver<Result<Vec<Item>>>,
+    tx: &SyncSender<Result<Vec<Item>>>,
+    speculative: &[bool],
+) {
+    let wanted = |file: usize| !speculative.get(file).copied().unwrap_or(false);
+    let mut current: Option<(usize, Sha256)> = None;
+    for mut batch in rx {
+        // One pass in order: a batch can end one file and start the next.
+        for item in batch.iter_mut().flatten() {
+            match item {
+                Item::Piece { file, data, .. } if wanted(*file) => match &mut current {
+                    Some((f, sha)) if f == file => sha.update(data),
+                    _ => current = Some((*file, Sha256::new_with_prefix(data))),
+                },
+                Item::FileDone { file, sha256 } if wanted(*file) => {
+                    *sha256 = Some(match current.take() {
+                        Some((f, sha)) if f == *file => sha.finalize().into(),
+                        // No piece: an empty file.
+                        _ => Sha256::digest([]).into(),
+                    });
+                }
+                _ => {}
+            }
+        }
+        if tx.send(batch).is_err() {
+            return;
+        }
+    }
+}
+
+/// The reader thread: every file in order, in batches of about [`BATCH_BYTES`] (each file's
+/// pieces, then its `FileDone`, whose digest the SHA-256 stage fills in). An error is sent down
 /// the channel and ends the reading.
 pub(super) fn read_all(
     planned: &[PlannedFile],
     parent: &ParentTensors,
-    speculative: &[bool],
     pool: Option<&BufPool>,
     gate: Option<&Gate>,
     tx: &SyncSender<Result<Vec<Item>>>,
@@ -423,8 +462,7 @@ pub(super) fn read_all(
         },
     };
     for (fi, pf) in planned.iter().enumerate() {
-        let digest = !speculative.get(fi).copied().unwrap_or(false);
-        match reader.read_file(fi, pf, digest) {
+        match reader.read_file(fi, pf) {
             Ok(true) => {}
             Ok(false) => return,
             Err(e) => {
@@ -449,16 +487,11 @@ struct Reader<'a> {
 impl Reader<'_> {
     /// Read file `fi` to its end, then check it did not change; false when the receiver is
     /// gone.
-    fn read_file(&mut self, fi: usize, pf: &PlannedFile, digest: bool) -> Result<bool> {
+    fn read_file(&mut self, fi: usize, pf: &PlannedFile) -> Result<bool> {
         let file = pf.input.open()?;
-        let mut sha = digest.then(Sha256::new);
         let read = match &pf.plan {
-            Plan::Structured(_, segs) => {
-                self.read_segments(fi, pf, segs, file.as_ref(), &mut sha)?
-            }
-            Plan::Opaque | Plan::Fallback(_) => {
-                self.read_opaque(fi, pf, file.as_ref(), &mut sha)?
-            }
+            Plan::Structured(_, segs) => self.read_segments(fi, pf, segs, file.as_ref())?,
+            Plan::Opaque | Plan::Fallback(_) => self.read_opaque(fi, pf, file.as_ref())?,
         };
         let Some(read) = read else { return Ok(false) };
         if let Data::Disk(p) = &pf.input.data {
@@ -471,7 +504,7 @@ impl Reader<'_> {
         }
         let item = Item::FileDone {
             file: fi,
-            sha256: sha.map(|s| s.finalize().into()),
+            sha256: None,
         };
         Ok(self.out.push(item))
     }
@@ -485,7 +518,6 @@ impl Reader<'_> {
         pf: &PlannedFile,
         segs: &[(SegmentKind, u64, u64)],
         file: Option<&File>,
-        sha: &mut Option<Sha256>,
     ) -> Result<Option<u64>> {
         let mut read = 0u64;
         for (si, (kind, start, end)) in segs.iter().enumerate() {
@@ -503,9 +535,6 @@ impl Reader<'_> {
             for (ci, (off, len)) in chunker::fixed(*start, end - start).enumerate() {
                 pass(self.gate);
                 let data = pf.input.read_at_pooled(file, off, len, self.pool)?;
-                if let Some(sha) = sha {
-                    sha.update(&data);
-                }
                 read += len;
                 let base = bases
                     .and_then(|b| b.get(ci))
@@ -533,7 +562,6 @@ impl Reader<'_> {
         fi: usize,
         pf: &PlannedFile,
         file: Option<&File>,
-        sha: &mut Option<Sha256>,
     ) -> Result<Option<u64>> {
         let iter: Box<dyn Iterator<Item = std::io::Result<(u64, Vec<u8>)>>> =
             match (&pf.input.data, file) {
@@ -558,9 +586,6 @@ impl Reader<'_> {
                 path: PathBuf::from(&pf.input.rel),
                 source: e,
             })?;
-            if let Some(sha) = sha {
-                sha.update(&data);
-            }
             read += data.len() as u64;
             let item = Item::Piece {
                 file: fi,

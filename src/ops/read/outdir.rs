@@ -251,7 +251,7 @@ impl OutDir {
         rustix::fs::openat(
             &dir.fd,
             probe.as_str(),
-            OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+            OFlags::RDWR | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC,
             Mode::from_bits_truncate(0o600),
         )
         .map_err(io(path))?;
@@ -300,7 +300,7 @@ impl OutDir {
         let fd = rustix::fs::openat(
             &self.dirs[parent].fd,
             tmp.as_str(),
-            OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+            OFlags::RDWR | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC,
             Mode::from_bits_truncate(0o666),
         )
         .map_err(io(self.path_of(&format!("{parent}/{tmp}"))))?;

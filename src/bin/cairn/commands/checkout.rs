@@ -23,6 +23,8 @@ pub fn checkout(cli_store: Option<&Path>, a: CheckoutArgs) -> Result<()> {
         &CheckoutOptions {
             force: a.force,
             partial: a.partial,
+            paranoid: a.paranoid,
+            ..Default::default()
         },
         p.as_ref(),
     )?;
@@ -38,11 +40,16 @@ pub fn checkout(cli_store: Option<&Path>, a: CheckoutArgs) -> Result<()> {
         print_json(&out)?;
     } else {
         out!(
-            "checked out {} into {}: {} files, {} (verified)",
+            "checked out {} into {}: {} files, {} (verified{})",
             id.short(),
             a.dir.display(),
             out.files,
-            human(out.bytes)
+            human(out.bytes),
+            if a.paranoid {
+                ", read back: SHA-256"
+            } else {
+                ""
+            }
         );
     }
     Ok(())
@@ -56,7 +63,7 @@ pub fn cat(cli_store: Option<&Path>, a: CatArgs) -> Result<()> {
         .ok_or_else(|| anyhow!("{spec:?}: expected REV:PATH"))?;
     let id = rev::resolve(&store, r)?;
     let mut out = std::io::BufWriter::with_capacity(1 << 20, crate::render::stdout());
-    read::cat(&store, id, path, &mut out)?;
+    read::cat(&store, id, path, &mut out, a.paranoid)?;
     out.flush()?;
     Ok(())
 }
