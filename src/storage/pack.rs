@@ -661,6 +661,36 @@ impl PackReader {
         Ok((h.encoding, stored))
     }
 
+    /// [`PackReader::chunk_payload`] into `buf`, which is grown when shorter than the payload
+    /// and otherwise left as long as it is (only the first bytes are read into: a buffer kept
+    /// for the next chunk is never zeroed again). Returns the encoding and the payload's length,
+    /// the prefix of `buf` that holds it.
+    pub fn chunk_payload_into(
+        &self,
+        id: ChunkId,
+        offset: u64,
+        raw_len: usize,
+        buf: &mut Vec<u8>,
+    ) -> Result<(Encoding, usize), PackError> {
+        let h = self.chunk_header_of_len(id, offset, raw_len)?;
+        let len = offset
+            .checked_add(h.stored_len)
+            .filter(|&end| end <= self.len)
+            .and_then(|_| usize::try_from(h.stored_len).ok())
+            .ok_or_else(|| {
+                self.bad_chunk(
+                    id,
+                    format!("payload of {} bytes runs past the end", h.stored_len),
+                )
+            })?;
+        if buf.len() < len {
+            buf.resize(len, 0);
+        }
+        self.read_at(offset, &mut buf[..len])
+            .map_err(|w| self.bad_chunk(id, w.to_string()))?;
+        Ok((h.encoding, len))
+    }
+
     /// Read the chunk at `offset` straight into `out` when it is stored raw (its stored bytes
     /// are its raw bytes): `Ok(true)`. `Ok(false)`, with `out` untouched, when it is encoded.
     /// Not verified. Fails as [`PackReader::chunk_payload`] does.

@@ -53,6 +53,15 @@ struct Marker {
 
 pub use crate::model::time::now_ns;
 
+/// Payload buffers larger than this are not kept between chunk reads.
+const KEEP_PAYLOAD_BYTES: usize = 4 << 20;
+
+thread_local! {
+    /// The payload buffers of this thread's chunk decodes (one per link of a delta chain), kept
+    /// between chunks so a stream of reads neither faults in fresh pages nor zeroes them.
+    static PAYLOADS: std::cell::RefCell<Vec<Vec<u8>>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
 /// An open store: its root, a read-only view of the index and a cache of open packs. Cheap
 /// to share across threads (`&Store` is `Sync`).
 pub struct Store {
@@ -674,25 +683,36 @@ impl Store {
                 Err(e) => Err(e.into()),
             };
         }
-        let mut links = Vec::with_capacity(chain.len());
-        for ((cur, loc), pack) in chain.iter().zip(&packs).rev() {
-            match pack.chunk_payload(*cur, loc.offset, out.len()) {
-                Ok((enc, stored)) if enc == loc.encoding => links.push((enc, stored)),
-                Ok(_) | Err(PackError::BadChunk { .. }) => return Ok(false),
-                Err(e) => return Err(e.into()),
+        // This thread's payload buffers, kept from one chunk to the next (never zeroed again).
+        let mut bufs = PAYLOADS.with(|p| std::mem::take(&mut *p.borrow_mut()));
+        bufs.resize_with(bufs.len().max(chain.len()), Vec::new);
+        let decoded = (|| -> Result<bool> {
+            let mut encs = Vec::with_capacity(chain.len());
+            for (((cur, loc), pack), buf) in chain.iter().zip(&packs).rev().zip(bufs.iter_mut()) {
+                match pack.chunk_payload_into(*cur, loc.offset, out.len(), buf) {
+                    Ok((enc, len)) if enc == loc.encoding => encs.push((enc, len)),
+                    Ok(_) | Err(PackError::BadChunk { .. }) => return Ok(false),
+                    Err(e) => return Err(e.into()),
+                }
             }
-        }
-        let links: Vec<(crate::codec::Encoding, &[u8])> =
-            links.iter().map(|(e, s)| (*e, s.as_slice())).collect();
-        let decoded = match links.split_first() {
-            Some(((enc, stored), deltas)) if !enc.needs_base() => {
-                crate::codec::decode_into(*enc, stored, out)
-                    .and_then(|()| crate::codec::apply_deltas_into(deltas, out))
-                    .is_ok()
-            }
-            _ => false,
-        };
-        Ok(decoded)
+            let links: Vec<(crate::codec::Encoding, &[u8])> = encs
+                .iter()
+                .zip(&bufs)
+                .map(|((e, len), b)| (*e, &b[..*len]))
+                .collect();
+            Ok(match links.split_first() {
+                Some(((enc, stored), deltas)) if !enc.needs_base() => {
+                    crate::codec::decode_into(*enc, stored, out)
+                        .and_then(|()| crate::codec::apply_deltas_into(deltas, out))
+                        .is_ok()
+                }
+                _ => false,
+            })
+        })();
+        // Keep ordinary buffers only: a stranger's 64 MiB chunk does not pin 64 MiB per thread.
+        bufs.retain(|b| b.capacity() <= KEEP_PAYLOAD_BYTES);
+        PAYLOADS.with(|p| *p.borrow_mut() = bufs);
+        decoded
     }
 
     fn read_chunk_depth(&self, id: ChunkId, depth: u32) -> Result<Vec<u8>> {

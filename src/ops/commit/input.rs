@@ -192,20 +192,33 @@ impl BufPool {
     /// Free buffers kept: raw chunk buffers and encoded-chunk buffers share the pool.
     const KEEP: usize = 128;
 
-    /// An empty buffer, keeping the capacity of a spent one: for the encoder's output.
+    /// An empty buffer, keeping the capacity of a spent one: for the encoder's output. Takes the
+    /// idle buffer with the fewest initialized bytes, so the long ones stay for [`BufPool::take`].
     pub(super) fn take_empty(&self) -> Vec<u8> {
-        let got = self.free.lock().unwrap_or_else(|e| e.into_inner()).pop();
-        let mut v = got.unwrap_or_default();
+        let mut free = self.free.lock().unwrap_or_else(|e| e.into_inner());
+        let at = (0..free.len()).min_by_key(|&i| free[i].len());
+        let mut v = at.map(|i| free.swap_remove(i)).unwrap_or_default();
         v.clear();
         v
     }
 
     /// A buffer of exactly `n` bytes (contents unspecified: the caller overwrites them all).
+    /// An idle buffer already holding `n` initialized bytes is shortened, not zeroed: chunk
+    /// buffers mostly have one size, so a steady stream of reads zeroes nothing.
     pub(super) fn take(&self, n: usize) -> Vec<u8> {
-        let got = self.free.lock().unwrap_or_else(|e| e.into_inner()).pop();
+        let mut free = self.free.lock().unwrap_or_else(|e| e.into_inner());
+        let got = match free.iter().rposition(|v| v.len() >= n) {
+            Some(i) => Some(free.swap_remove(i)),
+            None => free.pop(),
+        };
+        drop(free);
         match got {
             Some(mut v) => {
-                v.resize(n, 0);
+                if v.len() >= n {
+                    v.truncate(n);
+                } else {
+                    v.resize(n, 0);
+                }
                 v
             }
             None => vec![0; n],
