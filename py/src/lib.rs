@@ -424,7 +424,23 @@ impl RawStore {
             }
             Ok(b.commit()?)
         });
-        outcome_json(&lib(out)?)
+        let out = lib(out)?;
+        if let Some(due) = &out.auto_gc
+            && let Ok(Some(claim)) = gc::claim_policy_run(self.store.root())
+        {
+            // The retention policy runs off the training loop's path, on a thread of its own,
+            // claimed before this call returns (so `gc_status(wait=True)` sees it); no claim: a
+            // run already waiting covers this commit. A process that exits mid-run leaves
+            // nothing half done.
+            let (store, branch) = (self.store.clone(), due.branch.clone());
+            let _ = std::thread::Builder::new()
+                .name("cairn-policy-gc".into())
+                .spawn(move || {
+                    let trigger = format!("policy after commit on {branch}");
+                    let _ = gc::run_policy_claimed(&store, claim, &branch, &trigger);
+                });
+        }
+        outcome_json(&out)
     }
 
     /// Copy `files` into the async committer's buffers and return a handle to the commit that
@@ -799,6 +815,23 @@ impl RawStore {
         };
         let store = &*self.store;
         json(&lib(py.detach(move || gc::gc(store, &opts, dry_run)))?)
+    }
+
+    /// The last gc run on record and whether one runs now, as JSON; with `wait`, first wait
+    /// (at most `timeout` seconds) until no gc runs or waits to run.
+    #[pyo3(signature = (wait=false, timeout=3600.0))]
+    fn gc_status(&self, py: Python<'_>, wait: bool, timeout: f64) -> PyResult<String> {
+        if !(timeout.is_finite() && timeout >= 0.0) {
+            return Err(bad(format!("timeout {timeout}: must be 0 or more seconds")));
+        }
+        let store = &*self.store;
+        let st = py.detach(move || -> Result<gc::GcStatus, gc::GcError> {
+            if wait {
+                gc::wait_idle(store, std::time::Duration::from_secs_f64(timeout.min(1e9)))?;
+            }
+            gc::status(store)
+        });
+        json(&lib(st)?)
     }
 
     /// Point tag `name` at `rev`; an existing tag moves only with `move_`.

@@ -146,3 +146,27 @@ def test_lazy_clone_reads_tensors_on_demand(store, tmp_path):
     assert [c.id for c in lazy.log()] == [c.id for c in store.log()]
     got = lazy.tensor("HEAD", "model.safetensors:w", framework="numpy")
     assert (got == w).all()
+
+
+def test_a_stored_policy_runs_after_commits_off_their_path(store, cli):
+    # `cairn retention set` stores the policy; each commit then starts it in the background
+    # (a thread of this process), and gc_status reports the run.
+    cli(store.path, "retention", "set", "keep-last 2")
+    ids = commit_steps(store, 4)
+    st = store.gc_status(wait=True)
+    assert st["running"] is False
+    last = st["last"]
+    assert last["state"] == "finished" and last["policy"] == "keep-last 2", st
+    assert last["trigger"].startswith("policy after commit on "), st
+    for pruned in ids[:2]:
+        with pytest.raises(cairn.PrunedError):
+            store.load(pruned, "model.safetensors")
+    assert store.load(ids[-1], "model.safetensors")["w"][0] == 3.0
+    # The async path too: its commits hand the policy to a thread of the committer.
+    handles = [store.commit_async({"model.safetensors": {"w": torch.full((8,), 10.0 + i)}},
+                                  f"async {i}") for i in range(3)]
+    async_ids = [h.result().id for h in handles]
+    st = store.gc_status(wait=True)
+    assert st["last"]["state"] == "finished", st
+    with pytest.raises(cairn.PrunedError):
+        store.load(async_ids[0], "model.safetensors")

@@ -174,6 +174,19 @@ fn point(sim: &Sim, what: &Op<'_>) {
     }
 }
 
+/// Write `note LABEL after N` to the operation log (N: operations so far), for a test that
+/// needs to know which operations came after an event (say, a commit's publish). Not an
+/// operation: nothing is numbered. Does nothing without `CAIRN_TEST_CRASH_LOG`.
+pub fn note(label: &str) {
+    if let Some(sim) = sim()
+        && let Some(log) = &sim.log
+    {
+        let n = COUNTER.load(Ordering::SeqCst);
+        let mut l = log.lock().unwrap_or_else(|e| e.into_inner());
+        let _ = writeln!(l, "note {label} after {n}");
+    }
+}
+
 /// A failpoint with nothing to journal: numbers `what` (in practice [`Op::DbWrite`] or
 /// [`Op::DbWritten`], around a synced RocksDB batch) and crashes there if it is the chosen
 /// operation. Does nothing when simulation is off.

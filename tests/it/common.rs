@@ -78,7 +78,8 @@ pub fn snapshot(dir: &Path) -> std::collections::BTreeMap<String, Vec<u8>> {
     out
 }
 
-/// Names and sizes of every file under a store, to show a failed command changed nothing.
+/// Names and sizes of every file under a store, to show a failed command changed nothing: all
+/// but the index, the locks and gc's status report.
 pub fn store_listing(store: &Path) -> Vec<(String, u64)> {
     let mut out = Vec::new();
     fn walk(root: &Path, d: &Path, out: &mut Vec<(String, u64)>) {
@@ -87,7 +88,10 @@ pub fn store_listing(store: &Path) -> Vec<(String, u64)> {
             let rel = p.strip_prefix(root).unwrap().to_string_lossy().to_string();
             if p.is_dir() {
                 walk(root, &p, out);
-            } else if !rel.starts_with("index/") && !rel.starts_with("locks/") {
+            } else if !rel.starts_with("index/")
+                && !rel.starts_with("locks/")
+                && rel != "gc-status.json"
+            {
                 out.push((rel, std::fs::metadata(&p).unwrap().len()));
             }
         }

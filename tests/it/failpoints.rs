@@ -25,7 +25,14 @@ fn copy_tree(from: &Path, to: &Path) {
     }
 }
 
-/// The CLI under simulation: `CAIRN_TEST_CRASH_*` set from `env`.
+thread_local! {
+    /// More environment for every simulated command of this test (its own thread).
+    static EXTRA_ENV: std::cell::RefCell<Vec<(String, String)>> = const {
+        std::cell::RefCell::new(Vec::new())
+    };
+}
+
+/// The CLI under simulation: `CAIRN_TEST_CRASH_*` set from `env`, plus [`EXTRA_ENV`].
 fn sim_cmd(store: &Path, args: &[String], env: &[(&str, String)]) -> std::process::Output {
     let mut c = std::process::Command::new(bin());
     c.env_remove("CAIRN_STORE")
@@ -36,12 +43,19 @@ fn sim_cmd(store: &Path, args: &[String], env: &[(&str, String)]) -> std::proces
     for (k, v) in env {
         c.env(k, v);
     }
+    EXTRA_ENV.with(|e| {
+        for (k, v) in e.borrow().iter() {
+            c.env(k, v);
+        }
+    });
     c.output().unwrap()
 }
 
 struct Run {
     /// Operations of a clean run, one line each (`N kind path`).
     ops: Vec<String>,
+    /// `crashsim::note`s: each label with the number of operations before it.
+    notes: Vec<(String, usize)>,
 }
 
 /// Run `args` cleanly on a copy of `base` with the operation log on; nothing may be pending.
@@ -74,7 +88,19 @@ fn clean_run(t: &Path, base: &Path, args: &[String]) -> Run {
         "{args:?} exited 0 with effects a power loss could still undo:\n{}",
         pending.join("\n")
     );
-    let ops: Vec<String> = text.lines().map(str::to_string).collect();
+    let notes: Vec<(String, usize)> = text
+        .lines()
+        .filter_map(|l| {
+            let rest = l.strip_prefix("note ")?;
+            let (label, n) = rest.rsplit_once(" after ")?;
+            Some((label.to_string(), n.parse().ok()?))
+        })
+        .collect();
+    let ops: Vec<String> = text
+        .lines()
+        .filter(|l| !l.starts_with("note "))
+        .map(str::to_string)
+        .collect();
     for kind in ["write", "fsync", "rename", "fsync-dir"] {
         assert!(
             ops.iter().any(|l| l.split(' ').nth(1) == Some(kind)),
@@ -82,7 +108,7 @@ fn clean_run(t: &Path, base: &Path, args: &[String]) -> Run {
         );
     }
     let _ = std::fs::remove_dir_all(&store);
-    Run { ops }
+    Run { ops, notes }
 }
 
 /// Crash `args` at operation `n` on a copy of `base`; returns the crashed store, or None when
@@ -255,10 +281,12 @@ fn power_loss_at_every_operation_of_a_commit() {
     });
 }
 
-#[test]
-fn power_loss_at_every_operation_of_gc_with_repack_and_pack_deletion() {
-    let t = tempfile::tempdir().unwrap();
-    let t = t.path();
+/// The store the gc scenarios start from: three commits; pruning the first two (`keep-last 1`)
+/// leaves their packs mostly dead (repacked, old ones unlinked) and the kept commit's tensor
+/// chunks delta-coded against pruned ones (re-encoded). Returns the store, the checkpoint
+/// directories, the commit ids and each checkpoint's files.
+type Files = std::collections::BTreeMap<String, Vec<u8>>;
+fn gc_base(t: &Path) -> (PathBuf, Vec<PathBuf>, Vec<String>, Vec<Files>) {
     let base = t.join("base");
     cairn(&base).arg("init").assert().success();
     // Pruning c0 and c1 leaves their packs mostly dead: gc repacks them and unlinks the old ones.
@@ -298,6 +326,14 @@ fn power_loss_at_every_operation_of_gc_with_repack_and_pack_deletion() {
         })
         .collect();
     let want: Vec<_> = dirs.iter().map(|d| snapshot(d)).collect();
+    (base, dirs, ids, want)
+}
+
+#[test]
+fn power_loss_at_every_operation_of_gc_with_repack_and_pack_deletion() {
+    let t = tempfile::tempdir().unwrap();
+    let t = t.path();
+    let (base, _, ids, want) = gc_base(t);
     let cmd = args(&["gc", "--keep-last", "1", "--json"]);
     let plan = json(&base, &["gc", "--keep-last", "1", "--dry-run", "--json"]);
     assert!(
@@ -347,6 +383,88 @@ fn power_loss_at_every_operation_of_gc_with_repack_and_pack_deletion() {
         );
         left
     });
+}
+
+/// gc and a commit interleaved, under power loss: the gc of the scenario above, with a commit
+/// landing in its copy phase (`CAIRN_TEST_GC_COMMIT_DURING_COPY`: the first checkpoint again,
+/// whose chunks the plan found dead, in the same process, so the simulation numbers the
+/// operations of both). A crash anywhere leaves `fsck --read-data` clean, the old head or the
+/// new commit (never a lost one: a crash after the commit's publish keeps it), the new commit
+/// and the kept one restoring exactly, both pruned commits pruned or neither; gc again
+/// finishes the job.
+#[test]
+fn power_loss_at_every_operation_of_gc_with_a_commit_landing_while_it_copies() {
+    let t = tempfile::tempdir().unwrap();
+    let t = t.path();
+    let (base, dirs, ids, want) = gc_base(t);
+    EXTRA_ENV.with(|e| {
+        e.borrow_mut().push((
+            "CAIRN_TEST_GC_COMMIT_DURING_COPY".into(),
+            dirs[0].display().to_string(),
+        ))
+    });
+    let cmd = args(&["gc", "--keep-last", "1", "--json"]);
+    let run = clean_run(t, &base, &cmd);
+    let published = run
+        .notes
+        .iter()
+        .find(|(l, _)| l == "commit-published")
+        .map(|(_, n)| *n)
+        .expect("the clean run noted the commit");
+    assert!(published < run.ops.len(), "gc went on after the commit");
+    let mut landed = 0;
+    let mut n = 0;
+    crash_everywhere(t, &base, &cmd, &run, "gc beside a commit", |store, what| {
+        n += 1;
+        let h = head(store).unwrap();
+        if h != ids[2] {
+            landed += 1;
+            let show: Value = json(store, &["show", &h, "--json"]);
+            assert_eq!(show["parents"][0].as_str(), Some(ids[2].as_str()), "{what}");
+            assert_eq!(checkout(store, &h, &t.join("out")), want[0], "{what}");
+        }
+        let crashed_at: usize = what
+            .strip_prefix("crash at ")
+            .and_then(|r| r.split(' ').next())
+            .and_then(|x| x.parse().ok())
+            .unwrap();
+        assert!(
+            crashed_at <= published || h != ids[2],
+            "{what}: the commit published at operation {published} is gone"
+        );
+        let pruned = |id: &str| -> bool {
+            !json(store, &["show", id, "--json"])["state"]["pruned"].is_null()
+        };
+        let p: Vec<bool> = ids[..2].iter().map(|id| pruned(id)).collect();
+        assert_eq!(p[0], p[1], "{what}: half a gc is visible");
+        if !p[0] {
+            for (id, w) in ids[..2].iter().zip(&want) {
+                assert_eq!(&checkout(store, id, &t.join("out")), w, "{what}");
+            }
+        }
+        assert_eq!(checkout(store, &ids[2], &t.join("out")), want[2], "{what}");
+        // gc again (no commit beside it) finishes the job.
+        json(store, &cmd.iter().map(String::as_str).collect::<Vec<_>>());
+        fsck_clean(store, &format!("{what}, then gc again"));
+        let head_now = head(store).unwrap();
+        let expect = if h == ids[2] { &want[2] } else { &want[0] };
+        assert_eq!(
+            &checkout(store, &head_now, &t.join("out")),
+            expect,
+            "{what}"
+        );
+        let files: Vec<String> = std::fs::read_dir(store.join("packs"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().to_string())
+            .collect();
+        assert!(
+            files.iter().all(|n| n.ends_with(".pack")),
+            "{what}: leftovers after gc again: {files:?}"
+        );
+        if p[0] { Left::After } else { Left::Before }
+    });
+    eprintln!("the commit had landed in {landed} of {n} crashed stores");
+    assert!(landed > 0);
 }
 
 #[test]

@@ -244,6 +244,18 @@ fn stored_policy_runs_after_every_commit() {
     let out = cairn(&store).args(["retention", "show"]).output().unwrap();
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "keep-last 2");
     run(&store, t.path(), 5, &[0.9, 0.5, 0.7, 0.4, 0.8]);
+    // Each commit started the policy's gc in the background: wait for the last of them.
+    let st = json(&store, &["gc", "--status", "--wait-idle", "--json"]);
+    assert_eq!(st["running"], false, "{st}");
+    assert_eq!(st["last"]["state"], "finished", "{st}");
+    assert_eq!(st["last"]["policy"], "keep-last 2", "{st}");
+    assert!(
+        st["last"]["trigger"]
+            .as_str()
+            .unwrap()
+            .starts_with("policy after commit on "),
+        "{st}"
+    );
     let log = json(&store, &["log", "--json"]);
     let pruned = log
         .as_array()
@@ -680,7 +692,7 @@ fn a_deferred_gc_keeps_the_delta_bases_a_later_gc_reencodes_away() {
     // A commit is running: gc can only mark, and must not mark a base a live chunk needs.
     let store = cairn::Store::open(&root).unwrap();
     let writing = cairn::storage::lock::shared(&store.writers_lock_path()).unwrap();
-    let out = json(&root, &["gc", "--keep-last", "1", "--json"]);
+    let out = json(&root, &["gc", "--keep-last", "1", "--wait", "0", "--json"]);
     assert_eq!(out["mode"], "deferred", "{out}");
     assert_eq!(out["chunks_reencoded"], 0, "{out}");
     drop(writing);
@@ -704,7 +716,7 @@ fn gc_beside_a_running_writer_marks_then_a_later_run_deletes() {
     let before = json(&root, &["stats", "--json"]);
     // A writer in progress holds writers.lock shared.
     let writer = cairn::storage::lock::shared(&root.join("locks/writers.lock")).unwrap();
-    let out = json(&root, &["gc", "--keep-last", "1", "--json"]);
+    let out = json(&root, &["gc", "--keep-last", "1", "--wait", "0", "--json"]);
     assert_eq!(out["mode"], "deferred");
     assert_eq!(out["chunks_removed"], 0);
     let mid = json(&root, &["stats", "--json"]);
@@ -732,7 +744,7 @@ fn a_marked_chunk_reused_by_a_commit_comes_back_to_life() {
     let writer = cairn::storage::lock::shared(&root.join("locks/writers.lock")).unwrap();
     // ck0's optimizer file becomes dead and marked...
     assert_eq!(
-        json(&root, &["gc", "--keep-last", "1", "--json"])["mode"],
+        json(&root, &["gc", "--keep-last", "1", "--wait", "0", "--json"])["mode"],
         "deferred"
     );
     drop(writer);
@@ -954,4 +966,85 @@ fn repair_with_both_modes_prints_one_json_document() {
         &["repair", "--from", ck.to_str().unwrap(), "--json"],
     );
     assert_eq!(v["healed"], 0, "{v}");
+}
+
+/// gc no longer excludes commits while it copies: held inside its copy phase (planned, nothing
+/// published), it lets a commit run to the end; that commit reuses chunks the plan found dead
+/// (the pruned first checkpoint, committed again), and gc keeps them, with their pack, when it
+/// publishes. With the writers' lock held from planning to the end, as before, the commit
+/// waited for gc, and this test fails at its deadline.
+#[test]
+fn a_commit_completes_while_gc_copies_and_keeps_the_dead_chunks_it_reuses() {
+    use cairn::ops::gc::{CopyHook, GcOptions, Retention};
+    use std::sync::mpsc;
+    use std::time::Duration;
+    let t = tempfile::tempdir().unwrap();
+    let root = t.path().join("store");
+    cairn(&root).arg("init").assert().success();
+    let ids = run(&root, t.path(), 3, &[0.9, 0.5, 0.7]);
+    let store = cairn::Store::open(&root).unwrap();
+    let (in_copy, in_copy_rx) = mpsc::channel::<()>();
+    let (go, go_rx) = mpsc::channel::<()>();
+    let go_rx = std::sync::Mutex::new(go_rx);
+    let opts = GcOptions {
+        retention: Retention {
+            keep_last: Some(1),
+            ..Default::default()
+        },
+        copy_hook: Some(CopyHook(std::sync::Arc::new(move || {
+            in_copy.send(()).unwrap();
+            let _ = go_rx.lock().unwrap().recv();
+        }))),
+        ..Default::default()
+    };
+    let (g, out) = std::thread::scope(|s| {
+        let gc = s.spawn(|| cairn::ops::gc::gc(&store, &opts, false));
+        in_copy_rx
+            .recv_timeout(Duration::from_secs(60))
+            .expect("gc reaches its copy phase");
+        let (done, done_rx) = mpsc::channel();
+        let (store, ck0) = (&store, t.path().join("ck0"));
+        s.spawn(move || {
+            let mut b = cairn::CommitBuilder::new(store, cairn::CommitOptions::default());
+            b.add_dir(&ck0).unwrap();
+            done.send(b.commit()).unwrap();
+        });
+        let committed = done_rx.recv_timeout(Duration::from_secs(30));
+        go.send(()).unwrap();
+        let out = committed
+            .expect("the commit completed while gc was held in its copy phase")
+            .unwrap();
+        (gc.join().unwrap().unwrap(), out)
+    });
+    assert_eq!(g.mode, "immediate");
+    let pruned: Vec<&str> = g
+        .plan
+        .commits
+        .iter()
+        .filter(|c| c.decision == cairn::ops::gc::Decision::Prune)
+        .map(|c| c.id.as_str())
+        .collect();
+    assert_eq!(pruned.len(), 2, "{pruned:?}");
+    assert!(pruned.contains(&ids[0].as_str()));
+    assert!(
+        g.chunks_kept_alive >= 2,
+        "the reused optimizer file's chunks: {}",
+        g.chunks_kept_alive
+    );
+    assert!(out.reused_chunks > 0);
+    assert_eq!(store.head().unwrap(), Some(out.commit));
+    drop(store);
+    fsck_read_data_clean(&root);
+    let dst = t.path().join("out");
+    cairn(&root)
+        .args(["checkout", "--paranoid", &out.commit.to_string()])
+        .arg(&dst)
+        .assert()
+        .success();
+    assert_eq!(snapshot(&dst), snapshot(&t.path().join("ck0")));
+    // The next gc, with nothing landing meanwhile, frees what is dead now.
+    let again = json(&root, &["gc", "--keep-last", "1", "--json"]);
+    assert_eq!(again["mode"], "immediate", "{again}");
+    assert_eq!(again["chunks_kept_alive"], 0, "{again}");
+    fsck_read_data_clean(&root);
 }

@@ -855,6 +855,11 @@ fn pruned_history_is_pushed_without_its_data() {
         cairn(&store).arg("commit").arg(&ck).assert().success();
         last = ck;
     }
+    // The policy runs after each commit in the background.
+    cairn(&store)
+        .args(["gc", "--status", "--wait-idle"])
+        .assert()
+        .success();
     cairn(&store)
         .args(["remote", "add", "origin", &r.url])
         .assert()

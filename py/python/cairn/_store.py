@@ -284,6 +284,13 @@ class Store:
             )
         )
 
+    def gc_status(self, *, wait: bool = False, timeout: float = 3600.0) -> dict:
+        """The last gc run on record (``last``: its state, trigger, policy, pruned commits,
+        bytes freed, error) and whether one runs now (``running``), as ``cairn gc --status``.
+        A commit with a stored retention policy runs it afterwards on a thread of its own;
+        ``wait=True`` first waits (at most ``timeout`` seconds) until no gc runs or waits."""
+        return json.loads(self._raw.gc_status(wait, timeout))
+
     # Reading
 
     def resolve(self, rev: str = "HEAD") -> str:

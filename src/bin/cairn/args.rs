@@ -407,8 +407,23 @@ pub struct GcArgs {
     /// Repack packs with more than this fraction of dead bytes.
     #[arg(long, default_value_t = 0.3)]
     pub repack_threshold: f64,
+    /// Once copied, wait at most this long for running commits to publish before publishing
+    /// (past it, only mark dead chunks for a later run: deferred).
+    #[arg(long, value_name = "SECONDS", default_value_t = 600.0)]
+    pub wait: f64,
     #[arg(long)]
     pub dry_run: bool,
+    /// Report the last gc run (the retention policy's run after a commit, or a manual one) and
+    /// whether one is running; nothing is collected.
+    #[arg(long, conflicts_with = "dry_run")]
+    pub status: bool,
+    /// With --status: first wait until no gc runs or waits to run.
+    #[arg(long, requires = "status")]
+    pub wait_idle: bool,
+    /// The background run a commit starts: apply the stored policy to BRANCH, at most one run
+    /// at a time (internal).
+    #[arg(long, value_name = "BRANCH", hide = true)]
+    pub run_policy: Option<String>,
     #[arg(long)]
     pub json: bool,
 }

@@ -279,9 +279,12 @@ impl<'s> CommitBuilder<'s> {
         Ok(())
     }
 
-    /// Write and publish the commit; then, if the store has a retention policy, apply it to the
-    /// branch (its outcome, or its error, is reported in [`CommitOutcome::auto_gc`]; the commit
-    /// stands either way).
+    /// Write and publish the commit. If the store has a retention policy, the outcome's
+    /// [`CommitOutcome::auto_gc`] says it is due on the branch; this call does not run it, so
+    /// the commit's outcome comes as soon as it is durable and published. The caller runs
+    /// [`crate::ops::gc::run_policy`] off the training loop's path (the CLI starts it in a
+    /// detached process; [`super::async_commit::AsyncCommitter`] and the Python package on a
+    /// thread of their own).
     pub fn commit(self) -> Result<CommitOutcome> {
         let store = self.store;
         let mut out = self.write()?;
@@ -487,35 +490,10 @@ fn apply_trainer_state(inputs: &[Input], opts: &mut CommitOptions) -> Result<()>
     Ok(())
 }
 
-/// Apply the store's retention policy, if it has one, to `branch` after a commit. A failed gc
-/// is reported in the outcome, not as an error: the commit stands.
+/// The store's retention policy, if it has one, as the run due on `branch` after this commit.
 fn auto_gc(store: &Store, branch: &str) -> Result<Option<AutoGc>> {
-    use crate::ops::gc;
-    let Some(policy) = gc::stored_policy(store)? else {
-        return Ok(None);
-    };
-    let opts = gc::GcOptions {
-        retention: policy,
-        branches: vec![branch.to_string()],
-        ..Default::default()
-    };
-    Ok(Some(match gc::gc(store, &opts, false) {
-        Ok(g) => AutoGc {
-            pruned: g
-                .plan
-                .commits
-                .iter()
-                .filter(|c| c.decision == gc::Decision::Prune)
-                .count() as u64,
-            mode: g.mode,
-            bytes_freed: g.disk_bytes_before.saturating_sub(g.disk_bytes_after),
-            error: None,
-        },
-        Err(e) => AutoGc {
-            pruned: 0,
-            mode: "failed".into(),
-            bytes_freed: 0,
-            error: Some(e.to_string()),
-        },
+    Ok(crate::ops::gc::stored_policy(store)?.map(|policy| AutoGc {
+        policy: policy.to_text(),
+        branch: branch.to_string(),
     }))
 }

@@ -123,17 +123,14 @@ pub struct CommitOutcome {
     pub txn: Option<TxnStatus>,
 }
 
-/// The retention policy's run after a commit.
+/// The retention policy's run due after a commit: not run by the commit itself (see
+/// [`super::CommitBuilder::commit`]); `cairn gc --status` reports how it went.
 #[derive(Clone, Debug, Serialize)]
 pub struct AutoGc {
-    /// Commits the policy pruned.
-    pub pruned: u64,
-    /// How gc ran (its outcome's mode), or `failed`.
-    pub mode: String,
-    /// Bytes on disk freed.
-    pub bytes_freed: u64,
-    /// Why gc failed, when it did (the commit stands either way).
-    pub error: Option<String>,
+    /// The stored policy, as text.
+    pub policy: String,
+    /// The branch it applies to.
+    pub branch: String,
 }
 
 /// Which part of which transaction a commit stages.

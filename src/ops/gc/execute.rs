@@ -1,21 +1,30 @@
-//! Executing a gc [`Plan`]: exactly the plan, and the chunk sets it was computed from, nothing
-//! recomputed.
+//! Executing a gc [`Plan`]: exactly the plan, and the chunk sets it was computed from, less what
+//! commits that landed while gc ran made live again; nothing else recomputed.
 //!
-//! The steps, in order (a crash between any two leaves a store that reads correctly):
-//! 1. [`Executor::rewrite`] (immediate gc only): re-encode live chunks whose delta base dies and
-//!    copy the live entries of repacked packs into one new pack, sealed and fsynced with its
-//!    directory before anything points at it.
-//! 2. [`Executor::publish`]: one synced index batch records pruned and slimmed commits, and
-//!    either drops dead chunks, re-points moved entries and forgets dropped packs (immediate), or
-//!    marks dead chunks for a later run (deferred: a writer was running).
-//! 3. [`Executor::remove_files`]: only after that batch is durable, remove abandoned staging
+//! The steps, in order (docs/architecture.md, "Garbage collection", numbers them with their
+//! invariants; a crash between any two leaves a store that reads correctly):
+//! 1. Copy, beside running commits (no lock): [`Executor::rewrite`] re-encodes live chunks whose
+//!    delta base dies and copies the live entries of repacked packs into one new pack, sealed
+//!    and fsynced with its directory. Nothing points at it yet.
+//! 2. Wait for `writers.lock` exclusively (a commit holds it shared from its dedup checks to its
+//!    publish), polling up to [`super::GcOptions::wait_for_writers`]; past that, fall back to the
+//!    deferred mode (the new pack is removed, dead chunks are only marked).
+//! 3. Under the lock, reconcile ([`Executor::reconcile`]): a chunk the plan found dead but that
+//!    a commit published since the plan, a staged part, or a chunk indexed since (as its delta
+//!    base) needs is kept alive, with its pack; a moved entry is re-pointed only if its location
+//!    is still the one it was copied from; orphan files and abandoned transactions are only
+//!    those that still are.
+//! 4. [`Executor::publish`]: one synced index batch records pruned and slimmed commits, drops
+//!    dead chunks, re-points moved entries and forgets dropped packs (deferred: marks dead
+//!    chunks). Then the lock is released: writers were excluded for steps 3 and 4 only.
+//! 5. [`Executor::remove_files`]: only after that batch is durable, remove abandoned staging
 //!    manifests, orphan files and unreferenced packs; a pack is unlinked only while gc holds
 //!    `readers.lock` exclusively, otherwise it is listed as doomed for a later run.
 #![warn(missing_docs)]
 
 use super::GcError;
 use super::GcOutcome;
-use super::plan::{Decision, Plan, Work};
+use super::plan::{Decision, Plan, Work, orphan_files_now};
 use super::stored::{doomed_packs, io_at, save_doomed};
 use crate::model::id::{ChunkId, CommitId, ObjectId, PackId};
 use crate::storage::fsutil;
@@ -24,85 +33,121 @@ use crate::storage::lock;
 use crate::storage::pack::{ENTRY_CHUNK, PackError, PackReader, PackWriter, pack_file_name};
 use crate::storage::state::{CommitState, PruneRecord};
 use crate::storage::store::{Store, now_ns};
-use std::borrow::Cow;
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
+use std::time::{Duration, Instant};
 
-/// Execute `plan`, computed with `work`. `immediate`: gc holds `writers.lock` exclusively, so
-/// it may delete and rewrite; otherwise it only marks. Counts go into `out`.
+/// Execute `plan`, computed with `work`: copy (no lock), then publish under `writers.lock`,
+/// waiting for it up to `wait`. Counts go into `out`.
 pub(super) fn execute(
     store: &Store,
     plan: &Plan,
     work: &Work,
-    immediate: bool,
+    wait: Duration,
+    copy_hook: Option<&super::CopyHook>,
+    plan_now: i64,
     out: &mut GcOutcome,
 ) -> Result<(), GcError> {
     let view = store.view();
-    // A deferred gc cannot re-encode: the bases re-encoding would free stay alive.
-    let dead = if immediate {
-        Cow::Borrowed(&work.dead)
-    } else {
-        Cow::Owned(work.dead.difference(&work.bases).copied().collect())
-    };
-    let reencoding: HashSet<ChunkId> = if immediate {
-        work.reencode.iter().map(|(id, _)| *id).collect()
-    } else {
-        HashSet::new()
-    };
-    let repack: Vec<PackId> = if immediate {
-        plan.repack_packs
-            .iter()
-            .filter_map(|p| p.parse().ok())
-            .collect()
-    } else {
-        Vec::new()
-    };
     let ex = Executor {
         store,
         plan,
         work,
-        immediate,
         now: now_ns(),
-        dead,
-        reencoding,
-        repack,
+        plan_now,
+        reencoding: work.reencode.iter().map(|(id, _)| *id).collect(),
+        repack: plan
+            .repack_packs
+            .iter()
+            .filter_map(|p| p.parse().ok())
+            .collect(),
     };
-    // Repack first (immediate mode only): copy live entries of each repacked pack into a new
-    // pack, durable before the index points at it.
+    // Step 1: copy, while commits run.
+    if let Some(h) = copy_hook {
+        (h.0)();
+    }
     let rewritten = if !ex.repack.is_empty() || !ex.reencoding.is_empty() {
         ex.rewrite(&view, out)?
     } else {
         Rewritten::default()
     };
-    let unlink = ex.publish(&rewritten, out)?;
-    ex.remove_files(unlink, out)
+    drop(view);
+    // Step 2: wait for the running commits to publish.
+    let writers = store.writers_lock_path();
+    let started = Instant::now();
+    let quiet = loop {
+        if let Some(g) = lock::try_exclusive(&writers).map_err(io_at(&writers))? {
+            break Some(g);
+        }
+        if started.elapsed() >= wait {
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    };
+    let Some(quiet) = quiet else {
+        out.mode = "deferred".into();
+        out.chunks_reencoded = 0;
+        ex.drop_rewritten(&rewritten)?;
+        ex.publish_deferred()?;
+        return ex.remove_files(Vec::new(), &Reconciled::default(), out);
+    };
+    // Steps 3 and 4, writers excluded.
+    let excluded = Instant::now();
+    store.refresh()?;
+    let rec = ex.reconcile(&rewritten)?;
+    let unlink = ex.publish(&rewritten, &rec, out)?;
+    // A transaction abandoned now cannot get a new part while the lock is held.
+    for txn in &rec.abandoned_txns {
+        crate::storage::staging::abandon(store, txn)?;
+    }
+    drop(quiet);
+    out.writers_excluded_ms = excluded.elapsed().as_secs_f64() * 1e3;
+    out.chunks_kept_alive = rec.resurrected;
+    // Step 5.
+    ex.remove_files(unlink, &rec, out)
 }
 
-/// One execution: the plan, the chunk sets it acts on, and the mode.
+/// One execution: the plan and the chunk sets it acts on.
 struct Executor<'a> {
     store: &'a Store,
     plan: &'a Plan,
     work: &'a Work,
-    /// Delete and rewrite now (`writers.lock` held), rather than mark.
-    immediate: bool,
     /// The time recorded in prune records and marks (nanoseconds since the epoch).
     now: i64,
-    /// The chunks dropped (immediate) or marked (deferred).
-    dead: Cow<'a, HashSet<ChunkId>>,
-    /// Live chunks re-encoded without their dying base (immediate only, else empty).
+    /// The time the plan judged staged parts against (abandoned or not).
+    plan_now: i64,
+    /// Live chunks re-encoded without their dying base.
     reencoding: HashSet<ChunkId>,
-    /// Packs whose live entries are copied out (immediate only, else empty).
+    /// Packs whose live entries are copied out.
     repack: Vec<PackId>,
 }
 
 /// The entries step 1 wrote to a new pack, for the index batch to point at.
 #[derive(Default)]
 struct Rewritten {
-    /// Chunks re-encoded or copied, at their new location.
-    moved: Vec<(ChunkId, ChunkLoc)>,
-    /// Objects copied, at their new location.
-    moved_objects: Vec<(ObjectId, ObjectLoc)>,
+    /// Chunks re-encoded or copied: their new location, and the (pack, offset) they were read
+    /// from.
+    moved: Vec<(ChunkId, ChunkLoc, (PackId, u64))>,
+    /// Objects copied, likewise.
+    moved_objects: Vec<(ObjectId, ObjectLoc, (PackId, u64))>,
     /// The new pack (at most one), sealed and durable.
     new_packs: Vec<(PackId, PackInfo)>,
+}
+
+/// What step 3 found, under `writers.lock`.
+#[derive(Default)]
+struct Reconciled {
+    /// The plan's dead chunks that are still dead.
+    dead: HashSet<ChunkId>,
+    /// Dead chunks a commit, staged part or new chunk needs again.
+    resurrected: u64,
+    /// Packs that hold such a chunk: neither dropped nor unlinked.
+    keep_packs: HashSet<PackId>,
+    /// Where each indexed chunk is now.
+    locs: HashMap<ChunkId, ChunkLoc>,
+    /// The plan's orphan files that are still orphans.
+    orphan_files: Vec<String>,
+    /// The plan's abandoned transactions that still are.
+    abandoned_txns: Vec<String>,
 }
 
 impl Executor<'_> {
@@ -130,6 +175,114 @@ impl Executor<'_> {
         Ok(rw)
     }
 
+    /// Deferred fallback: remove the pack step 1 wrote (nothing points at it).
+    fn drop_rewritten(&self, rw: &Rewritten) -> Result<(), GcError> {
+        let d = self.store.packs_dir();
+        for (pid, _) in &rw.new_packs {
+            let p = d.join(pack_file_name(*pid));
+            match fsutil::remove_file(&p) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(io_at(&p)(e)),
+            }
+        }
+        if !rw.new_packs.is_empty() {
+            fsutil::sync_dir(&d).map_err(io_at(&d))?;
+        }
+        Ok(())
+    }
+
+    /// Step 3 (under `writers.lock`, after a refresh): what commits that landed while gc copied
+    /// changed. Every chunk they need is live: the chunks of commits reachable now but not when
+    /// the plan was made, of staged parts, and of chunks indexed since, each with its chain of
+    /// delta bases. A dead chunk among them is kept, and so is its pack. Fails closed: a commit
+    /// or tree that does not read stops gc before it deletes anything.
+    fn reconcile(&self, rw: &Rewritten) -> Result<Reconciled, GcError> {
+        let view = self.store.view();
+        let mut rec = Reconciled::default();
+        view.chunks(|id, loc| {
+            rec.locs.insert(id, loc);
+        })?;
+        let mut seeds: Vec<ChunkId> = Vec::new();
+        let mut todo: Vec<CommitId> = view.refs("")?.into_iter().map(|(_, id)| id).collect();
+        let mut seen: HashSet<CommitId> = HashSet::new();
+        while let Some(id) = todo.pop() {
+            if self.work.reachable.contains(&id) || !seen.insert(id) {
+                continue;
+            }
+            let c = self.store.commit(id)?;
+            todo.extend(c.parents.iter().copied());
+            let tree = self.store.tree(c.tree)?;
+            seeds.extend(tree.files.values().flat_map(|f| f.chunks().map(|c| c.id)));
+        }
+        let mut pending_packs: HashSet<String> = HashSet::new();
+        let mut still_abandoned: HashSet<String> = HashSet::new();
+        for p in crate::storage::staging::pending(self.store, self.plan_now)? {
+            if p.abandoned {
+                still_abandoned.insert(p.txn);
+            } else {
+                seeds.extend(p.chunks);
+                pending_packs.extend(p.packs.iter().map(|id| pack_file_name(*id)));
+            }
+        }
+        seeds.extend(
+            rec.locs
+                .keys()
+                .filter(|id| !self.work.known.contains_key(id)),
+        );
+        let mut visited: HashSet<ChunkId> = HashSet::new();
+        let mut resurrect: HashSet<ChunkId> = HashSet::new();
+        while let Some(id) = seeds.pop() {
+            if !visited.insert(id) {
+                continue;
+            }
+            if self.work.dead.contains(&id) {
+                resurrect.insert(id);
+            }
+            // A chunk being re-encoded gets a copy with no base: its old base is not needed.
+            if !self.reencoding.contains(&id)
+                && let Some(b) = rec.locs.get(&id).and_then(|l| l.base)
+            {
+                seeds.push(b);
+            }
+        }
+        rec.resurrected = resurrect.len() as u64;
+        rec.keep_packs = resurrect
+            .iter()
+            .filter_map(|id| rec.locs.get(id).map(|l| l.pack))
+            .collect();
+        rec.dead = self
+            .work
+            .dead
+            .iter()
+            .filter(|id| !resurrect.contains(id))
+            .copied()
+            .collect();
+        let ours: HashSet<String> = rw
+            .new_packs
+            .iter()
+            .map(|(id, _)| pack_file_name(*id))
+            .collect();
+        let now: HashSet<String> = orphan_files_now(self.store, &pending_packs, &ours)?
+            .into_iter()
+            .collect();
+        rec.orphan_files = self
+            .plan
+            .orphan_files
+            .iter()
+            .filter(|n| now.contains(*n))
+            .cloned()
+            .collect();
+        rec.abandoned_txns = self
+            .plan
+            .abandoned_txns
+            .iter()
+            .filter(|t| still_abandoned.contains(*t))
+            .cloned()
+            .collect();
+        Ok(rec)
+    }
+
     /// Chunks whose base dies: decoded through their chain (verified), encoded on their own.
     fn reencode_chunks(
         &self,
@@ -139,9 +292,9 @@ impl Executor<'_> {
         out: &mut GcOutcome,
     ) -> Result<(), GcError> {
         for (id, dtype) in &self.work.reencode {
-            if view.chunk(id)?.is_none() {
+            let Some(from) = view.chunk(id)? else {
                 continue;
-            }
+            };
             let raw = self.store.read_chunk(*id)?;
             let enc = crate::codec::encode(
                 &raw,
@@ -166,6 +319,7 @@ impl Executor<'_> {
                     base: None,
                     depth: 0,
                 },
+                (from.pack, from.offset),
             ));
             out.chunks_reencoded += 1;
         }
@@ -192,7 +346,7 @@ impl Executor<'_> {
                 };
                 if loc.pack != pid
                     || loc.offset != e.offset
-                    || self.dead.contains(&id)
+                    || self.work.dead.contains(&id)
                     || self.reencoding.contains(&id)
                 {
                     continue;
@@ -212,6 +366,7 @@ impl Executor<'_> {
                         offset: ne.offset,
                         ..loc
                     },
+                    (pid, e.offset),
                 ));
             } else {
                 let oid = ObjectId(h.id);
@@ -232,52 +387,85 @@ impl Executor<'_> {
                         raw_len: ne.header.raw_len,
                         kind,
                     },
+                    (pid, e.offset),
                 ));
             }
         }
         Ok(())
     }
 
-    /// Step 2: the one index batch. Returns the packs it stopped referencing.
-    fn publish(&self, rw: &Rewritten, out: &mut GcOutcome) -> Result<Vec<PackId>, GcError> {
+    /// Step 4: the one index batch, with what step 3 found. Returns the packs it stopped
+    /// referencing.
+    fn publish(
+        &self,
+        rw: &Rewritten,
+        rec: &Reconciled,
+        out: &mut GcOutcome,
+    ) -> Result<Vec<PackId>, GcError> {
         let mut unlink: Vec<PackId> = Vec::new();
         self.store.with_writer(|index| -> Result<_, GcError> {
             let mut b = index.batch()?;
             self.record_pruned(index, &mut b)?;
-            if self.immediate {
-                for id in self.dead.iter() {
-                    b.delete_chunk(id)?;
-                    b.delete_mark(id)?;
-                    out.chunks_removed += 1;
-                }
-                for (id, loc) in &rw.moved {
+            for id in &rec.dead {
+                b.delete_chunk(id)?;
+                b.delete_mark(id)?;
+                out.chunks_removed += 1;
+            }
+            // Compare and swap: an entry moves only from where it was copied from.
+            for (id, loc, (pack, offset)) in &rw.moved {
+                if rec
+                    .locs
+                    .get(id)
+                    .is_some_and(|l| l.pack == *pack && l.offset == *offset)
+                {
                     b.put_chunk(id, loc)?;
                 }
-                for (id, loc) in &rw.moved_objects {
+            }
+            for (id, loc, (pack, offset)) in &rw.moved_objects {
+                if index
+                    .object(id)?
+                    .is_some_and(|l| l.pack == *pack && l.offset == *offset)
+                {
                     b.put_object(id, loc)?;
                 }
-                for (pid, info) in &rw.new_packs {
-                    b.put_pack(pid, info)?;
-                }
-                let plan = self.plan;
-                for p in plan.delete_packs.iter().chain(plan.repack_packs.iter()) {
-                    if let Ok(pid) = p.parse::<PackId>() {
-                        b.delete_pack(&pid)?;
-                        unlink.push(pid);
-                    }
-                }
-                out.packs_repacked = self.repack.len() as u64;
-            } else {
-                for id in self.dead.iter() {
-                    if index.mark(id)?.is_none() {
-                        b.put_mark(id, self.now)?;
-                    }
+            }
+            for (pid, info) in &rw.new_packs {
+                b.put_pack(pid, info)?;
+            }
+            let plan = self.plan;
+            for p in plan.delete_packs.iter().chain(plan.repack_packs.iter()) {
+                if let Ok(pid) = p.parse::<PackId>()
+                    && !rec.keep_packs.contains(&pid)
+                {
+                    b.delete_pack(&pid)?;
+                    unlink.push(pid);
                 }
             }
+            out.packs_repacked = self
+                .repack
+                .iter()
+                .filter(|p| !rec.keep_packs.contains(p))
+                .count() as u64;
             index.write(b)?;
             Ok(())
         })?;
         Ok(unlink)
+    }
+
+    /// Step 4 of the deferred fallback: record pruned commits and mark the dead chunks (less
+    /// the delta bases live chunks still need, as nothing was re-encoded) for a later run.
+    fn publish_deferred(&self) -> Result<(), GcError> {
+        self.store.with_writer(|index| -> Result<_, GcError> {
+            let mut b = index.batch()?;
+            self.record_pruned(index, &mut b)?;
+            for id in self.work.dead.difference(&self.work.bases) {
+                if index.mark(id)?.is_none() {
+                    b.put_mark(id, self.now)?;
+                }
+            }
+            index.write(b)?;
+            Ok(())
+        })
     }
 
     /// Record in `b` the prune record of every commit the plan prunes or slims (the state
@@ -317,22 +505,22 @@ impl Executor<'_> {
         Ok(())
     }
 
-    /// Step 3: the batch is durable, so the packs in `unlink` are unreferenced. Unlink them now
+    /// Step 5: the batch is durable, so the packs in `unlink` are unreferenced. Unlink them now
     /// if no reader can be between resolving a location and opening its pack; otherwise leave
     /// them for later.
-    fn remove_files(&self, unlink: Vec<PackId>, out: &mut GcOutcome) -> Result<(), GcError> {
+    fn remove_files(
+        &self,
+        unlink: Vec<PackId>,
+        rec: &Reconciled,
+        out: &mut GcOutcome,
+    ) -> Result<(), GcError> {
         let readers = self.store.readers_lock_path();
         let no_readers = lock::try_exclusive(&readers).map_err(io_at(&readers))?;
         let mut doomed = doomed_packs(self.store)?;
         doomed.extend(unlink);
         let d = self.store.packs_dir();
-        if self.immediate {
-            for txn in &self.plan.abandoned_txns {
-                crate::storage::staging::abandon(self.store, txn)?;
-            }
-            for name in &self.plan.orphan_files {
-                remove_counted(&d.join(name), out)?;
-            }
+        for name in &rec.orphan_files {
+            remove_counted(&d.join(name), out)?;
         }
         if no_readers.is_some() {
             for pid in &doomed {

@@ -13,10 +13,12 @@
 //!   is durable before the index batch points at it, so no live chunk ever needs a removed one.
 //!   A deferred gc, which rewrites nothing, leaves such bases alive and unmarked.
 //! - Writers: a commit holds `locks/writers.lock` shared from before its dedup checks until its
-//!   publish. gc deletes only while holding it exclusively (taken without waiting, so it never
-//!   blocks training); when a writer is running, gc marks dead chunks instead, and a writer that
-//!   reuses a marked chunk clears the mark in its publish batch. A later gc deletes chunks still
-//!   marked and still dead.
+//!   publish. gc plans and copies (re-encoding, repacking) without it, beside running commits;
+//!   it takes it exclusively only to reconcile (a dead chunk that a commit published since the
+//!   plan needs is kept, with its pack) and publish its one index batch, so a commit waits at
+//!   most that long. If the lock does not come within [`GcOptions::wait_for_writers`], gc
+//!   only marks dead chunks (deferred), and a writer that reuses a marked chunk clears the mark
+//!   in its publish batch; a later gc deletes chunks still marked and still dead.
 //! - Readers: pack files are unlinked only while gc holds `locks/readers.lock` exclusively;
 //!   otherwise they are listed as doomed and removed by a later run. Packs are never truncated,
 //!   so even a reader that mapped a pack before it was unlinked reads correct bytes.
@@ -32,11 +34,16 @@
 mod execute;
 mod plan;
 mod policy;
+mod status;
 mod stored;
 
 pub use plan::{Decision, Plan, PlanCommit, plan};
 pub use policy::{
     Direction, Retention, apply_rules, parse_duration_ns, parse_keep_best, parse_keep_improving,
+};
+pub use status::{
+    GcRun, GcStatus, PolicyClaim, RunState, claim_policy_run, run_policy, run_policy_claimed,
+    status, wait_idle,
 };
 pub use stored::{doomed_packs, set_policy, stored_policy};
 
@@ -194,6 +201,30 @@ pub struct GcOptions {
     pub repack_threshold: Option<f64>,
     /// Evaluate `keep-within` against this time instead of now (tests, reproducible plans).
     pub now_ns: Option<i64>,
+    /// How long gc waits, once it has copied, for running commits to publish before it
+    /// publishes itself; past that it falls back to the deferred mode (default
+    /// [`DEFAULT_WAIT_FOR_WRITERS`]; zero: do not wait).
+    pub wait_for_writers: Option<std::time::Duration>,
+    /// What started this run, recorded in the status file (`cairn gc --status`): `manual` when
+    /// unset.
+    pub trigger: Option<String>,
+    /// Tests only: called when gc starts its copy phase (planned, nothing written yet).
+    #[doc(hidden)]
+    pub copy_hook: Option<CopyHook>,
+}
+
+/// How long gc waits for running commits by default: longer than any commit should take.
+pub const DEFAULT_WAIT_FOR_WRITERS: std::time::Duration = std::time::Duration::from_secs(600);
+
+/// A callback gc makes when its copy phase starts (tests hold gc there).
+#[doc(hidden)]
+#[derive(Clone)]
+pub struct CopyHook(pub std::sync::Arc<dyn Fn() + Send + Sync>);
+
+impl std::fmt::Debug for CopyHook {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("CopyHook")
+    }
 }
 
 /// What a gc run did.
@@ -222,6 +253,11 @@ pub struct GcOutcome {
     pub disk_bytes_after: u64,
     /// Scratch directories that killed commands left in `tmp/`, removed.
     pub stale_tmp_removed: u64,
+    /// Chunks the plan found dead that a commit published while gc copied needs: kept.
+    pub chunks_kept_alive: u64,
+    /// How long gc held `writers.lock` exclusively (reconcile and publish), in milliseconds:
+    /// the longest a commit started meanwhile waited.
+    pub writers_excluded_ms: f64,
 }
 
 /// Bytes of every file in the packs directory (0 if it cannot be listed).
@@ -236,29 +272,27 @@ fn disk_bytes(store: &Store) -> u64 {
         .unwrap_or(0)
 }
 
-/// Plan, then (unless `dry_run`) execute exactly that plan.
+/// Plan, then (unless `dry_run`) execute exactly that plan (less what commits that land
+/// meanwhile make live again). One gc runs at a time per store (`locks/gc.lock`, waited for);
+/// commits run beside it. A run that executes is recorded for [`status`].
 pub fn gc(store: &Store, opts: &GcOptions, dry_run: bool) -> Result<GcOutcome, GcError> {
     let gc_lock = store.root().join("locks/gc.lock");
-    let _one_gc = lock::exclusive(&gc_lock).map_err(io_at(&gc_lock))?;
+    let one_gc = lock::exclusive(&gc_lock).map_err(io_at(&gc_lock))?;
+    if dry_run {
+        return gc_locked(store, opts, true);
+    }
+    status::record_run(store, opts, one_gc, |opts| gc_locked(store, opts, false))
+}
+
+/// [`gc`] with `locks/gc.lock` held.
+fn gc_locked(store: &Store, opts: &GcOptions, dry_run: bool) -> Result<GcOutcome, GcError> {
     store.refresh()?;
     let before = disk_bytes(store);
-    // Held from planning to the end, when we get it: no commit can start or be mid-way.
-    let writers = store.writers_lock_path();
-    let quiet = if dry_run {
-        None
-    } else {
-        lock::try_exclusive(&writers).map_err(io_at(&writers))?
-    };
     let (plan, work) = plan::plan_with_dead(store, opts)?;
     let mut out = GcOutcome {
         plan: plan.clone(),
         dry_run,
-        mode: if quiet.is_some() {
-            "immediate"
-        } else {
-            "deferred"
-        }
-        .into(),
+        mode: if dry_run { "dry-run" } else { "immediate" }.into(),
         chunks_removed: 0,
         packs_deleted: 0,
         packs_repacked: 0,
@@ -267,13 +301,23 @@ pub fn gc(store: &Store, opts: &GcOptions, dry_run: bool) -> Result<GcOutcome, G
         disk_bytes_before: before,
         disk_bytes_after: before,
         stale_tmp_removed: 0,
+        chunks_kept_alive: 0,
+        writers_excluded_ms: 0.0,
     };
     if dry_run {
-        out.mode = "dry-run".into();
         return Ok(out);
     }
-    execute::execute(store, &plan, &work, quiet.is_some(), &mut out)?;
-    drop(quiet);
+    let wait = opts.wait_for_writers.unwrap_or(DEFAULT_WAIT_FOR_WRITERS);
+    let plan_now = opts.now_ns.unwrap_or_else(crate::storage::store::now_ns);
+    execute::execute(
+        store,
+        &plan,
+        &work,
+        wait,
+        opts.copy_hook.as_ref(),
+        plan_now,
+        &mut out,
+    )?;
     out.stale_tmp_removed = store.clean_stale_tmp()?;
     out.disk_bytes_after = disk_bytes(store);
     Ok(out)

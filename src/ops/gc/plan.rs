@@ -112,6 +112,12 @@ pub(super) struct Work {
     /// The dead bases (and their dead ancestors) those chunks need: a deferred gc, which cannot
     /// re-encode, leaves them alive.
     pub(super) bases: HashSet<ChunkId>,
+    /// Every commit the plan reached from the refs: a commit outside it was published while gc
+    /// ran, and its chunks are live whatever the plan says.
+    pub(super) reachable: HashSet<CommitId>,
+    /// Every chunk the index held when the plan was made, where it was: a chunk outside it was
+    /// written while gc ran, and a location that changed since is not gc's to move.
+    pub(super) known: HashMap<ChunkId, ChunkLoc>,
 }
 
 /// Build the plan. Reads only the index and tree objects, never chunk data.
@@ -188,6 +194,8 @@ pub(super) fn plan_with_dead(store: &Store, opts: &GcOptions) -> Result<(Plan, W
         dead,
         reencode: bases.reencode,
         bases: bases.bases,
+        reachable: reachable.keys().copied().collect(),
+        known: locs,
     };
     Ok((plan, work))
 }
@@ -492,6 +500,31 @@ impl Planner<'_> {
         orphan_files.sort();
         Ok(orphan_files)
     }
+}
+
+/// The files of the packs directory that nothing owns now: orphans as the plan defines them
+/// (`Planner::orphan_files`), against the packs the index knows now, the packs of staged parts
+/// `pending_packs`, and `ours` (gc's own new pack, not indexed yet). Called with `writers.lock`
+/// held, so no commit is between writing a pack and indexing it.
+pub(super) fn orphan_files_now(
+    store: &Store,
+    pending_packs: &HashSet<String>,
+    ours: &HashSet<String>,
+) -> Result<Vec<String>, GcError> {
+    let p = Planner {
+        store,
+        view: store.view(),
+        opts: &GcOptions::default(),
+        now: now_ns(),
+    };
+    let mut known: HashSet<String> = p
+        .view
+        .packs()?
+        .into_iter()
+        .map(|(id, _)| pack_file_name(id))
+        .collect();
+    known.extend(ours.iter().cloned());
+    p.orphan_files(&known, pending_packs)
 }
 
 /// Phase 4: every ref's target is always kept, in or out of scope.

@@ -7,17 +7,28 @@ use crate::args::{GcArgs, RetentionCmd};
 use crate::render::{human, out, print_json, short_hex};
 use anyhow::{Result, anyhow, bail};
 use cairn::Store;
-use cairn::ops::gc::{Decision, GcOutcome, Plan, Retention};
+use cairn::ops::gc::{Decision, GcOutcome, Plan, Retention, RunState};
 use std::path::Path;
 
 pub fn gc(cli_store: Option<&Path>, a: GcArgs) -> Result<()> {
+    if let Some(branch) = &a.run_policy {
+        return run_policy(cli_store, branch);
+    }
     let store = open(cli_store)?;
+    if a.status {
+        return status(&store, &a);
+    }
+    if !(a.wait.is_finite() && a.wait >= 0.0) {
+        bail!("--wait {}: must be a number of seconds, 0 or more", a.wait);
+    }
     let opts = cairn::ops::gc::GcOptions {
         retention: rules(&store, &a)?,
         branches: a.branch.clone(),
         all: a.all,
         repack_threshold: Some(repack_threshold(a.repack_threshold)?),
-        now_ns: None,
+        wait_for_writers: Some(std::time::Duration::from_secs_f64(a.wait.min(1e9))),
+        copy_hook: commit_during_copy(&store),
+        ..Default::default()
     };
     let out = cairn::ops::gc::gc(&store, &opts, a.dry_run)?;
     if a.json {
@@ -26,6 +37,112 @@ pub fn gc(cli_store: Option<&Path>, a: GcArgs) -> Result<()> {
     }
     print_plan(&out.plan)?;
     print_done(&out)
+}
+
+/// Tests only (the crash simulation of gc beside a commit): with `CAIRN_TEST_GC_COMMIT_DURING_COPY`
+/// set to a directory, gc commits it, in this process, when its copy phase starts, and notes
+/// in the crash log when that commit is published.
+fn commit_during_copy(store: &Store) -> Option<cairn::ops::gc::CopyHook> {
+    let dir = std::env::var_os("CAIRN_TEST_GC_COMMIT_DURING_COPY")?;
+    let root = store.root().to_path_buf();
+    Some(cairn::ops::gc::CopyHook(std::sync::Arc::new(move || {
+        let store = Store::open(&root).expect("the store opens again");
+        let mut b = cairn::CommitBuilder::new(&store, cairn::CommitOptions::default());
+        b.add_dir(std::path::Path::new(&dir))
+            .expect("the test's directory reads");
+        b.commit().expect("the commit during gc's copy succeeds");
+        cairn::storage::crashsim::note("commit-published");
+    })))
+}
+
+/// The detached run a commit started (`--run-policy BRANCH`, with `--store ROOT`): claim the
+/// run first, then say so on stdout, where the commit waits for one line before it exits (so a
+/// `gc --status --wait-idle` right after the commit sees this run); then run, with the outcome
+/// going to the status record only.
+fn run_policy(cli_store: Option<&Path>, branch: &str) -> Result<()> {
+    use std::io::Write;
+    let root = cli_store.ok_or_else(|| anyhow!("--run-policy needs --store"))?;
+    let claim = cairn::ops::gc::claim_policy_run(root)?;
+    {
+        let mut o = std::io::stdout().lock();
+        let _ = writeln!(
+            o,
+            "{}",
+            if claim.is_some() {
+                "claimed"
+            } else {
+                "covered"
+            }
+        );
+        let _ = o.flush();
+    }
+    let Some(claim) = claim else {
+        return Ok(());
+    };
+    let store = open(Some(root))?;
+    let trigger = format!("policy after commit on {branch}");
+    cairn::ops::gc::run_policy_claimed(&store, claim, branch, &trigger)?;
+    Ok(())
+}
+
+/// `cairn gc --status`: the last run on record and whether one runs now.
+fn status(store: &Store, a: &GcArgs) -> Result<()> {
+    if a.wait_idle && !cairn::ops::gc::wait_idle(store, std::time::Duration::from_secs(3600))? {
+        bail!("a gc was still running or waiting after an hour");
+    }
+    let st = cairn::ops::gc::status(store)?;
+    if a.json {
+        return print_json(&st);
+    }
+    let Some(r) = &st.last else {
+        out!(
+            "no gc has run{}",
+            if st.running {
+                " to the end yet (one is running)"
+            } else {
+                ""
+            }
+        );
+        return Ok(());
+    };
+    let state = match r.state {
+        RunState::Running => "running",
+        RunState::Finished => "finished",
+        RunState::Failed => "FAILED",
+        RunState::Interrupted => "interrupted (its process is gone; the next gc finishes its work)",
+    };
+    out!(
+        "last gc: {state}; {} (pid {}), branches {}, policy {}",
+        r.trigger,
+        r.pid,
+        r.branches.join(", "),
+        if r.policy.is_empty() {
+            "(none)"
+        } else {
+            &r.policy
+        }
+    );
+    let secs = |a: i64, b: i64| (b - a) as f64 / 1e9;
+    if let Some(end) = r.finished_ns {
+        out!(
+            "took {:.2} s, ended {}; {}: pruned {} commits, removed {} chunks, kept {} alive for commits made meanwhile, freed {}; commits waited at most {:.0} ms",
+            secs(r.started_ns, end),
+            cairn::model::time::format_time(end),
+            r.mode.as_deref().unwrap_or("-"),
+            r.pruned,
+            r.chunks_removed,
+            r.chunks_kept_alive,
+            human(r.bytes_freed),
+            r.writers_excluded_ms
+        );
+    }
+    if let Some(e) = &r.error {
+        out!("error: {e}");
+    }
+    if st.running && r.state != RunState::Running {
+        out!("a gc is running now");
+    }
+    Ok(())
 }
 
 /// The rules: the stored policy with `--policy`, else none; then the flags, which replace the
@@ -138,6 +255,12 @@ fn print_done(out: &GcOutcome) -> Result<()> {
         human(out.disk_bytes_after),
         human(out.disk_bytes_before.saturating_sub(out.disk_bytes_after))
     );
+    if out.chunks_kept_alive > 0 {
+        out!(
+            "{} chunks kept: commits made while gc ran reuse them",
+            out.chunks_kept_alive
+        );
+    }
     Ok(())
 }
 

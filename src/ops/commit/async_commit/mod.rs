@@ -34,6 +34,7 @@ use crate::ops::commit::error::Result;
 use crate::ops::commit::{
     CommitBuilder, CommitError, CommitOptions, CommitOutcome, Gate, tensor_file_header,
 };
+use crate::ops::gc::PolicyClaim;
 use crate::storage::store::Store;
 use std::collections::BTreeMap;
 use std::sync::mpsc;
@@ -218,6 +219,8 @@ pub struct AsyncCommitter {
     gate: Option<Arc<Gate>>,
     queue: Option<mpsc::Sender<Job>>,
     worker: Option<JoinHandle<()>>,
+    /// Runs the store's retention policy after commits, off the worker's path.
+    policy_gc: Option<JoinHandle<()>>,
 }
 
 impl AsyncCommitter {
@@ -255,6 +258,17 @@ impl AsyncCommitter {
         };
         let gate = opts.pause_for_copies.then(|| Arc::new(Gate::default()));
         let (queue, jobs) = mpsc::channel::<Job>();
+        let (due, due_rx) = mpsc::channel::<(String, PolicyClaim)>();
+        let policy_gc = {
+            let s = store.clone();
+            std::thread::Builder::new()
+                .name("cairn-policy-gc".into())
+                .spawn(move || policy_runs(&s, due_rx))
+                .map_err(|source| CommitError::Worker {
+                    store: store.root().to_path_buf(),
+                    source,
+                })?
+        };
         let worker = {
             let (s, slots, g) = (store.clone(), slots.clone(), gate.clone());
             let keep = opts.keep_buffers;
@@ -262,8 +276,8 @@ impl AsyncCommitter {
                 .name("cairn-async-commit".into())
                 .spawn(move || match pool {
                     // The write path's parallel steps run in whichever pool they are called from.
-                    Some(p) => p.install(|| work(&s, &slots, keep, g, jobs)),
-                    None => work(&s, &slots, keep, g, jobs),
+                    Some(p) => p.install(|| work(&s, &slots, keep, g, jobs, due)),
+                    None => work(&s, &slots, keep, g, jobs, due),
                 })
                 .map_err(|source| CommitError::Worker {
                     store: store.root().to_path_buf(),
@@ -277,6 +291,7 @@ impl AsyncCommitter {
             gate,
             queue: Some(queue),
             worker: Some(worker),
+            policy_gc: Some(policy_gc),
         })
     }
 
@@ -355,16 +370,33 @@ impl Drop for AsyncCommitter {
             // the commits it did not run; there is nothing more to report here.
             let _ = w.join();
         }
+        // The worker dropped its sender: the policy thread ends after the run it is in.
+        if let Some(g) = self.policy_gc.take() {
+            let _ = g.join();
+        }
     }
 }
 
-/// The worker thread: run each job, give its buffers back to a slot, then complete its handle.
+/// The policy thread: after each commit whose store has a retention policy, run it on that
+/// commit's branch with the claim the worker took (`gc::run_policy_claimed`, recorded for
+/// `cairn gc --status`).
+fn policy_runs(store: &Store, due: mpsc::Receiver<(String, PolicyClaim)>) {
+    for (b, claim) in due {
+        // The outcome, or the error, is in the status record; the commits stand either way.
+        let trigger = format!("policy after commit on {b}");
+        let _ = crate::ops::gc::run_policy_claimed(store, claim, &b, &trigger);
+    }
+}
+
+/// The worker thread: run each job, give its buffers back to a slot, then complete its handle;
+/// a commit whose store has a retention policy is handed on to the policy thread (`due`).
 fn work(
     store: &Store,
     slots: &Slots,
     keep_buffers: bool,
     gate: Option<Arc<Gate>>,
     jobs: mpsc::Receiver<Job>,
+    due: mpsc::Sender<(String, PolicyClaim)>,
 ) {
     struct Gone<'a>(&'a Slots);
     impl Drop for Gone<'_> {
@@ -412,8 +444,23 @@ fn work(
             buffers.extend(spare.into_iter().rev());
         }
         slots.release(buffers);
+        // Claimed before the handle completes, so a caller that waits for the commit and then
+        // for gc (`gc::wait_idle`) sees the run. No claim: a run already waiting covers it.
+        let policy = result
+            .as_ref()
+            .ok()
+            .and_then(|o| o.auto_gc.as_ref().map(|a| a.branch.clone()))
+            .and_then(|b| {
+                crate::ops::gc::claim_policy_run(store.root())
+                    .ok()
+                    .flatten()
+                    .map(|c| (b, c))
+            });
         done.complete(result);
         slots.finished_one();
+        if let Some(run) = policy {
+            let _ = due.send(run);
+        }
     }
 }
 

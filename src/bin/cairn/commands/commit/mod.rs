@@ -26,14 +26,49 @@ pub fn run(cli_store: Option<&Path>, a: CommitArgs) -> Result<()> {
     if let Some(t) = out.txn.as_ref().filter(|t| t.commit.is_none()) {
         return print_staged(&out, t, a.json);
     }
-    if a.json {
+    let result = if a.json {
         // One document, written once the checks are done, so it can say how they went.
         let checks = check_published(&store, &a, out.commit, p.as_ref())?;
         print_published(&store, &out, true, Some(&checks))?;
-        return checks.result();
+        checks.result()
+    } else {
+        print_published(&store, &out, false, None)?;
+        check_published(&store, &a, out.commit, p.as_ref())?.result()
+    };
+    if let Some(due) = &out.auto_gc {
+        start_policy_gc(&store, &due.branch);
     }
-    print_published(&store, &out, false, None)?;
-    check_published(&store, &a, out.commit, p.as_ref())?.result()
+    result
+}
+
+/// The store's retention policy runs after the commit in a detached process (`cairn gc
+/// --run-policy BRANCH`, its own process group, no terminal), so this command exits as soon as
+/// the commit is durable and that process has claimed its run (one line on its stdout, a few
+/// milliseconds); `cairn gc --status` reports the run. Failing to start it is only a warning:
+/// the commit stands, and the next commit's run covers this one.
+fn start_policy_gc(store: &Store, branch: &str) {
+    use std::io::BufRead;
+    use std::os::unix::process::CommandExt;
+    use std::process::{Command, Stdio};
+    let started = std::env::current_exe().and_then(|exe| {
+        let mut child = Command::new(exe)
+            .arg("--store")
+            .arg(store.root())
+            .args(["gc", "--run-policy", branch])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .process_group(0)
+            .spawn()?;
+        if let Some(out) = child.stdout.take() {
+            // "claimed" or "covered"; EOF if it died first.
+            let _ = std::io::BufReader::new(out).read_line(&mut String::new());
+        }
+        Ok(())
+    });
+    if let Err(e) = started {
+        eprintln!("warning: could not start the retention policy's gc: {e}");
+    }
 }
 
 /// What `--verify` and `--verify-cmd` found.
