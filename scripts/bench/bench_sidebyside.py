@@ -224,8 +224,10 @@ def touched_rows(rng, vocab, fraction, offset, ranks):
     return np.sort(rng.choice(vocab, size=int(fraction * vocab), replace=False, p=w / w.sum()))
 
 
-def generate(scale, root):
-    """Writes every series under root; returns {series: {dirs, frozen tensor names, ...}}."""
+def generate(scale, root, only=None):
+    """Writes every series under root (or those in `only`, a set of names: the two fine-tunes
+    are generated together, as one run saved two ways); returns {series: {dirs, frozen tensor
+    names, ...}}."""
     p = dict(SCALES[scale], **COMMON)
     shapes = param_shapes(p)
     names = list(shapes)
@@ -256,6 +258,8 @@ def generate(scale, root):
     series["finetune-fp32"] = dict(dirs=fp32, frozen=[])
     series["finetune-bf16"] = dict(dirs=bf16, frozen=[])
     del tr
+    if only is not None and not ({"frozen-finetune", "dense-pretrain"} & set(only)):
+        return series, p
 
     # Frozen-layers fine-tune: embeddings and the first half of the layers get no gradients and
     # are not in the optimizer (requires_grad=False), so their bytes never change.

@@ -8,13 +8,15 @@
 //! index/         RocksDB: the index over the packs, refs, HEAD, per-commit state, gc marks
 //! reflog         every ref move, one JSON line each, appended and fsynced before the index
 //! statelog       every per-commit state update, one JSON line each, fsynced before the index
-//! locks/         index.lock, writers.lock, readers.lock, gc.lock (see storage::lock)
+//! locks/         index.lock, writers.lock, readers.lock, gc.lock, gc-queue.lock (see
+//!                storage::lock and ops::gc)
 //! tmp/           scratch directories of running commands, each beside a `.lock` file held
 //!                while it runs; one whose lock nobody holds is a killed command's leftover
 //!                and is removed (`Store::clean_stale_tmp`, by `--verify-cmd` and gc)
 //! txn/<id>/      a sharded commit's staged parts (see storage::staging)
 //! retention      the stored retention policy (gc)
 //! doomed-packs   packs gc unindexed but could not unlink yet, for a later run
+//! gc-status.json the last gc run, for `cairn gc --status` (a report only)
 //! ```
 //! `repair --rebuild-index` also leaves the replaced index as `index.old-<ns>`.
 //!
