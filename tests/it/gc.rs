@@ -1048,3 +1048,46 @@ fn a_commit_completes_while_gc_copies_and_keeps_the_dead_chunks_it_reuses() {
     assert_eq!(again["chunks_kept_alive"], 0, "{again}");
     fsck_read_data_clean(&root);
 }
+
+/// The retention policy's background run steps aside while a commit runs: with a commit in
+/// flight (`writers.lock` held shared) it copies nothing (no new pack is sealed), and once the
+/// commit is done it re-encodes, repacks and publishes. A manual gc would have copied meanwhile
+/// and only then waited to publish.
+#[test]
+fn the_policy_run_copies_only_between_commits() {
+    let t = tempfile::tempdir().unwrap();
+    let root = t.path().join("store");
+    let (_, versions) = delta_series(&root);
+    cairn(&root)
+        .args(["retention", "set", "keep-last 1"])
+        .assert()
+        .success();
+    let packs = |root: &Path| -> std::collections::BTreeSet<String> {
+        std::fs::read_dir(root.join("packs"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().to_string())
+            .filter(|n| n.ends_with(".pack"))
+            .collect()
+    };
+    let before = packs(&root);
+    let store = cairn::Store::open(&root).unwrap();
+    let writing = cairn::storage::lock::shared(&store.writers_lock_path()).unwrap();
+    let out = std::thread::scope(|s| {
+        let run = s.spawn(|| cairn::ops::gc::run_policy(&store, "main", "test"));
+        std::thread::sleep(std::time::Duration::from_millis(1500));
+        assert!(!run.is_finished());
+        assert_eq!(
+            packs(&root),
+            before,
+            "the policy run copied while a commit ran"
+        );
+        drop(writing);
+        run.join().unwrap().unwrap().expect("a policy is stored")
+    });
+    assert_eq!(out.mode, "immediate");
+    assert!(out.chunks_reencoded >= 1, "{out:?}");
+    assert_ne!(packs(&root), before);
+    drop(store);
+    assert_eq!(tensor_bytes(&root, "HEAD"), versions[2]);
+    fsck_read_data_clean(&root);
+}

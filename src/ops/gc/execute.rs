@@ -5,7 +5,8 @@
 //! invariants; a crash between any two leaves a store that reads correctly):
 //! 1. Copy, beside running commits (no lock): [`Executor::rewrite`] re-encodes live chunks whose
 //!    delta base dies and copies the live entries of repacked packs into one new pack, sealed
-//!    and fsynced with its directory. Nothing points at it yet.
+//!    and fsynced with its directory. Nothing points at it yet. A background run (the retention
+//!    policy's) steps aside before each chunk while a commit runs.
 //! 2. Wait for `writers.lock` exclusively (a commit holds it shared from its dedup checks to its
 //!    publish), polling up to [`super::GcOptions::wait_for_writers`]; past that, fall back to the
 //!    deferred mode (the new pack is removed, dead chunks are only marked).
@@ -36,24 +37,28 @@ use crate::storage::store::{Store, now_ns};
 use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
 
-/// Execute `plan`, computed with `work`: copy (no lock), then publish under `writers.lock`,
-/// waiting for it up to `wait`. Counts go into `out`.
+/// Execute `plan`, computed with `work` under `opts`: copy (no lock), then publish under
+/// `writers.lock`, waiting for it up to `opts.wait_for_writers`. Counts go into `out`.
 pub(super) fn execute(
     store: &Store,
     plan: &Plan,
     work: &Work,
-    wait: Duration,
-    copy_hook: Option<&super::CopyHook>,
-    plan_now: i64,
+    opts: &super::GcOptions,
     out: &mut GcOutcome,
 ) -> Result<(), GcError> {
+    let wait = opts
+        .wait_for_writers
+        .unwrap_or(super::DEFAULT_WAIT_FOR_WRITERS);
+    let copy_hook = opts.copy_hook.as_ref();
     let view = store.view();
     let ex = Executor {
         store,
         plan,
         work,
         now: now_ns(),
-        plan_now,
+        // The time the plan judged staged parts against.
+        plan_now: opts.now_ns.unwrap_or_else(now_ns),
+        background: opts.background,
         reencoding: work.reencode.iter().map(|(id, _)| *id).collect(),
         repack: plan
             .repack_packs
@@ -115,6 +120,8 @@ struct Executor<'a> {
     now: i64,
     /// The time the plan judged staged parts against (abandoned or not).
     plan_now: i64,
+    /// A background run (the retention policy's): its copy steps aside while commits run.
+    background: bool,
     /// Live chunks re-encoded without their dying base.
     reencoding: HashSet<ChunkId>,
     /// Packs whose live entries are copied out.
@@ -175,6 +182,20 @@ impl Executor<'_> {
         Ok(rw)
     }
 
+    /// A background run's copy steps aside while a commit runs (one holds `writers.lock`
+    /// shared): it waits before its next chunk, so a training loop's commits never share the
+    /// cores and the disk with it; it goes on between commits. A manual gc does not wait.
+    fn step_aside(&self) -> Result<(), GcError> {
+        if !self.background {
+            return Ok(());
+        }
+        let w = self.store.writers_lock_path();
+        while w.exists() && lock::is_locked(&w).map_err(io_at(&w))? {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        Ok(())
+    }
+
     /// Deferred fallback: remove the pack step 1 wrote (nothing points at it).
     fn drop_rewritten(&self, rw: &Rewritten) -> Result<(), GcError> {
         let d = self.store.packs_dir();
@@ -203,8 +224,35 @@ impl Executor<'_> {
         view.chunks(|id, loc| {
             rec.locs.insert(id, loc);
         })?;
-        let mut seeds: Vec<ChunkId> = Vec::new();
-        let mut todo: Vec<CommitId> = view.refs("")?.into_iter().map(|(_, id)| id).collect();
+        // A re-encoded chunk's new copy has no base, so its old base is not needed: but only if
+        // the copy will be published, which it is when the chunk is still where it was read
+        // from (a commit healing a damaged chunk may have rewritten it since). One that will
+        // not be is a live chunk with a dying base: a seed.
+        let reencoded: HashSet<ChunkId> = rw
+            .moved
+            .iter()
+            .filter(|(id, _, (pack, offset))| {
+                self.reencoding.contains(id)
+                    && rec
+                        .locs
+                        .get(id)
+                        .is_some_and(|l| l.pack == *pack && l.offset == *offset)
+            })
+            .map(|(id, _, _)| *id)
+            .collect();
+        let mut seeds: Vec<ChunkId> = self
+            .reencoding
+            .iter()
+            .filter(|id| !reencoded.contains(id))
+            .copied()
+            .collect();
+        // The plan's roots: branches and tags.
+        let mut todo: Vec<CommitId> = view
+            .refs(crate::storage::refs::HEADS)?
+            .into_iter()
+            .chain(view.refs(crate::storage::refs::TAGS)?)
+            .map(|(_, id)| id)
+            .collect();
         let mut seen: HashSet<CommitId> = HashSet::new();
         while let Some(id) = todo.pop() {
             if self.work.reachable.contains(&id) || !seen.insert(id) {
@@ -239,8 +287,7 @@ impl Executor<'_> {
             if self.work.dead.contains(&id) {
                 resurrect.insert(id);
             }
-            // A chunk being re-encoded gets a copy with no base: its old base is not needed.
-            if !self.reencoding.contains(&id)
+            if !reencoded.contains(&id)
                 && let Some(b) = rec.locs.get(&id).and_then(|l| l.base)
             {
                 seeds.push(b);
@@ -292,6 +339,7 @@ impl Executor<'_> {
         out: &mut GcOutcome,
     ) -> Result<(), GcError> {
         for (id, dtype) in &self.work.reencode {
+            self.step_aside()?;
             let Some(from) = view.chunk(id)? else {
                 continue;
             };
@@ -338,6 +386,7 @@ impl Executor<'_> {
         let path = self.store.packs_dir().join(pack_file_name(pid));
         let r = PackReader::open(&path, pid)?;
         for e in r.entries()? {
+            self.step_aside()?;
             let h = e.header;
             if h.kind == ENTRY_CHUNK {
                 let id = ChunkId(h.id);

@@ -208,6 +208,10 @@ pub struct GcOptions {
     /// What started this run, recorded in the status file (`cairn gc --status`): `manual` when
     /// unset.
     pub trigger: Option<String>,
+    /// A background run (the retention policy's, after a commit): its copy phase steps aside
+    /// while a commit runs, so it never competes with a training loop's commits for the cores
+    /// and the disk; it goes on between commits.
+    pub background: bool,
     /// Tests only: called when gc starts its copy phase (planned, nothing written yet).
     #[doc(hidden)]
     pub copy_hook: Option<CopyHook>,
@@ -307,17 +311,7 @@ fn gc_locked(store: &Store, opts: &GcOptions, dry_run: bool) -> Result<GcOutcome
     if dry_run {
         return Ok(out);
     }
-    let wait = opts.wait_for_writers.unwrap_or(DEFAULT_WAIT_FOR_WRITERS);
-    let plan_now = opts.now_ns.unwrap_or_else(crate::storage::store::now_ns);
-    execute::execute(
-        store,
-        &plan,
-        &work,
-        wait,
-        opts.copy_hook.as_ref(),
-        plan_now,
-        &mut out,
-    )?;
+    execute::execute(store, &plan, &work, opts, &mut out)?;
     out.stale_tmp_removed = store.clean_stale_tmp()?;
     out.disk_bytes_after = disk_bytes(store);
     Ok(out)

@@ -233,6 +233,7 @@ pub fn run_policy_claimed(
         retention: policy,
         branches: vec![branch.to_string()],
         trigger: Some(trigger.to_string()),
+        background: true,
         ..Default::default()
     };
     // Planned now, with gc.lock held: every commit published before is in the plan.
