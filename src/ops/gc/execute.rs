@@ -59,6 +59,7 @@ pub(super) fn execute(
         // The time the plan judged staged parts against.
         plan_now: opts.now_ns.unwrap_or_else(now_ns),
         background: opts.background,
+        wait,
         reencoding: work.reencode.iter().map(|(id, _)| *id).collect(),
         repack: plan
             .repack_packs
@@ -122,6 +123,8 @@ struct Executor<'a> {
     plan_now: i64,
     /// A background run (the retention policy's): its copy steps aside while commits run.
     background: bool,
+    /// How long gc waits for writers (to publish, and at most per step aside).
+    wait: Duration,
     /// Live chunks re-encoded without their dying base.
     reencoding: HashSet<ChunkId>,
     /// Packs whose live entries are copied out.
@@ -184,13 +187,19 @@ impl Executor<'_> {
 
     /// A background run's copy steps aside while a commit runs (one holds `writers.lock`
     /// shared): it waits before its next chunk, so a training loop's commits never share the
-    /// cores and the disk with it; it goes on between commits. A manual gc does not wait.
+    /// cores and the disk with it; it goes on between commits, or once one wait has lasted as
+    /// long as it would wait to publish (a stuck writer does not hold gc forever). A manual gc
+    /// does not wait.
     fn step_aside(&self) -> Result<(), GcError> {
         if !self.background {
             return Ok(());
         }
         let w = self.store.writers_lock_path();
-        while w.exists() && lock::is_locked(&w).map_err(io_at(&w))? {
+        let started = Instant::now();
+        while w.exists()
+            && started.elapsed() < self.wait
+            && lock::is_locked(&w).map_err(io_at(&w))?
+        {
             std::thread::sleep(Duration::from_millis(10));
         }
         Ok(())

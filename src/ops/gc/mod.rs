@@ -238,8 +238,9 @@ pub struct GcOutcome {
     pub plan: Plan,
     /// Only the plan was built; nothing changed.
     pub dry_run: bool,
-    /// `immediate`: data deleted now; `deferred`: writers were running, dead chunks marked for
-    /// a later run; `dry-run`: nothing done.
+    /// `immediate`: data deleted now; `deferred`: writers held their lock past
+    /// [`GcOptions::wait_for_writers`], so dead chunks were only marked for a later run;
+    /// `dry-run`: nothing done.
     pub mode: String,
     /// Chunks dropped from the index.
     pub chunks_removed: u64,
