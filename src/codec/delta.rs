@@ -8,7 +8,7 @@
 #![warn(missing_docs)]
 
 use super::frames::{DECODE_SCRATCH, with_scratch};
-use super::kernels::{BLOCK, Word};
+use super::kernels::{BLOCK, Word, simd};
 use super::planes::PlanesView;
 use super::{CodecError, Encoding, MAX_RAW_LEN, decode_into};
 
@@ -50,12 +50,15 @@ pub fn apply_deltas_into(deltas: &[(Encoding, &[u8])], out: &mut [u8]) -> Result
             scratch = rest;
             levels.push(v.planes(stored, mine)?);
         }
-        match width {
-            2 => chain_u16(&levels, &mut out[..body]),
-            4 => chain_u32(&levels, &mut out[..body]),
-            8 => chain_u64(&levels, &mut out[..body]),
-            _ => unreachable!("plane widths are 2, 4 or 8"),
-        }
+        simd(
+            #[inline(always)]
+            || match width {
+                2 => chain_u16(&levels, &mut out[..body]),
+                4 => chain_u32(&levels, &mut out[..body]),
+                8 => chain_u64(&levels, &mut out[..body]),
+                _ => unreachable!("plane widths are 2, 4 or 8"),
+            },
+        );
         Ok(())
     })?;
     let (last, (_, stored)) = (views.last(), deltas.last().expect("more than one delta"));
@@ -68,6 +71,7 @@ macro_rules! chain_kernel {
     ($chain:ident, $u:ty) => {
         /// [`Word::undiff`] of each level's difference planes over `out`, in order, in one
         /// pass: element `i` goes through every level while it is in registers.
+        #[inline(always)]
         #[allow(clippy::needless_range_loop)] // index loops over arrays are what vectorize
         fn $chain(levels: &[[&[u8]; 8]], out: &mut [u8]) {
             const W: usize = std::mem::size_of::<$u>();
