@@ -2,23 +2,24 @@
 //! commits that landed while gc ran made live again; nothing else recomputed.
 //!
 //! The steps, in order (docs/architecture.md, "Garbage collection", numbers them with their
-//! invariants; a crash between any two leaves a store that reads correctly):
-//! 1. Copy, beside running commits (no lock): [`Executor::rewrite`] re-encodes live chunks whose
+//! invariants; a crash between any two leaves a store that reads correctly); step 1 is the
+//! plan ([`super::plan`]), made before execution:
+//! 2. Copy, beside running commits (no lock): [`Executor::rewrite`] re-encodes live chunks whose
 //!    delta base dies and copies the live entries of repacked packs into one new pack, sealed
 //!    and fsynced with its directory. Nothing points at it yet. A background run (the retention
 //!    policy's) steps aside before each chunk while a commit runs.
-//! 2. Wait for `writers.lock` exclusively (a commit holds it shared from its dedup checks to its
+//! 3. Wait for `writers.lock` exclusively (a commit holds it shared from its dedup checks to its
 //!    publish), polling up to [`super::GcOptions::wait_for_writers`]; past that, fall back to the
 //!    deferred mode (the new pack is removed, dead chunks are only marked).
-//! 3. Under the lock, reconcile ([`Executor::reconcile`]): a chunk the plan found dead but that
+//! 4. Under the lock, reconcile ([`Executor::reconcile`]): a chunk the plan found dead but that
 //!    a commit published since the plan, a staged part, or a chunk indexed since (as its delta
 //!    base) needs is kept alive, with its pack; a moved entry is re-pointed only if its location
 //!    is still the one it was copied from; orphan files and abandoned transactions are only
 //!    those that still are.
-//! 4. [`Executor::publish`]: one synced index batch records pruned and slimmed commits, drops
+//! 5. [`Executor::publish`]: one synced index batch records pruned and slimmed commits, drops
 //!    dead chunks, re-points moved entries and forgets dropped packs (deferred: marks dead
-//!    chunks). Then the lock is released: writers were excluded for steps 3 and 4 only.
-//! 5. [`Executor::remove_files`]: only after that batch is durable, remove abandoned staging
+//!    chunks). Then the lock is released: writers were excluded for steps 4 and 5 only.
+//! 6. [`Executor::remove_files`]: only after that batch is durable, remove abandoned staging
 //!    manifests, orphan files and unreferenced packs; a pack is unlinked only while gc holds
 //!    `readers.lock` exclusively, otherwise it is listed as doomed for a later run.
 #![warn(missing_docs)]
@@ -67,7 +68,8 @@ pub(super) fn execute(
             .filter_map(|p| p.parse().ok())
             .collect(),
     };
-    // Step 1: copy, while commits run.
+    // Step 2 of the protocol (docs/architecture.md; step 1, the plan, is done): copy, while
+    // commits run.
     if let Some(h) = copy_hook {
         (h.0)();
     }
@@ -77,7 +79,7 @@ pub(super) fn execute(
         Rewritten::default()
     };
     drop(view);
-    // Step 2: wait for the running commits to publish.
+    // Step 3: wait for the running commits to publish.
     let writers = store.writers_lock_path();
     let started = Instant::now();
     let quiet = loop {
@@ -96,7 +98,7 @@ pub(super) fn execute(
         ex.publish_deferred()?;
         return ex.remove_files(Vec::new(), &Reconciled::default(), out);
     };
-    // Steps 3 and 4, writers excluded.
+    // Steps 4 (reconcile) and 5 (publish), writers excluded.
     let excluded = Instant::now();
     store.refresh()?;
     let rec = ex.reconcile(&rewritten)?;
@@ -108,7 +110,7 @@ pub(super) fn execute(
     drop(quiet);
     out.writers_excluded_ms = excluded.elapsed().as_secs_f64() * 1e3;
     out.chunks_kept_alive = rec.resurrected;
-    // Step 5.
+    // Step 6: unlink.
     ex.remove_files(unlink, &rec, out)
 }
 
@@ -131,7 +133,7 @@ struct Executor<'a> {
     repack: Vec<PackId>,
 }
 
-/// The entries step 1 wrote to a new pack, for the index batch to point at.
+/// The entries step 2 (copy) wrote to a new pack, for the index batch to point at.
 #[derive(Default)]
 struct Rewritten {
     /// Chunks re-encoded or copied: their new location, and the (pack, offset) they were read
@@ -143,7 +145,7 @@ struct Rewritten {
     new_packs: Vec<(PackId, PackInfo)>,
 }
 
-/// What step 3 found, under `writers.lock`.
+/// What step 4 (reconcile) found, under `writers.lock`.
 #[derive(Default)]
 struct Reconciled {
     /// The plan's dead chunks that are still dead.
@@ -161,7 +163,7 @@ struct Reconciled {
 }
 
 impl Executor<'_> {
-    /// Step 1: write re-encoded chunks and the live entries of repacked packs to a new pack,
+    /// Step 2 (copy): write re-encoded chunks and the live entries of repacked packs to a new pack,
     /// and make it durable.
     fn rewrite(&self, view: &Index, out: &mut GcOutcome) -> Result<Rewritten, GcError> {
         let mut rw = Rewritten::default();
@@ -205,7 +207,7 @@ impl Executor<'_> {
         Ok(())
     }
 
-    /// Deferred fallback: remove the pack step 1 wrote (nothing points at it).
+    /// Deferred fallback: remove the pack step 2 wrote (nothing points at it).
     fn drop_rewritten(&self, rw: &Rewritten) -> Result<(), GcError> {
         let d = self.store.packs_dir();
         for (pid, _) in &rw.new_packs {
@@ -222,7 +224,7 @@ impl Executor<'_> {
         Ok(())
     }
 
-    /// Step 3 (under `writers.lock`, after a refresh): what commits that landed while gc copied
+    /// Step 4, reconcile (under `writers.lock`, after a refresh): what commits that landed while gc copied
     /// changed. Every chunk they need is live: the chunks of commits reachable now but not when
     /// the plan was made, of staged parts, and of chunks indexed since, each with its chain of
     /// delta bases. A dead chunk among them is kept, and so is its pack. Fails closed: a commit
@@ -452,7 +454,7 @@ impl Executor<'_> {
         Ok(())
     }
 
-    /// Step 4: the one index batch, with what step 3 found. Returns the packs it stopped
+    /// Step 5, publish: the one index batch, with what step 4 found. Returns the packs it stopped
     /// referencing.
     fn publish(
         &self,
@@ -510,7 +512,7 @@ impl Executor<'_> {
         Ok(unlink)
     }
 
-    /// Step 4 of the deferred fallback: record pruned commits and mark the dead chunks (less
+    /// Step 5 of the deferred fallback: record pruned commits and mark the dead chunks (less
     /// the delta bases live chunks still need, as nothing was re-encoded) for a later run.
     fn publish_deferred(&self) -> Result<(), GcError> {
         self.store.with_writer(|index| -> Result<_, GcError> {
@@ -563,7 +565,7 @@ impl Executor<'_> {
         Ok(())
     }
 
-    /// Step 5: the batch is durable, so the packs in `unlink` are unreferenced. Unlink them now
+    /// Step 6, unlink: the batch is durable, so the packs in `unlink` are unreferenced. Unlink them now
     /// if no reader can be between resolving a location and opening its pack; otherwise leave
     /// them for later.
     fn remove_files(
