@@ -98,10 +98,10 @@ pub enum PackError {
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum EntryError {
-    /// Fewer than [`ENTRY_HEADER_LEN`] bytes are left for the header.
+    /// Fewer bytes are left than an entry header takes (96, docs/format.md).
     #[error("entry header is truncated")]
     Truncated,
-    /// The header does not start with [`ENTRY_MAGIC`].
+    /// The header does not start with the entry magic `CENT`.
     #[error("entry header magic is wrong")]
     BadMagic,
     /// The header's blake3 checksum does not match its bytes.
