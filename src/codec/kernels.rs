@@ -163,7 +163,7 @@ pub(super) fn simd<R>(f: impl FnOnce() -> R) -> R {
 // elements and for the one-pass delta chain, where a zip does not vectorize. Each entry point
 // runs its loop through [`simd`], so the same loops are also compiled for AVX2 and chosen at run
 // time where the CPU has it (x86-64's baseline has only SSE2): measured 2026-12-05, decode of a
-// 1 MiB f32 chunk 0.72x the time, of a delta 0.78x (docs/benchmarks.md).
+// 1 MiB f32 chunk 0.71x the time, of an f32 delta 0.74-0.86x (docs/benchmarks.md).
 
 /// Split 2-byte elements: `planes[k]` gets byte `k` of `f(x, b)` for each element `x` of `raw`
 /// and `b` of `base` (`raw` itself when there is none).

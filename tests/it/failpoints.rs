@@ -188,6 +188,23 @@ fn fsck_clean(store: &Path, what: &str) {
     );
 }
 
+/// Whether `id` carries a prune record.
+fn pruned(store: &Path, id: &str) -> bool {
+    !json(store, &["show", id, "--json"])["state"]["pruned"].is_null()
+}
+
+/// After a finished gc, `packs/` holds only sealed packs (no `.pack.tmp` of a crashed copy).
+fn no_pack_leftovers(store: &Path, what: &str) {
+    let files: Vec<String> = std::fs::read_dir(store.join("packs"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().to_string())
+        .collect();
+    assert!(
+        files.iter().all(|n| n.ends_with(".pack")),
+        "{what}: leftovers after gc again: {files:?}"
+    );
+}
+
 fn head(store: &Path) -> Option<String> {
     let v = json(store, &["log", "--json"]);
     v.as_array()
@@ -352,9 +369,6 @@ fn power_loss_at_every_operation_of_gc_with_repack_and_pack_deletion() {
         "gc deleted no pack: {:#?}",
         run.ops
     );
-    let pruned = |store: &Path, id: &str| -> bool {
-        !json(store, &["show", id, "--json"])["state"]["pruned"].is_null()
-    };
     crash_everywhere(t, &base, &cmd, &run, "gc", |store, what| {
         // Exactly before or after: both old commits pruned, or neither.
         let p: Vec<bool> = ids[..2].iter().map(|id| pruned(store, id)).collect();
@@ -373,14 +387,7 @@ fn power_loss_at_every_operation_of_gc_with_repack_and_pack_deletion() {
         fsck_clean(store, &format!("{what}, then gc again"));
         assert!(pruned(store, &ids[0]) && pruned(store, &ids[1]), "{what}");
         assert_eq!(checkout(store, &ids[2], &t.join("out")), want[2], "{what}");
-        let files: Vec<String> = std::fs::read_dir(store.join("packs"))
-            .unwrap()
-            .map(|e| e.unwrap().file_name().to_string_lossy().to_string())
-            .collect();
-        assert!(
-            files.iter().all(|n| n.ends_with(".pack")),
-            "{what}: leftovers after gc again: {files:?}"
-        );
+        no_pack_leftovers(store, what);
         left
     });
 }
@@ -432,10 +439,7 @@ fn power_loss_at_every_operation_of_gc_with_a_commit_landing_while_it_copies() {
             crashed_at <= published || h != ids[2],
             "{what}: the commit published at operation {published} is gone"
         );
-        let pruned = |id: &str| -> bool {
-            !json(store, &["show", id, "--json"])["state"]["pruned"].is_null()
-        };
-        let p: Vec<bool> = ids[..2].iter().map(|id| pruned(id)).collect();
+        let p: Vec<bool> = ids[..2].iter().map(|id| pruned(store, id)).collect();
         assert_eq!(p[0], p[1], "{what}: half a gc is visible");
         if !p[0] {
             for (id, w) in ids[..2].iter().zip(&want) {
@@ -453,14 +457,7 @@ fn power_loss_at_every_operation_of_gc_with_a_commit_landing_while_it_copies() {
             expect,
             "{what}"
         );
-        let files: Vec<String> = std::fs::read_dir(store.join("packs"))
-            .unwrap()
-            .map(|e| e.unwrap().file_name().to_string_lossy().to_string())
-            .collect();
-        assert!(
-            files.iter().all(|n| n.ends_with(".pack")),
-            "{what}: leftovers after gc again: {files:?}"
-        );
+        no_pack_leftovers(store, what);
         if p[0] { Left::After } else { Left::Before }
     });
     eprintln!("the commit had landed in {landed} of {n} crashed stores");

@@ -1091,3 +1091,38 @@ fn the_policy_run_copies_only_between_commits() {
     assert_eq!(tensor_bytes(&root, "HEAD"), versions[2]);
     fsck_read_data_clean(&root);
 }
+
+/// A background run's step aside is bounded: with a writer that never lets go of
+/// `writers.lock`, each wait ends after `wait_for_writers`, the copy goes on, and the run ends
+/// in the deferred mode (it could not publish) instead of waiting for ever. The store loses
+/// nothing and checks clean; a later gc, with no writer, frees the data.
+#[test]
+fn a_stuck_writer_does_not_hold_the_background_run_for_ever() {
+    let t = tempfile::tempdir().unwrap();
+    let root = t.path().join("store");
+    let (_, versions) = delta_series(&root);
+    let store = cairn::Store::open(&root).unwrap();
+    let stuck = cairn::storage::lock::shared(&store.writers_lock_path()).unwrap();
+    let opts = cairn::ops::gc::GcOptions {
+        retention: cairn::ops::gc::Retention::parse("keep-last 1").unwrap(),
+        wait_for_writers: Some(std::time::Duration::from_millis(100)),
+        background: true,
+        ..Default::default()
+    };
+    // A detached thread, so a run that never ends fails the test instead of hanging it.
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(cairn::ops::gc::gc(&store, &opts, false).map(|o| o.mode));
+    });
+    let mode = rx
+        .recv_timeout(std::time::Duration::from_secs(120))
+        .expect("the background run ended while the writer held its lock")
+        .unwrap();
+    assert_eq!(mode, "deferred");
+    drop(stuck);
+    assert_eq!(tensor_bytes(&root, "HEAD"), versions[2]);
+    fsck_read_data_clean(&root);
+    let again = json(&root, &["gc", "--keep-last", "1", "--json"]);
+    assert_eq!(again["mode"], "immediate", "{again}");
+    fsck_read_data_clean(&root);
+}

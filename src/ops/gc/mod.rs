@@ -281,7 +281,7 @@ fn disk_bytes(store: &Store) -> u64 {
 /// meanwhile make live again). One gc runs at a time per store (`locks/gc.lock`, waited for);
 /// commits run beside it. A run that executes is recorded for [`status`].
 pub fn gc(store: &Store, opts: &GcOptions, dry_run: bool) -> Result<GcOutcome, GcError> {
-    let gc_lock = store.root().join("locks/gc.lock");
+    let gc_lock = status::gc_lock_path(store);
     let one_gc = lock::exclusive(&gc_lock).map_err(io_at(&gc_lock))?;
     if dry_run {
         return gc_locked(store, opts, true);

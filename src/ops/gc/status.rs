@@ -87,12 +87,14 @@ fn status_path(store: &Store) -> PathBuf {
     store.root().join("gc-status.json")
 }
 
-fn gc_lock_path(store: &Store) -> PathBuf {
+/// `locks/gc.lock`: held by the one gc that runs.
+pub(super) fn gc_lock_path(store: &Store) -> PathBuf {
     store.root().join("locks/gc.lock")
 }
 
-fn queue_lock_path(store: &Store) -> PathBuf {
-    store.root().join("locks/gc-queue.lock")
+/// `locks/gc-queue.lock` of the store at `root`: held by the one policy run that waits.
+fn queue_lock_path(root: &std::path::Path) -> PathBuf {
+    root.join("locks/gc-queue.lock")
 }
 
 fn write(store: &Store, run: &GcRun) -> Result<(), GcError> {
@@ -184,7 +186,7 @@ pub fn wait_idle(store: &Store, timeout: Duration) -> Result<bool, GcError> {
     let deadline = std::time::Instant::now() + timeout;
     loop {
         let mut busy = false;
-        for p in [queue_lock_path(store), gc_lock_path(store)] {
+        for p in [queue_lock_path(store.root()), gc_lock_path(store)] {
             busy |= p.exists() && lock::is_locked(&p).map_err(io_at(&p))?;
         }
         if !busy {
@@ -209,7 +211,7 @@ pub struct PolicyClaim {
 /// another run already waits for the running gc: it plans only once it runs, so it covers the
 /// commit that asks now.
 pub fn claim_policy_run(root: &std::path::Path) -> Result<Option<PolicyClaim>, GcError> {
-    let q = root.join("locks/gc-queue.lock");
+    let q = queue_lock_path(root);
     Ok(lock::try_exclusive(&q)
         .map_err(io_at(&q))?
         .map(|g| PolicyClaim { _queued: g }))
