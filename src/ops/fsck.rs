@@ -8,6 +8,10 @@
 //!   content writes a good copy instead of deduplicating against the bad one.
 //! - Problems are collected, never returned as errors: the call fails only if the index cannot
 //!   be read.
+//! - With `read_data` each chunk is decoded once: the file pass verifies every chunk of a file
+//!   that decodes whole (against its id, on the way to the file's SHA-256), and the chunk pass
+//!   reads only the chunks no such file covered, plus every chunk of a file that failed, so the
+//!   damaged chunk is named rather than the file.
 #![warn(missing_docs)]
 
 use crate::model::id::{ChunkId, CommitId, PackId};
@@ -121,8 +125,10 @@ pub fn fsck(
     check_index_entries(&locs, &packs, &mut rep);
     let files = walk_refs(store, &view, &locs, &mut rep)?;
     if opts.read_data {
-        read_data(store, opts, &locs, progress, &mut rep);
-        verify_files(store, opts, &locs, files, progress, &mut rep);
+        // Files first: decoding a file verifies each of its chunks by BLAKE3 on the way, so
+        // the chunk pass then reads only what no verified file covered (one decode per chunk).
+        let files = verify_files(store, opts, &locs, files, progress, &mut rep);
+        read_data(store, opts, &locs, files, progress, &mut rep);
     }
     rep.problems
         .sort_by(|a, b| (&a.kind, &a.subject).cmp(&(&b.kind, &b.subject)));
@@ -329,10 +335,20 @@ fn walk_refs(
     Ok(files)
 }
 
+/// What the file pass leaves to the chunk pass.
+struct FilePass {
+    /// Chunks of files that decoded whole: each was verified against its id on the way.
+    verified: HashSet<ChunkId>,
+    /// Files whose decoding failed on a chunk (not on their size or digest), with the error:
+    /// their chunks are read one by one, and the file is reported only if none of them is
+    /// found damaged (the damaged chunk is then the problem to report).
+    failed: Vec<(String, CommitId, FileEntry, String)>,
+}
+
 /// Decode each distinct file whole and check its size and recorded SHA-256 (what checkout
 /// checks only with `--paranoid`): one file per content, those of slice `subset` by the first
-/// bytes of their digest. Files with a chunk that is not local (a lazy clone's) or already
-/// found damaged are left to those problems.
+/// bytes of their digest. Files with a chunk that is not local (a lazy clone's) are left to
+/// that problem.
 fn verify_files(
     store: &Store,
     opts: &FsckOptions,
@@ -340,41 +356,57 @@ fn verify_files(
     mut files: Vec<FileToCheck>,
     progress: &dyn Progress,
     rep: &mut FsckReport,
-) {
-    let damaged: HashSet<String> = rep
-        .problems
-        .iter()
-        .filter(|p| p.kind == "corrupt-chunk")
-        .map(|p| p.subject.clone())
-        .collect();
+) -> FilePass {
+    use crate::ops::read::ReadError;
     files.retain(|(_, _, f)| {
         let x = u64::from_le_bytes(f.sha256[..8].try_into().expect("8 bytes"));
         opts.subset.is_none_or(|(i, n)| x % n == i - 1)
-            && f.chunks()
-                .all(|c| locs.contains_key(&c.id) && !damaged.contains(&c.id.to_hex()))
+            && f.chunks().all(|c| locs.contains_key(&c.id))
     });
+    let mut pass = FilePass {
+        verified: HashSet::new(),
+        failed: Vec::new(),
+    };
     progress.begin("fsck files", files.iter().map(|(_, _, f)| f.size).sum());
-    for (path, commit, f) in &files {
-        match crate::ops::read::write_file_to(store, path, f, &mut std::io::sink(), true, progress)
-        {
-            Ok(()) => rep.files_verified += 1,
-            Err(e) => rep.problems.push(problem(
-                "file-digest-mismatch",
-                format!("{}:{path}", commit.short()),
-                None,
-                e.to_string(),
-            )),
+    for (path, commit, f) in files {
+        match crate::ops::read::write_file_to(
+            store,
+            &path,
+            &f,
+            &mut std::io::sink(),
+            true,
+            progress,
+        ) {
+            Ok(()) => {
+                rep.files_verified += 1;
+                pass.verified.extend(f.chunks().map(|c| c.id));
+            }
+            // Every chunk decoded and matched its id; the file's record is what is wrong.
+            Err(e @ (ReadError::SizeMismatch { .. } | ReadError::Sha256Mismatch { .. })) => {
+                pass.verified.extend(f.chunks().map(|c| c.id));
+                rep.problems.push(problem(
+                    "file-digest-mismatch",
+                    format!("{}:{path}", commit.short()),
+                    None,
+                    e.to_string(),
+                ));
+            }
+            Err(e) => pass.failed.push((path, commit, f, e.to_string())),
         }
     }
     progress.end();
+    pass
 }
 
-/// Read back (decode and verify) every indexed chunk, or the `subset` slice of them, in
-/// parallel; record the ones that fail as damaged.
+/// Read back (decode and verify) every indexed chunk of slice `subset` (all without one) that
+/// the file pass did not verify, and every chunk of a file that failed there, in parallel;
+/// record the ones that fail as damaged. A failed file none of whose chunks is damaged (a
+/// read error that did not recur) is reported as a `file-digest-mismatch` with its error.
 fn read_data(
     store: &Store,
     opts: &FsckOptions,
     locs: &HashMap<ChunkId, ChunkLoc>,
+    files: FilePass,
     progress: &dyn Progress,
     rep: &mut FsckReport,
 ) {
@@ -386,6 +418,18 @@ fn read_data(
             x % n == i - 1
         });
     }
+    let mut ids: HashSet<ChunkId> = ids
+        .into_iter()
+        .filter(|c| !files.verified.contains(c))
+        .collect();
+    ids.extend(
+        files
+            .failed
+            .iter()
+            .flat_map(|(_, _, f, _)| f.chunks().map(|c| c.id)),
+    );
+    let mut ids: Vec<ChunkId> = ids.into_iter().collect();
+    ids.sort();
     let total: u64 = ids.iter().map(|c| locs[c].raw_len).sum();
     progress.begin("fsck", total);
     let results: Vec<(ChunkId, Result<usize, StoreError>)> = ids
@@ -399,6 +443,10 @@ fn read_data(
         })
         .collect();
     progress.end();
+    for id in &files.verified {
+        rep.chunks_read += 1;
+        rep.bytes_read += locs[id].raw_len;
+    }
     let mut damaged = Vec::new();
     for (id, r) in results {
         match r {
@@ -415,6 +463,17 @@ fn read_data(
                     e.to_string(),
                 ));
             }
+        }
+    }
+    let bad: HashSet<&ChunkId> = damaged.iter().collect();
+    for (path, commit, f, err) in &files.failed {
+        if !f.chunks().any(|c| bad.contains(&c.id)) {
+            rep.problems.push(problem(
+                "file-digest-mismatch",
+                format!("{}:{path}", commit.short()),
+                None,
+                err.clone(),
+            ));
         }
     }
     if !damaged.is_empty() {
