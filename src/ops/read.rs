@@ -336,7 +336,7 @@ pub fn write_file_to(
     progress: &dyn Progress,
 ) -> Result<()> {
     let mut write = |_: usize, bytes: &[u8]| {
-        out.write_all(bytes)?;
+        crate::storage::fsutil::write_in_pieces(out, bytes)?;
         progress.advance(bytes.len() as u64);
         Ok(())
     };
