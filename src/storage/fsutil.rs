@@ -35,7 +35,7 @@ pub fn create_new(path: &Path) -> io::Result<File> {
 
 /// The most one `write` system call hands the kernel. Measured on the development machine
 /// (a Firecracker VM, Linux 6.18, 2026-12-05; docs/benchmarks.md, "Writes in 1 MiB pieces"): a
-/// checkout writing each 16 MiB window in one call spent 1.1-1.4 s of system time on 0.5 GiB,
+/// checkout writing each 16 MiB window in one call spent 0.5-1.45 s of system time on 0.5 GiB,
 /// nearly all in the kernel's copy into the page cache, where pieces of 2 MiB or less spent
 /// 0.3 s; `dd bs=16M` took 1.0 s of system time for what `dd bs=1M` wrote in 0.14 s. The
 /// likely cause: a large write gets large page-cache folios, and this VM's balloon reports
