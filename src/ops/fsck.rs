@@ -410,26 +410,23 @@ fn read_data(
     progress: &dyn Progress,
     rep: &mut FsckReport,
 ) {
-    let mut ids: Vec<ChunkId> = locs.keys().copied().collect();
-    ids.sort();
-    if let Some((i, n)) = opts.subset {
-        ids.retain(|c| {
-            let x = u64::from_le_bytes(c.0[..8].try_into().expect("8 bytes"));
-            x % n == i - 1
-        });
-    }
-    let mut ids: HashSet<ChunkId> = ids
-        .into_iter()
-        .filter(|c| !files.verified.contains(c))
+    let in_slice = |c: &ChunkId| {
+        let x = u64::from_le_bytes(c.0[..8].try_into().expect("8 bytes"));
+        opts.subset.is_none_or(|(i, n)| x % n == i - 1)
+    };
+    // In id order, as the chunk pass always read them.
+    let mut todo: std::collections::BTreeSet<ChunkId> = locs
+        .keys()
+        .filter(|c| in_slice(c) && !files.verified.contains(c))
+        .copied()
         .collect();
-    ids.extend(
+    todo.extend(
         files
             .failed
             .iter()
             .flat_map(|(_, _, f, _)| f.chunks().map(|c| c.id)),
     );
-    let mut ids: Vec<ChunkId> = ids.into_iter().collect();
-    ids.sort();
+    let ids: Vec<ChunkId> = todo.into_iter().collect();
     let total: u64 = ids.iter().map(|c| locs[c].raw_len).sum();
     progress.begin("fsck", total);
     let results: Vec<(ChunkId, Result<usize, StoreError>)> = ids

@@ -241,3 +241,62 @@ impl Drop for WritebackFile {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Records the length of every `write` call it gets, taking at most `take` bytes of each.
+    struct Calls {
+        lens: Vec<usize>,
+        bytes: Vec<u8>,
+        take: usize,
+    }
+
+    impl Write for Calls {
+        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+            let n = buf.len().min(self.take);
+            self.lens.push(buf.len());
+            self.bytes.extend_from_slice(&buf[..n]);
+            Ok(n)
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn writes_reach_the_writer_in_pieces_of_at_most_write_piece() {
+        let data: Vec<u8> = (0..5 * WRITE_PIECE + 3).map(|i| i as u8).collect();
+        let mut w = Calls {
+            lens: Vec::new(),
+            bytes: Vec::new(),
+            take: usize::MAX,
+        };
+        write_in_pieces(&mut w, &data).unwrap();
+        assert_eq!(w.bytes, data);
+        assert_eq!(w.lens.len(), 6, "{:?}", w.lens);
+        assert!(w.lens.iter().all(|&n| n <= WRITE_PIECE), "{:?}", w.lens);
+        // A writer that takes less than it is offered still gets every byte, in order.
+        let mut short = Calls {
+            lens: Vec::new(),
+            bytes: Vec::new(),
+            take: 1000,
+        };
+        write_all(&mut short, Path::new("x"), &data).unwrap();
+        assert_eq!(short.bytes, data);
+        assert!(short.lens.iter().all(|&n| n <= WRITE_PIECE));
+    }
+
+    #[test]
+    fn a_writeback_file_hands_the_kernel_at_most_write_piece_per_call() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("f");
+        let mut wf = WritebackFile::new(create_new(&path).unwrap());
+        let data: Vec<u8> = (0..3 * WRITE_PIECE + 7).map(|i| (i * 7) as u8).collect();
+        assert_eq!(wf.write(&data).unwrap(), WRITE_PIECE);
+        wf.write_all(&data[WRITE_PIECE..]).unwrap();
+        drop(wf);
+        assert_eq!(std::fs::read(&path).unwrap(), data);
+    }
+}

@@ -176,3 +176,16 @@ pub fn fsck_read_data_clean(store: &Path) {
         .assert()
         .success();
 }
+
+/// Flip one bit in the middle of chunk `id`'s stored payload, in its pack file.
+pub fn damage_chunk(root: &Path, id: cairn::ChunkId) {
+    let store = cairn::Store::open(root).unwrap();
+    let loc = store.chunk_loc(id).unwrap().unwrap();
+    let pack = store
+        .packs_dir()
+        .join(cairn::storage::pack::pack_file_name(loc.pack));
+    drop(store);
+    let mut bytes = std::fs::read(&pack).unwrap();
+    bytes[(loc.offset + loc.stored_len / 2) as usize] ^= 0x40;
+    std::fs::write(&pack, &bytes).unwrap();
+}

@@ -695,14 +695,8 @@ fn fsck_read_data_decodes_each_chunk_once_and_names_a_damaged_base() {
     let tree = store.tree(store.commit(ids[2]).unwrap().tree).unwrap();
     let chunk = tree.files["model.safetensors"].segments[1].chunks[0].id;
     let base = store.chunk_loc(chunk).unwrap().unwrap().base.unwrap();
-    let loc = store.chunk_loc(base).unwrap().unwrap();
-    let pack = store
-        .packs_dir()
-        .join(cairn::storage::pack::pack_file_name(loc.pack));
     drop(store);
-    let mut bytes = std::fs::read(&pack).unwrap();
-    bytes[(loc.offset + loc.stored_len / 2) as usize] ^= 0x40;
-    std::fs::write(&pack, &bytes).unwrap();
+    damage_chunk(&root, base);
     let corrupt = |args: &[&str]| -> Vec<String> {
         let out = cairn(&root).args(args).output().unwrap();
         assert_eq!(out.status.code(), Some(1), "{out:?}");

@@ -319,19 +319,6 @@ fn moving_weights(seed: u64, n: usize, steps: usize) -> Vec<Vec<u8>> {
         .collect()
 }
 
-/// Flip one bit in the middle of chunk `id`'s stored payload, in its pack file.
-fn damage_chunk(root: &std::path::Path, id: cairn::ChunkId) {
-    let store = Store::open(root).unwrap();
-    let loc = store.chunk_loc(id).unwrap().unwrap();
-    let pack = store
-        .packs_dir()
-        .join(cairn::storage::pack::pack_file_name(loc.pack));
-    drop(store);
-    let mut bytes = std::fs::read(&pack).unwrap();
-    bytes[(loc.offset + loc.stored_len / 2) as usize] ^= 0x40;
-    std::fs::write(&pack, &bytes).unwrap();
-}
-
 /// `delta_depth` bounds the chains a commit writes: K = 1 never delta-codes, K = 2 alternates
 /// standalone and one-delta versions; every version reads back. The CLI refuses K = 0.
 #[test]
